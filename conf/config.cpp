@@ -1,0 +1,752 @@
+// config: see config.hpp. One Loader walks the parsed TOML tree once, records every error with
+// its position and dotted key, and fills a Config; the Config is returned only if nothing failed.
+#include "conf/config.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <span>
+#include <toml++/toml.h>
+#include <utility>
+
+namespace batv::conf {
+namespace {
+
+// --- Names of enum values: one table per enum serves parsing and to_string. -------------------
+
+template <class E>
+using NameTable = std::span<const std::pair<std::string_view, E>>;
+
+constexpr std::pair<std::string_view, Role> kRoleNames[] = {
+    {"outbound", Role::outbound}, {"inbound", Role::inbound}};
+constexpr std::pair<std::string_view, InboundMode> kModeNames[] = {
+    {"enforce", InboundMode::enforce}, {"monitor", InboundMode::monitor}, {"off", InboundMode::off}};
+constexpr std::pair<std::string_view, LogLevel> kLevelNames[] = {{"debug", LogLevel::debug},
+                                                                 {"info", LogLevel::info},
+                                                                 {"warning", LogLevel::warning},
+                                                                 {"error", LogLevel::error}};
+constexpr std::pair<std::string_view, LogTarget> kTargetNames[] = {{"stderr", LogTarget::stderr_},
+                                                                   {"syslog", LogTarget::syslog}};
+constexpr std::pair<std::string_view, SyslogFacility> kFacilityNames[] = {
+    {"mail", SyslogFacility::mail},     {"daemon", SyslogFacility::daemon},
+    {"local0", SyslogFacility::local0}, {"local1", SyslogFacility::local1},
+    {"local2", SyslogFacility::local2}, {"local3", SyslogFacility::local3},
+    {"local4", SyslogFacility::local4}, {"local5", SyslogFacility::local5},
+    {"local6", SyslogFacility::local6}, {"local7", SyslogFacility::local7}};
+constexpr std::pair<std::string_view, HashSetting> kHashNames[] = {
+    {"exact", HashSetting::exact}, {"lowercase-local", HashSetting::lowercase_local}};
+
+template <class E>
+std::string_view name_of(NameTable<E> table, E v) {
+  for (const auto& [name, value] : table)
+    if (value == v) return name;
+  return "?";
+}
+
+// --- Small text helpers --------------------------------------------------------------------------
+
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+std::string lowercase(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = ascii_lower(c);
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
+}
+
+// Printable ASCII kept, everything else as \xNN; cut at fixed::max_echoed_value_chars input bytes.
+std::string printable(std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  const bool cut = s.size() > fixed::max_echoed_value_chars;
+  if (cut) s = s.substr(0, fixed::max_echoed_value_chars);
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  if (cut) out += "...";
+  return out;
+}
+
+std::string echo_value(std::string_view s) { return "'" + printable(s) + "'"; }
+
+// Optimal string alignment distance (Levenshtein plus adjacent transposition), ASCII-case-blind.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  const std::size_t n = a.size(), m = b.size();
+  std::vector<std::vector<std::size_t>> d(n + 1, std::vector<std::size_t>(m + 1));
+  for (std::size_t i = 0; i <= n; ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= m; ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= n; ++i) {
+    for (std::size_t j = 1; j <= m; ++j) {
+      const std::size_t cost = ascii_lower(a[i - 1]) == ascii_lower(b[j - 1]) ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && ascii_lower(a[i - 1]) == ascii_lower(b[j - 2]) &&
+          ascii_lower(a[i - 2]) == ascii_lower(b[j - 1]))
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[n][m];
+}
+
+constexpr std::size_t kMaxSuggestDistance = 2;
+
+// "; did you mean 'x'?" for a candidate that `got` abbreviates (3+ characters), else the closest
+// candidate within kMaxSuggestDistance, else "".
+std::string suggestion(std::string_view got, std::span<const std::string_view> candidates) {
+  if (got.size() > 64) return {};  // no point, and keeps the O(n*m) table small
+  std::string_view best;
+  std::size_t best_d = kMaxSuggestDistance + 1;
+  // An abbreviation ("warn" for "warning") is as likely a slip as a typo.
+  if (got.size() >= 3)
+    for (std::string_view c : candidates)
+      if (c.size() > got.size() && iequals(c.substr(0, got.size()), got)) return "; did you mean '" + std::string(c) + "'?";
+  for (std::string_view c : candidates) {
+    const std::size_t dist = edit_distance(got, c);
+    if (dist < best_d) best_d = dist, best = c;
+  }
+  if (best.empty()) return {};
+  return "; did you mean '" + std::string(best) + "'?";
+}
+
+std::string_view type_phrase(toml::node_type t) {
+  switch (t) {
+    case toml::node_type::none: return "nothing";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a floating-point number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+  }
+  return "an unknown type";
+}
+
+std::string join(std::string_view prefix, std::string_view key) {
+  std::string k = printable(key);
+  return prefix.empty() ? k : std::string(prefix) + "." + k;
+}
+std::string indexed(std::string_view path, std::size_t i) {
+  return std::string(path) + "[" + std::to_string(i) + "]";
+}
+
+// Wildcard-aware: two listen addresses conflict on bind() when the ports are equal (and non-zero)
+// and the hosts are equal or either is the wildcard of the same family.
+bool listen_overlaps(const HostPort& a, const HostPort& b) {
+  if (a.port == 0 || b.port == 0 || a.port != b.port) return false;
+  if (a.is_ipv6_literal != b.is_ipv6_literal) return false;
+  if (a.host == b.host) return true;
+  const std::string_view any = a.is_ipv6_literal ? "::" : "0.0.0.0";
+  return a.host == any || b.host == any;
+}
+
+// --- The loader ----------------------------------------------------------------------------------
+
+struct Pos {
+  int line = 0;
+  int column = 0;
+};
+Pos pos_of(const toml::source_region& r) {
+  return {static_cast<int>(r.begin.line), static_cast<int>(r.begin.column)};
+}
+constexpr Pos kTop{1, 1};  // missing top-level keys are reported here
+
+class Loader {
+ public:
+  Loader(std::string file, std::string base_dir) : file_(std::move(file)), base_dir_(std::move(base_dir)) {}
+
+  std::vector<ConfigError> errors;
+
+  void error(Pos p, std::string key, std::string message) {
+    errors.push_back({file_, p.line, p.column, std::move(key), std::move(message)});
+  }
+  void error(const toml::node& n, std::string key, std::string message) {
+    error(pos_of(n.source()), std::move(key), std::move(message));
+  }
+
+  Config load(const toml::table& root);
+
+ private:
+  std::string file_;
+  std::string base_dir_;
+
+  // Each table's allowed keys; unknown ones are reported with a suggestion.
+  void check_keys(const toml::table& t, std::string_view path, std::span<const std::string_view> known) {
+    for (auto&& [k, v] : t) {
+      if (std::find(known.begin(), known.end(), k.str()) != known.end()) continue;
+      Pos p = pos_of(k.source());
+      if (p.line == 0) p = pos_of(v.source());
+      error(p, join(path, k.str()), "unknown key " + echo_value(k.str()) + suggestion(k.str(), known));
+    }
+  }
+
+  void type_error(const toml::node& n, const std::string& path, std::string_view expected) {
+    error(n, path, "expected " + std::string(expected) + ", got " + std::string(type_phrase(n.type())));
+  }
+
+  // A sub-table: nullptr when absent (silently) or of the wrong type (with an error).
+  const toml::table* sub_table(const toml::table& t, std::string_view key, const std::string& path) {
+    const toml::node* n = t.get(key);
+    if (!n) return nullptr;
+    if (const toml::table* tt = n->as_table()) return tt;
+    type_error(*n, path, "a table");
+    return nullptr;
+  }
+
+  std::optional<std::string> string_value(const toml::node& n, const std::string& path) {
+    if (const auto* s = n.as_string()) return s->get();
+    type_error(n, path, "a string");
+    return std::nullopt;
+  }
+
+  // Required string: error at `where` (the enclosing table) when missing.
+  std::optional<std::string> required_string(const toml::table& t, std::string_view key,
+                                             const std::string& path, Pos where) {
+    const toml::node* n = t.get(key);
+    if (!n) {
+      error(where, path, "required key is missing");
+      return std::nullopt;
+    }
+    return string_value(*n, path);
+  }
+
+  template <class E>
+  std::optional<E> enum_value(const toml::node& n, const std::string& path, NameTable<E> names) {
+    auto s = string_value(n, path);
+    if (!s) return std::nullopt;
+    std::vector<std::string_view> allowed;
+    for (const auto& [name, value] : names) {
+      if (name == *s) return value;
+      allowed.push_back(name);
+    }
+    std::string list;
+    for (std::string_view a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+    error(n, path, "unknown value " + echo_value(*s) + " (allowed: " + list + ")" + suggestion(*s, allowed));
+    return std::nullopt;
+  }
+
+  template <class E>
+  void optional_enum(const toml::table& t, std::string_view key, const std::string& path,
+                     NameTable<E> names, E& out) {
+    if (const toml::node* n = t.get(key))
+      if (auto v = enum_value(*n, path, names)) out = *v;
+  }
+
+  // Integer checked against its kLimits row; the default when absent.
+  std::int64_t limited(const toml::table& t, const Limit& l, const std::string& path) {
+    const toml::node* n = t.get(l.key);
+    if (!n) return l.def;
+    const auto* i = n->as_integer();
+    if (!i) {
+      type_error(*n, path, "an integer");
+      return l.def;
+    }
+    const std::int64_t v = i->get();
+    if (v < l.min || v > l.max) {
+      error(*n, path, std::to_string(v) + " is out of range (allowed " + std::to_string(l.min) + " to " +
+                          std::to_string(l.max) + " " + std::string(l.unit) + ")");
+      return l.def;
+    }
+    return v;
+  }
+
+  void optional_bool(const toml::table& t, std::string_view key, const std::string& path, bool& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return;
+    if (const auto* b = n->as_boolean())
+      out = b->get();
+    else
+      type_error(*n, path, "a boolean");
+  }
+
+  // Calls f(text, node, element_path) for each string element. Returns the array, or nullptr when
+  // absent or not an array (the latter with an error).
+  template <class F>
+  const toml::array* for_each_string(const toml::table& t, std::string_view key, const std::string& path,
+                                     F&& f) {
+    const toml::node* n = t.get(key);
+    if (!n) return nullptr;
+    const toml::array* arr = n->as_array();
+    if (!arr) {
+      type_error(*n, path, "an array of strings");
+      return nullptr;
+    }
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+      const toml::node& el = *arr->get(i);
+      const std::string el_path = indexed(path, i);
+      if (auto s = string_value(el, el_path)) f(std::string_view(*s), el, el_path);
+    }
+    return arr;
+  }
+
+  // Domain list; duplicates are errors (probably a typo for another domain).
+  std::optional<std::vector<std::string>> domain_list(const toml::table& t, std::string_view key,
+                                                      const std::string& path) {
+    std::vector<std::string> out;
+    const toml::array* arr = for_each_string(t, key, path, [&](std::string_view s, const toml::node& el,
+                                                               const std::string& el_path) {
+      std::string why;
+      auto d = normalize_domain(s, &why);
+      if (!d) {
+        error(el, el_path, "bad domain " + echo_value(s) + ": " + why);
+        return;
+      }
+      if (std::find(out.begin(), out.end(), *d) != out.end()) {
+        error(el, el_path, "duplicate domain " + echo_value(*d));
+        return;
+      }
+      out.push_back(std::move(*d));
+    });
+    if (!arr) return std::nullopt;
+    return out;
+  }
+
+  std::optional<std::vector<Cidr>> cidr_list(const toml::table& t, std::string_view key, const std::string& path) {
+    std::vector<Cidr> out;
+    const toml::array* arr = for_each_string(t, key, path, [&](std::string_view s, const toml::node& el,
+                                                               const std::string& el_path) {
+      std::string why;
+      if (auto c = parse_cidr(s, &why))
+        out.push_back(*c);
+      else
+        error(el, el_path, "bad network " + echo_value(s) + ": " + why);
+    });
+    if (!arr) return std::nullopt;
+    return out;
+  }
+
+  std::vector<AddressPattern> pattern_list(const toml::table& t, std::string_view key, const std::string& path) {
+    std::vector<AddressPattern> out;
+    for_each_string(t, key, path, [&](std::string_view s, const toml::node& el, const std::string& el_path) {
+      const auto at = s.rfind('@');
+      if (at == std::string_view::npos) {
+        error(el, el_path, "bad address " + echo_value(s) + ": write user@domain or @domain");
+        return;
+      }
+      AddressPattern p;
+      const std::string_view local = s.substr(0, at);
+      if (local.size() > fixed::max_local_part_length) {
+        error(el, el_path, "bad address " + echo_value(s) + ": local part longer than " +
+                               std::to_string(fixed::max_local_part_length) + " octets");
+        return;
+      }
+      for (char c : local) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u <= 0x20 || u == 0x7f || c == '<' || c == '>') {
+          error(el, el_path, "bad address " + echo_value(s) + ": space, control character or angle bracket in local part");
+          return;
+        }
+      }
+      std::string why;
+      auto d = normalize_domain(s.substr(at + 1), &why);
+      if (!d) {
+        error(el, el_path, "bad address " + echo_value(s) + ": " + why);
+        return;
+      }
+      p.local_part = std::string(local);
+      p.domain = std::move(*d);
+      out.push_back(std::move(p));
+    });
+    return out;
+  }
+
+  void load_listeners(const toml::table& root, Config& cfg);
+  void load_limits(const toml::table& root, Config& cfg, std::string_view section);
+};
+
+// --- [limits] / [timeouts] / top-level numbers: table-driven -------------------------------------
+
+struct Binding {
+  std::string_view section, key;
+  void (*set)(Config&, std::int64_t);
+};
+constexpr Binding kBindings[] = {
+    {"", "lifetime_days", [](Config& c, std::int64_t v) { c.lifetime_days = static_cast<int>(v); }},
+    {"", "threads", [](Config& c, std::int64_t v) { c.threads = static_cast<int>(v); }},
+    {"limits", "line_length", [](Config& c, std::int64_t v) { c.limits.line_length = v; }},
+    {"limits", "reply_line_length", [](Config& c, std::int64_t v) { c.limits.reply_line_length = v; }},
+    {"limits", "reply_lines", [](Config& c, std::int64_t v) { c.limits.reply_lines = v; }},
+    {"limits", "recipients_per_message", [](Config& c, std::int64_t v) { c.limits.recipients_per_message = v; }},
+    {"limits", "message_size", [](Config& c, std::int64_t v) { c.limits.message_size = v; }},
+    {"limits", "errors_per_session", [](Config& c, std::int64_t v) { c.limits.errors_per_session = v; }},
+    {"limits", "sessions", [](Config& c, std::int64_t v) { c.limits.sessions = v; }},
+    {"limits", "sessions_per_client", [](Config& c, std::int64_t v) { c.limits.sessions_per_client = v; }},
+    {"limits", "commands_before_mail", [](Config& c, std::int64_t v) { c.limits.commands_before_mail = v; }},
+    {"limits", "invalid_recipients_per_session",
+     [](Config& c, std::int64_t v) { c.limits.invalid_recipients_per_session = v; }},
+    {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
+    {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
+    {"timeouts", "data", [](Config& c, std::int64_t v) { c.timeouts.data = std::chrono::seconds(v); }},
+    {"timeouts", "upstream_connect",
+     [](Config& c, std::int64_t v) { c.timeouts.upstream_connect = std::chrono::seconds(v); }},
+    {"timeouts", "upstream_reply",
+     [](Config& c, std::int64_t v) { c.timeouts.upstream_reply = std::chrono::seconds(v); }},
+    {"timeouts", "upstream_data_reply",
+     [](Config& c, std::int64_t v) { c.timeouts.upstream_data_reply = std::chrono::seconds(v); }},
+    {"timeouts", "shutdown_grace",
+     [](Config& c, std::int64_t v) { c.timeouts.shutdown_grace = std::chrono::seconds(v); }},
+};
+
+// Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).
+constexpr bool bindings_match_table() {
+  if (std::size(kBindings) != kLimits.size()) return false;
+  for (const Binding& b : kBindings)
+    if (!has_limit(b.section, b.key)) return false;
+  for (std::size_t i = 0; i < std::size(kBindings); ++i)
+    for (std::size_t j = i + 1; j < std::size(kBindings); ++j)
+      if (kBindings[i].section == kBindings[j].section && kBindings[i].key == kBindings[j].key) return false;
+  return true;
+}
+static_assert(bindings_match_table(), "kBindings and kLimits disagree");
+
+void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view section) {
+  for (const Binding& b : kBindings) {
+    if (b.section != section) continue;
+    const Limit* l = find_limit(b.section, b.key);
+    b.set(cfg, limited(tbl, *l, join(section, b.key)));
+  }
+}
+
+// --- [[listener]] ----------------------------------------------------------------------------------
+
+constexpr std::string_view kListenerKeys[] = {"role", "listen", "upstream", "allow_clients"};
+
+void Loader::load_listeners(const toml::table& root, Config& cfg) {
+  const toml::node* n = root.get("listener");
+  if (!n) {
+    error(kTop, "listener", "at least one [[listener]] table is required");
+    return;
+  }
+  const toml::array* arr = n->as_array();
+  if (!arr) {
+    error(*n, "listener", "expected an array of tables ([[listener]]), got " + std::string(type_phrase(n->type())));
+    return;
+  }
+  if (arr->empty()) {
+    error(*n, "listener", "at least one [[listener]] table is required");
+    return;
+  }
+  struct Seen {
+    HostPort addr;
+    std::string path;
+    int line;
+  };
+  std::vector<Seen> seen;
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const toml::node& el = *arr->get(i);
+    const std::string path = indexed("listener", i);
+    const toml::table* t = el.as_table();
+    if (!t) {
+      type_error(el, path, "a table");
+      continue;
+    }
+    const Pos here = pos_of(t->source());
+    check_keys(*t, path, kListenerKeys);
+    Listener l;
+    bool ok = true;
+
+    std::optional<Role> role;
+    if (const toml::node* rn = t->get("role"))
+      role = enum_value<Role>(*rn, path + ".role", kRoleNames);
+    else
+      error(here, path + ".role", "required key is missing");
+    if (role)
+      l.role = *role;
+    else
+      ok = false;
+
+    if (auto s = required_string(*t, "listen", path + ".listen", here)) {
+      std::string why;
+      if (auto hp = parse_host_port(*s, /*allow_hostname=*/false, &why)) {
+        const toml::node& ln = *t->get("listen");
+        for (const Seen& other : seen) {
+          if (listen_overlaps(*hp, other.addr)) {
+            error(ln, path + ".listen",
+                  "address " + hp->to_string() + " is already used by " + other.path + ".listen (line " +
+                      std::to_string(other.line) + ")");
+            break;
+          }
+        }
+        seen.push_back({*hp, path, pos_of(ln.source()).line});
+        l.listen = std::move(*hp);
+      } else {
+        error(*t->get("listen"), path + ".listen", "bad address " + echo_value(*s) + ": " + why);
+        ok = false;
+      }
+    } else {
+      ok = false;
+    }
+
+    if (auto s = required_string(*t, "upstream", path + ".upstream", here)) {
+      std::string why;
+      const toml::node& un = *t->get("upstream");
+      if (auto hp = parse_host_port(*s, /*allow_hostname=*/true, &why)) {
+        if (hp->port == 0) {
+          error(un, path + ".upstream", "bad address " + echo_value(*s) + ": port must be 1 to 65535");
+        } else if (!l.listen.host.empty() && hp->is_ip_literal && listen_overlaps(l.listen, *hp)) {
+          error(un, path + ".upstream", "upstream " + hp->to_string() + " is this listener's own address (mail loop)");
+        }
+        l.upstream = std::move(*hp);
+      } else {
+        error(un, path + ".upstream", "bad address " + echo_value(*s) + ": " + why);
+        ok = false;
+      }
+    } else {
+      ok = false;
+    }
+
+    if (auto nets = cidr_list(*t, "allow_clients", path + ".allow_clients")) {
+      if (nets->empty() && t->get("allow_clients")->as_array()->empty())
+        error(*t->get("allow_clients"), path + ".allow_clients",
+              "must list at least one network (leave the key out for the default)");
+      l.allow_clients = std::move(*nets);
+    } else if (role && !t->get("allow_clients")) {
+      // Outbound relays sign mail as us: only local submitters by default. Inbound faces the
+      // Internet (it is the MX's front), so everyone may connect.
+      static constexpr std::array<std::string_view, 2> kOutbound = {"127.0.0.0/8", "::1/128"};
+      static constexpr std::array<std::string_view, 2> kInbound = {"0.0.0.0/0", "::/0"};
+      for (std::string_view net : *role == Role::outbound ? kOutbound : kInbound)
+        l.allow_clients.push_back(*parse_cidr(net));
+    }
+    if (ok) cfg.listeners.push_back(std::move(l));
+  }
+}
+
+// --- Top level -------------------------------------------------------------------------------------
+
+constexpr std::string_view kTopKeys[] = {"key_file", "lifetime_days", "hash",     "threads",
+                                         "domains",  "listener",      "signing",  "inbound",
+                                         "limits",   "timeouts",      "logging",  "metrics"};
+constexpr std::string_view kDomainsKeys[] = {"sign", "verify"};
+constexpr std::string_view kSigningKeys[] = {"exempt_senders", "exempt_destinations"};
+constexpr std::string_view kInboundKeys[] = {"mode", "exempt_local_parts", "accept_untagged_from",
+                                             "mailer_daemon_is_bounce"};
+constexpr std::string_view kLoggingKeys[] = {"level", "target", "syslog_facility"};
+constexpr std::string_view kMetricsKeys[] = {"listen"};
+
+std::vector<std::string_view> keys_of_section(std::string_view section) {
+  std::vector<std::string_view> out;
+  for (const Limit& l : kLimits)
+    if (l.section == section) out.push_back(l.key);
+  return out;
+}
+
+Config Loader::load(const toml::table& root) {
+  Config cfg;
+  cfg.source = file_;
+  check_keys(root, "", kTopKeys);
+
+  // key_file: stored, never opened here.
+  if (auto kf = required_string(root, "key_file", "key_file", kTop)) {
+    const toml::node& n = *root.get("key_file");
+    if (kf->empty()) {
+      error(n, "key_file", "must not be empty");
+    } else if (kf->find('\0') != std::string::npos) {
+      error(n, "key_file", "must not contain a NUL character");
+    } else {
+      std::filesystem::path p(*kf);
+      if (p.is_relative() && !base_dir_.empty()) p = std::filesystem::path(base_dir_) / p;
+      cfg.key_file = p.lexically_normal().string();
+    }
+  }
+
+  load_limits(root, cfg, "");
+  optional_enum<HashSetting>(root, "hash", "hash", kHashNames, cfg.hash);
+
+  // [domains]
+  {
+    const toml::table* d = sub_table(root, "domains", "domains");
+    if (d) check_keys(*d, "domains", kDomainsKeys);
+    const toml::node* sign_node = d ? d->get("sign") : nullptr;
+    if (!sign_node) {
+      error(d ? pos_of(d->source()) : kTop, "domains.sign", "required key is missing");
+    } else if (auto sign = domain_list(*d, "sign", "domains.sign")) {
+      if (sign_node->as_array()->empty()) error(*sign_node, "domains.sign", "must list at least one domain");
+      cfg.domains.sign = std::move(*sign);
+    }
+    if (d && d->get("verify")) {
+      if (auto verify = domain_list(*d, "verify", "domains.verify")) cfg.domains.verify = std::move(*verify);
+    } else {
+      cfg.domains.verify = cfg.domains.sign;
+    }
+  }
+
+  load_listeners(root, cfg);
+
+  // [signing]
+  if (const toml::table* s = sub_table(root, "signing", "signing")) {
+    check_keys(*s, "signing", kSigningKeys);
+    cfg.signing.exempt_senders = pattern_list(*s, "exempt_senders", "signing.exempt_senders");
+    cfg.signing.exempt_destinations = pattern_list(*s, "exempt_destinations", "signing.exempt_destinations");
+  }
+
+  // [inbound]
+  if (const toml::table* in = sub_table(root, "inbound", "inbound")) {
+    check_keys(*in, "inbound", kInboundKeys);
+    optional_enum<InboundMode>(*in, "mode", "inbound.mode", kModeNames, cfg.inbound.mode);
+    if (in->get("exempt_local_parts")) {
+      std::vector<std::string> parts;
+      for_each_string(*in, "exempt_local_parts", "inbound.exempt_local_parts",
+                      [&](std::string_view s, const toml::node& el, const std::string& el_path) {
+                        const bool bad_char = std::any_of(s.begin(), s.end(), [](char c) {
+                          const auto u = static_cast<unsigned char>(c);
+                          return u <= 0x20 || u == 0x7f || c == '@' || c == '<' || c == '>';
+                        });
+                        if (s.empty() || bad_char || s.size() > fixed::max_local_part_length) {
+                          error(el, el_path,
+                                "bad local part " + echo_value(s) +
+                                    ": must be 1 to 64 octets without '@', spaces or control characters");
+                          return;
+                        }
+                        std::string lp = lowercase(s);
+                        if (std::find(parts.begin(), parts.end(), lp) == parts.end()) parts.push_back(std::move(lp));
+                      });
+      if (std::find(parts.begin(), parts.end(), "postmaster") == parts.end()) parts.insert(parts.begin(), "postmaster");
+      cfg.inbound.exempt_local_parts = std::move(parts);
+    }
+    if (auto nets = cidr_list(*in, "accept_untagged_from", "inbound.accept_untagged_from"))
+      cfg.inbound.accept_untagged_from = std::move(*nets);
+    optional_bool(*in, "mailer_daemon_is_bounce", "inbound.mailer_daemon_is_bounce",
+                  cfg.inbound.mailer_daemon_is_bounce);
+  }
+
+  // [limits], [timeouts]
+  for (std::string_view section : {std::string_view("limits"), std::string_view("timeouts")}) {
+    if (const toml::table* t = sub_table(root, section, std::string(section))) {
+      const auto known = keys_of_section(section);
+      check_keys(*t, section, known);
+      load_limits(*t, cfg, section);
+      if (section == "limits" && cfg.limits.sessions_per_client > cfg.limits.sessions) {
+        const toml::node* at = t->get("sessions_per_client");
+        if (!at) at = t->get("sessions");
+        error(*at, at == t->get("sessions") ? "limits.sessions" : "limits.sessions_per_client",
+              "sessions_per_client (" + std::to_string(cfg.limits.sessions_per_client) +
+                  ") must not exceed sessions (" + std::to_string(cfg.limits.sessions) + ")");
+      }
+    }
+  }
+
+  // [logging]
+  if (const toml::table* lg = sub_table(root, "logging", "logging")) {
+    check_keys(*lg, "logging", kLoggingKeys);
+    optional_enum<LogLevel>(*lg, "level", "logging.level", kLevelNames, cfg.logging.level);
+    optional_enum<LogTarget>(*lg, "target", "logging.target", kTargetNames, cfg.logging.target);
+    optional_enum<SyslogFacility>(*lg, "syslog_facility", "logging.syslog_facility", kFacilityNames,
+                                  cfg.logging.syslog_facility);
+  }
+
+  // [metrics]
+  if (const toml::table* m = sub_table(root, "metrics", "metrics")) {
+    check_keys(*m, "metrics", kMetricsKeys);
+    if (const toml::node* ln = m->get("listen")) {
+      if (auto s = string_value(*ln, "metrics.listen")) {
+        std::string why;
+        if (auto hp = parse_host_port(*s, /*allow_hostname=*/false, &why)) {
+          for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+            if (listen_overlaps(*hp, cfg.listeners[i].listen)) {
+              error(*ln, "metrics.listen",
+                    "address " + hp->to_string() + " is already used by " + indexed("listener", i) + ".listen");
+              break;
+            }
+          }
+          cfg.metrics.listen = std::move(*hp);
+        } else {
+          error(*ln, "metrics.listen", "bad address " + echo_value(*s) + ": " + why);
+        }
+      }
+    }
+  }
+  return cfg;
+}
+
+}  // namespace
+
+// --- Public API --------------------------------------------------------------------------------------
+
+std::string_view to_string(Role v) { return name_of<Role>(kRoleNames, v); }
+std::string_view to_string(InboundMode v) { return name_of<InboundMode>(kModeNames, v); }
+std::string_view to_string(LogLevel v) { return name_of<LogLevel>(kLevelNames, v); }
+std::string_view to_string(LogTarget v) { return name_of<LogTarget>(kTargetNames, v); }
+std::string_view to_string(SyslogFacility v) { return name_of<SyslogFacility>(kFacilityNames, v); }
+std::string_view to_string(HashSetting v) { return name_of<HashSetting>(kHashNames, v); }
+
+bool AddressPattern::matches(std::string_view address) const {
+  const auto at = address.rfind('@');
+  if (at == std::string_view::npos) return false;
+  if (!iequals(address.substr(at + 1), domain)) return false;
+  return local_part.empty() || address.substr(0, at) == local_part;
+}
+
+std::string AddressPattern::to_string() const { return local_part + "@" + domain; }
+
+std::string format(const ConfigError& e) {
+  std::string out = e.file;
+  if (e.line > 0) out += ":" + std::to_string(e.line) + ":" + std::to_string(e.column);
+  out += ": ";
+  if (!e.key.empty()) out += e.key + ": ";
+  out += e.message;
+  return out;
+}
+
+LoadResult load_config_string(std::string_view toml_text, const std::string& name_for_errors,
+                              const std::string& base_dir) {
+  LoadResult result;
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, std::string_view(name_for_errors));
+  } catch (const toml::parse_error& e) {
+    const Pos p = pos_of(e.source());
+    result.errors.push_back({name_for_errors, p.line, p.column, "", std::string(e.description())});
+    return result;
+  }
+  Loader loader(name_for_errors, base_dir);
+  Config cfg = loader.load(root);
+  result.errors = std::move(loader.errors);
+  std::stable_sort(result.errors.begin(), result.errors.end(), [](const ConfigError& a, const ConfigError& b) {
+    return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+  });
+  if (result.errors.empty()) result.config = std::move(cfg);
+  return result;
+}
+
+LoadResult load_config_file(const std::string& path) {
+  auto fail = [&](std::string message) {
+    LoadResult r;
+    r.errors.push_back({path, 0, 0, "", std::move(message)});
+    return r;
+  };
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return fail("is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return fail(std::string("cannot open: ") + std::strerror(errno));
+  std::string text;
+  char buf[8192];
+  while (in) {
+    in.read(buf, sizeof buf);
+    text.append(buf, static_cast<std::size_t>(in.gcount()));
+    if (static_cast<std::int64_t>(text.size()) > fixed::max_config_file_bytes)
+      return fail("larger than " + std::to_string(fixed::max_config_file_bytes) + " bytes");
+  }
+  if (in.bad()) return fail("read error");
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  const std::string base = ec ? std::filesystem::path(path).parent_path().string() : abs.parent_path().string();
+  return load_config_string(text, path, base);
+}
+
+}  // namespace batv::conf

@@ -1,0 +1,138 @@
+// config: loads the relay's TOML configuration into one immutable, fully validated value.
+//
+// Contract
+// - Input: a TOML file (load_config_file) or text (load_config_string). The only I/O is reading
+//   that one file. The key file is NOT opened: its path is stored, a relative path resolved
+//   against the config file's directory. No network I/O, no DNS (upstream hostnames are checked
+//   for syntax only).
+// - Output: LoadResult. `config` is set iff `errors` is empty. Every problem in the file is
+//   reported (the loader never stops at the first), sorted by position, each with the file,
+//   line:column (1-based, from toml++) and the dotted key path: "listener[1].listen",
+//   "limits.line_length", "domains.sign[0]". Array indexes are 0-based.
+// - Rejected: TOML syntax errors; unknown keys anywhere (with a "did you mean" for typos within
+//   edit distance 2 or abbreviations of a known name); wrong value types; numbers outside the
+//   conf/limits.hpp ranges; unknown enum values; bad CIDR, host:port or domain syntax; missing
+//   required keys (reported at the enclosing table, 1:1 for the top level); duplicate or
+//   overlapping listen addresses (metrics.listen included); an upstream equal to its own listen
+//   address; limits.sessions_per_client above limits.sessions.
+// - Values echoed in messages are cut at 100 characters and non-printable bytes shown as \xNN.
+// - Immutability: Config is a plain value; the relay holds it as `const Config` (or
+//   shared_ptr<const Config>) and swaps whole values on reload.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/limits.hpp"
+#include "conf/net.hpp"
+
+namespace batv::conf {
+
+enum class Role { outbound, inbound };                        // sign MAIL FROM / check bounces
+enum class InboundMode { enforce, monitor, off };
+enum class LogLevel { debug, info, warning, error };
+enum class LogTarget { stderr_, syslog };
+enum class SyslogFacility { mail, daemon, local0, local1, local2, local3, local4, local5, local6, local7 };
+enum class HashSetting { exact, lowercase_local };             // mirrors crypto::HashMode
+
+// The spelling used in the config file: "outbound", "lowercase-local", "stderr", "local3", ...
+std::string_view to_string(Role v);
+std::string_view to_string(InboundMode v);
+std::string_view to_string(LogLevel v);
+std::string_view to_string(LogTarget v);
+std::string_view to_string(SyslogFacility v);
+std::string_view to_string(HashSetting v);
+
+// An exemption entry: "user@example.com" (that address) or "@example.com" (the whole domain).
+// The domain is lowercased; the local part is kept as written and compared byte for byte,
+// matching the spec's rule that local parts are never case-folded. Subdomains do not match.
+struct AddressPattern {
+  std::string local_part;  // empty = any local part in `domain`
+  std::string domain;      // lowercase
+  // `address` is "local@domain" (split at the last '@'); domain compared case-insensitively.
+  bool matches(std::string_view address) const;
+  std::string to_string() const;
+  friend bool operator==(const AddressPattern&, const AddressPattern&) = default;
+};
+
+struct Listener {
+  Role role = Role::outbound;
+  HostPort listen;                  // IP literal; port 0 = kernel-chosen (tests)
+  HostPort upstream;                // hostname or IP literal; port 1..65535
+  std::vector<Cidr> allow_clients;  // default: outbound = loopback only, inbound = everyone
+};
+
+struct Domains {
+  std::vector<std::string> sign;    // lowercase, at least one
+  std::vector<std::string> verify;  // lowercase; defaults to `sign`
+};
+
+struct Signing {
+  std::vector<AddressPattern> exempt_senders;
+  std::vector<AddressPattern> exempt_destinations;
+};
+
+struct Inbound {
+  InboundMode mode = InboundMode::enforce;
+  // Lowercased; compare lowercased local parts. Always contains "postmaster" (RFC 5321 4.5.1
+  // requires it to work), even when the file leaves it out.
+  std::vector<std::string> exempt_local_parts{"postmaster", "abuse"};
+  std::vector<Cidr> accept_untagged_from;
+  bool mailer_daemon_is_bounce = false;
+};
+
+struct Logging {
+  LogLevel level = LogLevel::info;
+  LogTarget target = LogTarget::stderr_;
+  SyslogFacility syslog_facility = SyslogFacility::mail;
+};
+
+struct Metrics {
+  std::optional<HostPort> listen;   // absent = metrics off; IP literal only
+};
+
+struct Config {
+  std::string source;               // the config file name, as given (for logs)
+  std::string key_file;             // resolved path; never opened by conf
+  int lifetime_days = static_cast<int>(limit("", "lifetime_days").def);
+  HashSetting hash = HashSetting::exact;
+  int threads = static_cast<int>(limit("", "threads").def);  // 0 = one per core (relay decides)
+  Domains domains;
+  std::vector<Listener> listeners;  // TOML [[listener]]; at least one
+  Signing signing;
+  Inbound inbound;
+  Limits limits;
+  Timeouts timeouts;
+  Logging logging;
+  Metrics metrics;
+};
+
+struct ConfigError {
+  std::string file;
+  int line = 0;      // 0 = unknown (e.g. the file could not be read)
+  int column = 0;
+  std::string key;   // dotted path; empty for syntax and file errors
+  std::string message;
+};
+
+// "FILE:LINE:COL: KEY: MESSAGE"; "FILE: KEY: MESSAGE" when the line is unknown; the "KEY: " part
+// is left out when the key is empty.
+std::string format(const ConfigError& e);
+
+struct LoadResult {
+  std::optional<Config> config;     // set iff errors is empty
+  std::vector<ConfigError> errors;
+};
+
+// Reads at most fixed::max_config_file_bytes from `path`; relative key_file paths are resolved
+// against the directory of `path` made absolute.
+LoadResult load_config_file(const std::string& path);
+
+// `name_for_errors` becomes ConfigError::file and Config::source; a relative key_file is joined
+// to `base_dir` (left relative when base_dir is empty).
+LoadResult load_config_string(std::string_view toml_text, const std::string& name_for_errors,
+                              const std::string& base_dir);
+
+}  // namespace batv::conf

@@ -1,0 +1,173 @@
+// limits: the ONE place for every numeric bound of batv-relay (Postfix mail_params.h style).
+//
+// Contract: a constexpr table, one row per configurable number, with default, minimum, maximum,
+// unit and a note on where the number comes from. The config loader (conf/config.cpp) validates
+// [limits], [timeouts] and the two numeric top-level keys against this table and nothing else;
+// conf/batv-relay.example.toml lists every row with its default (a unit test checks both).
+// `Limits` and `Timeouts` below are filled from the table's defaults, so a default-constructed
+// value is the documented default configuration. Fixed (non-configurable) bounds live in
+// `batv::conf::fixed` at the end. No I/O, no allocation: include it anywhere.
+//
+// Timeout minimums are 1 second so that tests can exercise expiry quickly; production values
+// should respect the RFC 5321 4.5.3.2 figures cited in each row.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <string_view>
+
+namespace batv::conf {
+
+struct Limit {
+  std::string_view section;  // TOML table the key lives in; "" = top level
+  std::string_view key;
+  std::int64_t def, min, max;
+  std::string_view unit;     // for messages: "octets", "seconds", ...
+  std::string_view why;
+};
+
+inline constexpr std::array kLimits = std::to_array<Limit>({
+    // --- top level ---------------------------------------------------------------------------
+    {"", "lifetime_days", 7, 1, 30, "days",
+     "How long a tag stays valid. MTAs give up on a message after 4-5 days (RFC 5321 4.5.4.1), "
+     "so 7 lets every bounce of a signed message come back. The DDD field wraps at 1000 days "
+     "(draft-levine-smtp-batv-01); 30 keeps a leaked tag's replay window short."},
+    {"", "threads", 0, 0, 256, "threads",
+     "I/O threads; 0 = one per CPU core. Sessions are coroutines, threads only add CPU "
+     "parallelism, so 256 is a sanity cap."},
+
+    // --- [limits] ----------------------------------------------------------------------------
+    {"limits", "line_length", 2048, 512, 65536, "octets",
+     "Longest client command line, CRLF included. RFC 5321 4.5.3.1.4: at least 512; ESMTP "
+     "parameters and extensions raise it (RFC 4954 4: AUTH lines up to 12288). 2048 = Postfix "
+     "line_length_limit. Longer lines are skipped to the next LF and answered 500."},
+    {"limits", "reply_line_length", 2048, 512, 65536, "octets",
+     "Longest reply line read from the next hop, CRLF included. RFC 5321 4.5.3.1.5: at least "
+     "512. The next hop is untrusted: a longer line fails the command with a generic 451."},
+    {"limits", "reply_lines", 100, 10, 1000, "lines",
+     "Most lines in one multi-line reply from the next hop. RFC 5321 4.2.1 sets no bound; an "
+     "EHLO reply listing every common extension is about 20 lines. Bounds memory per reply."},
+    {"limits", "recipients_per_message", 1000, 100, 100000, "recipients",
+     "RCPTs accepted per transaction. RFC 5321 4.5.3.1.8: a server MUST accept at least 100; "
+     "1000 = Postfix smtpd_recipient_limit. Extra RCPTs get 452 (RFC 5321 4.5.3.1.10)."},
+    {"limits", "message_size", 67108864, 65536, 2147483648, "bytes",
+     "Largest message body (advertised as EHLO SIZE, RFC 1870). RFC 5321 4.5.3.1.7: at least "
+     "64K octets. 64 MiB default sits above common next-hop limits (Postfix 10 MB, large "
+     "providers 25-50 MB) so the next hop decides. Oversize: read to the dot, then 552."},
+    {"limits", "errors_per_session", 20, 1, 1000, "errors",
+     "Error replies (4xx/5xx to the client) before the session is closed with 421. "
+     "20 = Postfix smtpd_hard_error_limit."},
+    {"limits", "sessions", 500, 1, 100000, "sessions",
+     "Concurrent sessions over all listeners; each also holds one next-hop connection. Excess "
+     "connections get 421 and are closed. Postfix default_process_limit is 100 processes; "
+     "coroutines are cheaper, so 500."},
+    {"limits", "sessions_per_client", 50, 1, 100000, "sessions",
+     "Concurrent sessions from one client IP address; must not exceed limits.sessions. "
+     "50 = Postfix smtpd_client_connection_count_limit."},
+    {"limits", "commands_before_mail", 100, 10, 10000, "commands",
+     "Commands outside a mail transaction (EHLO, NOOP, RSET, VRFY, ...) before 421; the count "
+     "restarts at each MAIL. 100 = Postfix smtpd_junk_command_limit."},
+    {"limits", "invalid_recipients_per_session", 50, 1, 100000, "recipients",
+     "Rejected RCPTs (bad, expired or missing tag) per session before 421: slows dictionary "
+     "probing for valid tags and backscatter floods. Postfix analogue: "
+     "smtpd_hard_error_limit."},
+
+    // --- [timeouts] (seconds) ----------------------------------------------------------------
+    {"timeouts", "idle", 300, 1, 3600, "seconds",
+     "Inactivity on any single read or write. RFC 5321 4.5.3.2.7: a server should wait at least "
+     "5 minutes for the next command; 300 = Postfix smtpd_timeout."},
+    {"timeouts", "command", 300, 1, 3600, "seconds",
+     "Overall deadline for receiving one command line, so a byte-a-minute trickle cannot reset "
+     "the idle timer forever. 5 minutes, as RFC 5321 4.5.3.2.7."},
+    {"timeouts", "data", 1800, 1, 86400, "seconds",
+     "Overall deadline for the DATA phase, 354 to the final dot. RFC 5321 4.5.3.2.5 gives 3 "
+     "minutes per data block (that is the idle timer) but no bound on the whole body; 30 "
+     "minutes carries a 64 MiB message at about 37 KB/s."},
+    {"timeouts", "upstream_connect", 30, 1, 300, "seconds",
+     "TCP connect to the next hop. 30 = Postfix smtp_connect_timeout; the client meanwhile "
+     "waits for our greeting, for which RFC 5321 4.5.3.2.1 allows it 5 minutes."},
+    {"timeouts", "upstream_reply", 100, 1, 3600, "seconds",
+     "Wait for a next-hop reply (greeting, EHLO, MAIL, RCPT, DATA 354). Must stay below the "
+     "client's own wait or the client gives up while the next hop may still accept (duplicate "
+     "delivery); the shortest client timeout is DATA initiation, 2 minutes (RFC 5321 4.5.3.2.4), "
+     "hence 100 (MAIL and RCPT allow 5 minutes: 4.5.3.2.2, 4.5.3.2.3)."},
+    {"timeouts", "upstream_data_reply", 540, 1, 3600, "seconds",
+     "Wait for the next hop's reply to the final dot. The client waits 10 minutes for it (RFC "
+     "5321 4.5.3.2.6); answering within 9 avoids duplicate delivery (RFC 1047)."},
+    {"timeouts", "shutdown_grace", 30, 0, 3600, "seconds",
+     "On SIGTERM: stop accepting, let open sessions finish for this long, then close them with "
+     "421 (RFC 5321 3.8). 0 = close at once."},
+});
+
+// Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
+consteval const Limit& limit(std::string_view section, std::string_view key) {
+  for (const Limit& l : kLimits)
+    if (l.section == section && l.key == key) return l;
+  throw "batv::conf::limit: no such entry in kLimits";
+}
+
+constexpr bool has_limit(std::string_view section, std::string_view key) {
+  for (const Limit& l : kLimits)
+    if (l.section == section && l.key == key) return true;
+  return false;
+}
+
+// Runtime lookup; nullptr when absent.
+constexpr const Limit* find_limit(std::string_view section, std::string_view key) {
+  for (const Limit& l : kLimits)
+    if (l.section == section && l.key == key) return &l;
+  return nullptr;
+}
+
+namespace detail {
+constexpr bool limits_table_is_sane() {
+  for (std::size_t i = 0; i < kLimits.size(); ++i) {
+    const Limit& l = kLimits[i];
+    if (l.key.empty() || l.unit.empty() || l.why.empty()) return false;
+    if (!(l.min <= l.def && l.def <= l.max)) return false;
+    for (std::size_t j = i + 1; j < kLimits.size(); ++j)
+      if (kLimits[j].section == l.section && kLimits[j].key == l.key) return false;
+  }
+  return true;
+}
+}  // namespace detail
+static_assert(detail::limits_table_is_sane(), "kLimits: empty field, default out of range or duplicate");
+
+// [limits]: counts and sizes. Every member corresponds to one kLimits row of section "limits".
+struct Limits {
+  std::int64_t line_length = limit("limits", "line_length").def;
+  std::int64_t reply_line_length = limit("limits", "reply_line_length").def;
+  std::int64_t reply_lines = limit("limits", "reply_lines").def;
+  std::int64_t recipients_per_message = limit("limits", "recipients_per_message").def;
+  std::int64_t message_size = limit("limits", "message_size").def;
+  std::int64_t errors_per_session = limit("limits", "errors_per_session").def;
+  std::int64_t sessions = limit("limits", "sessions").def;
+  std::int64_t sessions_per_client = limit("limits", "sessions_per_client").def;
+  std::int64_t commands_before_mail = limit("limits", "commands_before_mail").def;
+  std::int64_t invalid_recipients_per_session = limit("limits", "invalid_recipients_per_session").def;
+  friend bool operator==(const Limits&, const Limits&) = default;
+};
+
+// [timeouts]: every member corresponds to one kLimits row of section "timeouts".
+struct Timeouts {
+  std::chrono::seconds idle{limit("timeouts", "idle").def};
+  std::chrono::seconds command{limit("timeouts", "command").def};
+  std::chrono::seconds data{limit("timeouts", "data").def};
+  std::chrono::seconds upstream_connect{limit("timeouts", "upstream_connect").def};
+  std::chrono::seconds upstream_reply{limit("timeouts", "upstream_reply").def};
+  std::chrono::seconds upstream_data_reply{limit("timeouts", "upstream_data_reply").def};
+  std::chrono::seconds shutdown_grace{limit("timeouts", "shutdown_grace").def};
+  friend bool operator==(const Timeouts&, const Timeouts&) = default;
+};
+
+// Fixed bounds: not configurable, named here so that no bare number hides elsewhere.
+namespace fixed {
+inline constexpr std::int64_t max_config_file_bytes = 1 << 20;  // a config is a few KB; refuse /dev/zero
+inline constexpr std::size_t max_domain_length = 253;    // RFC 1035 2.3.4 (255 on the wire = 253 as text)
+inline constexpr std::size_t max_label_length = 63;      // RFC 1035 2.3.4
+inline constexpr std::size_t max_local_part_length = 64; // RFC 5321 4.5.3.1.1
+inline constexpr std::size_t max_echoed_value_chars = 100;  // config values quoted in errors are cut here
+}  // namespace fixed
+
+}  // namespace batv::conf
