@@ -37,6 +37,8 @@ constexpr std::pair<std::string_view, SyslogFacility> kFacilityNames[] = {
     {"local2", SyslogFacility::local2}, {"local3", SyslogFacility::local3},
     {"local4", SyslogFacility::local4}, {"local5", SyslogFacility::local5},
     {"local6", SyslogFacility::local6}, {"local7", SyslogFacility::local7}};
+constexpr std::pair<std::string_view, VrfyReply> kVrfyNames[] = {
+    {"252", VrfyReply::cannot_verify}, {"502", VrfyReply::disabled}};
 constexpr std::pair<std::string_view, HashSetting> kHashNames[] = {
     {"exact", HashSetting::exact}, {"lowercase-local", HashSetting::lowercase_local}};
 
@@ -532,7 +534,9 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
 
 constexpr std::string_view kTopKeys[] = {"key_file", "lifetime_days", "hash",     "threads",
                                          "domains",  "listener",      "signing",  "inbound",
-                                         "limits",   "timeouts",      "logging",  "metrics"};
+                                         "limits",   "timeouts",      "logging",  "metrics",
+                                         "smtp"};
+constexpr std::string_view kSmtpKeys[] = {"hostname", "vrfy"};
 constexpr std::string_view kDomainsKeys[] = {"sign", "verify"};
 constexpr std::string_view kSigningKeys[] = {"exempt_senders", "exempt_destinations"};
 constexpr std::string_view kInboundKeys[] = {"mode", "exempt_local_parts", "accept_untagged_from",
@@ -651,6 +655,19 @@ Config Loader::load(const toml::table& root) {
                                   cfg.logging.syslog_facility);
   }
 
+  // [smtp]
+  if (const toml::table* sm = sub_table(root, "smtp", "smtp")) {
+    check_keys(*sm, "smtp", kSmtpKeys);
+    if (const toml::node* hn = sm->get("hostname")) {
+      if (auto s = string_value(*hn, "smtp.hostname")) {
+        std::string why;
+        if (auto d = normalize_domain(*s, &why)) cfg.smtp.hostname = std::move(*d);
+        else error(*hn, "smtp.hostname", "bad host name " + echo_value(*s) + ": " + why);
+      }
+    }
+    optional_enum<VrfyReply>(*sm, "vrfy", "smtp.vrfy", kVrfyNames, cfg.smtp.vrfy);
+  }
+
   // [metrics]
   if (const toml::table* m = sub_table(root, "metrics", "metrics")) {
     check_keys(*m, "metrics", kMetricsKeys);
@@ -685,6 +702,7 @@ std::string_view to_string(LogLevel v) { return name_of<LogLevel>(kLevelNames, v
 std::string_view to_string(LogTarget v) { return name_of<LogTarget>(kTargetNames, v); }
 std::string_view to_string(SyslogFacility v) { return name_of<SyslogFacility>(kFacilityNames, v); }
 std::string_view to_string(HashSetting v) { return name_of<HashSetting>(kHashNames, v); }
+std::string_view to_string(VrfyReply v) { return name_of<VrfyReply>(kVrfyNames, v); }
 
 bool AddressPattern::matches(std::string_view address) const {
   const auto at = address.rfind('@');

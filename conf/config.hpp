@@ -36,6 +36,7 @@ enum class LogLevel { debug, info, warning, error };
 enum class LogTarget { stderr_, syslog };
 enum class SyslogFacility { mail, daemon, local0, local1, local2, local3, local4, local5, local6, local7 };
 enum class HashSetting { exact, lowercase_local };             // mirrors crypto::HashMode
+enum class VrfyReply { cannot_verify, disabled };              // "252" | "502"
 
 // The spelling used in the config file: "outbound", "lowercase-local", "stderr", "local3", ...
 std::string_view to_string(Role v);
@@ -44,6 +45,7 @@ std::string_view to_string(LogLevel v);
 std::string_view to_string(LogTarget v);
 std::string_view to_string(SyslogFacility v);
 std::string_view to_string(HashSetting v);
+std::string_view to_string(VrfyReply v);
 
 // An exemption entry: "user@example.com" (that address) or "@example.com" (the whole domain).
 // The domain is lowercased; the local part is kept as written and compared byte for byte,
@@ -89,6 +91,13 @@ struct Logging {
   SyslogFacility syslog_facility = SyslogFacility::mail;
 };
 
+struct Smtp {
+  // Our name in the greeting, in EHLO replies and in the EHLO we send upstream. Empty = the
+  // system host name (the relay fills it in; conf does no lookups).
+  std::string hostname;
+  // VRFY and EXPN: 252 ("cannot verify, will attempt delivery", RFC 5321 3.5.3) or 502 (disabled).
+  VrfyReply vrfy = VrfyReply::cannot_verify;
+};
 struct Metrics {
   std::optional<HostPort> listen;   // absent = metrics off; IP literal only
 };
@@ -106,6 +115,7 @@ struct Config {
   Limits limits;
   Timeouts timeouts;
   Logging logging;
+  Smtp smtp;
   Metrics metrics;
 };
 

@@ -1,22 +1,23 @@
 // batv-relay: the daemon's entry point.
 //
 //   batv-relay --check-config FILE   load the config, the key file and the keyring; print
-//                                    "configuration OK" or every error; exit 0 or 1
-//   batv-relay --config FILE         run the relay (foreground, logs to stderr)
+//                                    "configuration OK" or every error; exit 0 or 78
+//   batv-relay --config FILE         run the relay (foreground, logs to stderr by default)
 //   batv-relay --version
-#include <cstdio>
+#include <csignal>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "conf/config.hpp"
-#include "conf/keyfile.hpp"
-#include "crypto/keyring.hpp"
+#include "relay/log.hpp"
+#include "relay/runtime.hpp"
+#include "relay/server.hpp"
 
 namespace {
 
 using namespace batv;
 
+constexpr int ex_usage = 64;
 constexpr int ex_config = 78;  // sysexits EX_CONFIG
 
 constexpr std::string_view usage_text =
@@ -24,30 +25,12 @@ constexpr std::string_view usage_text =
     "       batv-relay --check-config FILE    validate the config and its key file\n"
     "       batv-relay --version\n";
 
-// Everything a running relay needs, validated: config, key file and keyring.
-// Returns false after printing each error (file:line:col: key: message) to stderr.
-bool check(const std::string& path) {
-  auto loaded = conf::load_config_file(path);
-  if (!loaded.config) {
-    for (const auto& e : loaded.errors) std::cerr << conf::format(e) << "\n";
-    return false;
-  }
-  const conf::Config& cfg = *loaded.config;
-  auto keys = conf::load_keyfile(cfg.key_file);
-  if (!keys.file) {
-    for (const auto& e : keys.errors)
-      std::cerr << conf::format(e) << " (key_file, set in " << path << ")\n";
-    return false;
-  }
-  std::vector<crypto::KeyMaterial> mats;
-  for (const auto& k : keys.file->keys)
-    mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone()});
-  std::string err;
-  if (!crypto::Keyring::build(mats, err)) {
-    std::cerr << cfg.key_file << ": " << err << "\n";
-    return false;
-  }
-  return true;
+// Loads config, key file and keyring; prints every error (file:line:col: key: message).
+std::shared_ptr<const relay::Runtime> load(const std::string& path) {
+  std::vector<std::string> errors;
+  auto rt = relay::load_runtime(path, errors);
+  for (const auto& e : errors) std::cerr << e << "\n";
+  return rt;
 }
 
 }  // namespace
@@ -63,15 +46,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args.size() == 2 && args[0] == "--check-config") {
-    if (!check(args[1])) return ex_config;
+    if (!load(args[1])) return ex_config;
     std::cout << "configuration OK\n";
     return 0;
   }
   if (args.size() == 2 && args[0] == "--config") {
-    if (!check(args[1])) return ex_config;
-    std::cerr << "batv-relay: configuration OK, but relaying is not built yet (issue 3)\n";
-    return 69;  // EX_UNAVAILABLE
+    auto rt = load(args[1]);
+    if (!rt) return ex_config;
+    relay::configure_logging(rt->config.logging);
+    std::signal(SIGPIPE, SIG_IGN);  // a vanished peer is an error code, not a signal
+    relay::RuntimeHolder holder(std::move(rt));
+    relay::Server server(holder);
+    return server.run();
   }
   std::cerr << usage_text;
-  return 64;
+  return ex_usage;
 }

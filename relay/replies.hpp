@@ -1,0 +1,104 @@
+// replies: every SMTP reply batv-relay writes itself, in one place (OpenSMTPD / Postfix style).
+//
+// Each reply carries an RFC 3463 enhanced status code. Replies that come from the next hop are not
+// here: they are passed through sanitised (relay/smtp/reply.hpp). Functions return the wire form,
+// CRLF included. Host names inserted here come from our own config, never from a peer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace batv::relay::replies {
+
+inline std::string line(int code, std::string_view text) {
+  return std::to_string(code) + " " + std::string(text) + "\r\n";
+}
+
+// --- Connection ------------------------------------------------------------------------------------
+inline std::string greeting(std::string_view host) { return line(220, std::string(host) + " ESMTP batv-relay"); }
+inline std::string access_denied(std::string_view client) {
+  return line(554, "5.7.1 Client " + std::string(client) + " is not allowed to relay through this server");
+}
+inline std::string too_many_sessions(std::string_view host) {
+  return line(421, "4.7.0 " + std::string(host) + " Too many connections, try again later");
+}
+inline std::string too_many_from_client(std::string_view host) {
+  return line(421, "4.7.0 " + std::string(host) + " Too many connections from your address, try again later");
+}
+inline std::string upstream_unavailable(std::string_view host) {
+  return line(421, "4.4.1 " + std::string(host) + " Next hop unavailable, try again later");
+}
+inline std::string upstream_lost_closing(std::string_view host) {
+  return line(421, "4.4.2 " + std::string(host) + " Next hop connection lost, closing");
+}
+inline std::string idle_timeout(std::string_view host) {
+  return line(421, "4.4.2 " + std::string(host) + " Error: timeout exceeded");
+}
+inline std::string data_timeout(std::string_view host) {
+  return line(421, "4.4.2 " + std::string(host) + " Error: DATA took too long, closing");
+}
+inline std::string too_many_errors(std::string_view host) {
+  return line(421, "4.7.0 " + std::string(host) + " Too many errors, closing");
+}
+inline std::string too_many_commands(std::string_view host) {
+  return line(421, "4.7.0 " + std::string(host) + " Too many commands without a mail transaction, closing");
+}
+inline std::string shutting_down(std::string_view host) {
+  return line(421, "4.3.2 " + std::string(host) + " Service shutting down, closing");
+}
+inline std::string bye() { return line(221, "2.0.0 Bye"); }
+
+// --- Commands --------------------------------------------------------------------------------------
+inline std::string ok() { return line(250, "2.0.0 OK"); }
+inline std::string sender_ok() { return line(250, "2.1.0 Sender OK"); }
+inline std::string helo(std::string_view host) { return line(250, host); }
+inline std::string help() { return line(214, "2.0.0 batv-relay: see RFC 5321"); }
+inline std::string vrfy_cannot() {
+  return line(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+inline std::string vrfy_disabled() { return line(502, "5.5.1 VRFY and EXPN are disabled"); }
+inline std::string start_data() { return line(354, "End data with <CR><LF>.<CR><LF>"); }
+
+// --- Client errors (RFC 5321 4.2.2; enhanced codes RFC 3463 3.6) ----------------------------------
+inline std::string unknown_command() { return line(500, "5.5.1 Command unrecognized"); }
+inline std::string line_too_long() { return line(500, "5.5.2 Line too long"); }
+inline std::string nul_in_command() { return line(500, "5.5.2 NUL character in command"); }
+inline std::string not_implemented(std::string_view what) {
+  return line(502, "5.5.1 " + std::string(what) + " not available");
+}
+inline std::string need_helo() { return line(503, "5.5.1 Send HELO/EHLO first"); }
+inline std::string nested_mail() { return line(503, "5.5.1 Sender already specified"); }
+inline std::string need_mail() { return line(503, "5.5.1 Need MAIL before RCPT"); }
+inline std::string need_rcpt() { return line(503, "5.5.1 Need RCPT before DATA"); }
+inline std::string no_valid_recipients() { return line(554, "5.5.1 No valid recipients"); }
+inline std::string bdat_sequence() { return line(503, "5.5.1 Cannot mix DATA and BDAT, or BDAT after a failed chunk"); }
+inline std::string mail_syntax() { return line(501, "5.5.4 Syntax: MAIL FROM:<address> [parameters]"); }
+inline std::string rcpt_syntax() { return line(501, "5.5.4 Syntax: RCPT TO:<address> [parameters]"); }
+inline std::string bdat_syntax() { return line(501, "5.5.4 Syntax: BDAT size [LAST]"); }
+inline std::string bad_sender(std::string_view why) { return line(501, "5.1.7 Bad sender address syntax: " + std::string(why)); }
+inline std::string bad_recipient(std::string_view why) {
+  return line(501, "5.1.3 Bad recipient address syntax: " + std::string(why));
+}
+inline std::string null_recipient() { return line(501, "5.1.3 Null recipient not allowed"); }
+inline std::string param_unsupported(std::string_view kw) {
+  return line(555, "5.5.4 Unsupported parameter " + std::string(kw));
+}
+inline std::string param_invalid(std::string_view kw) { return line(501, "5.5.4 Invalid value for " + std::string(kw)); }
+inline std::string needs_smtputf8() { return line(553, "5.6.7 Address needs SMTPUTF8 (RFC 6531)"); }
+inline std::string size_exceeded() { return line(552, "5.3.4 Message size exceeds fixed limit"); }
+inline std::string too_many_recipients() { return line(452, "4.5.3 Too many recipients"); }
+inline std::string separate_transaction() {
+  return line(452, "4.5.3 This recipient needs a separate transaction (different envelope sender), try again");
+}
+inline std::string bare_newline() {
+  return line(554, "5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8), rejected");
+}
+
+// --- Next-hop trouble (temporary: the client keeps the message and retries) ------------------------
+inline std::string upstream_failed() { return line(451, "4.4.2 Next hop connection lost, try again later"); }
+inline std::string upstream_timeout() { return line(451, "4.4.2 Next hop timed out, try again later"); }
+inline std::string upstream_garbled() { return line(451, "4.4.0 Next hop sent an invalid reply, try again later"); }
+inline std::string upstream_unreachable() { return line(451, "4.4.1 Next hop unavailable, try again later"); }
+
+}  // namespace batv::relay::replies

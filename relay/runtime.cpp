@@ -1,0 +1,65 @@
+#include "relay/runtime.hpp"
+
+#include <unistd.h>
+
+#include <optional>
+
+#include "conf/keyfile.hpp"
+#include "relay/policy.hpp"
+
+namespace batv::relay {
+
+namespace {
+
+std::string system_hostname() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+  return buf;
+}
+
+std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& count,
+                                         std::vector<std::string>& errors) {
+  auto keys = conf::load_keyfile(cfg.key_file);
+  if (!keys.file) {
+    for (const auto& e : keys.errors)
+      errors.push_back(conf::format(e) + " (key_file, set in " + cfg.source + ")");
+    return std::nullopt;
+  }
+  std::vector<crypto::KeyMaterial> mats;
+  for (const auto& k : keys.file->keys)
+    mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone()});
+  std::string err;
+  auto ring = crypto::Keyring::build(mats, err);
+  if (!ring) errors.push_back(cfg.key_file + ": " + err);
+  count = mats.size();
+  return ring;
+}
+
+}  // namespace
+
+std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
+                                            std::vector<std::string>& errors) {
+  auto loaded = conf::load_config_file(config_path);
+  if (!loaded.config) {
+    for (const auto& e : loaded.errors) errors.push_back(conf::format(e));
+    return nullptr;
+  }
+  std::size_t count = 0;
+  auto ring = load_keys(*loaded.config, count, errors);
+  if (!ring) return nullptr;
+  const conf::Config& cfg = *loaded.config;
+  const crypto::PrvsParams params = prvs_params(cfg);
+  std::string host = cfg.smtp.hostname.empty() ? system_hostname() : cfg.smtp.hostname;
+  return std::make_shared<const Runtime>(
+      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count});
+}
+
+std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors) {
+  std::size_t count = 0;
+  auto ring = load_keys(current.config, count, errors);
+  if (!ring) return nullptr;
+  return std::make_shared<const Runtime>(
+      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count});
+}
+
+}  // namespace batv::relay

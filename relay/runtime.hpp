@@ -1,0 +1,53 @@
+// runtime: everything a session needs, loaded and validated as one immutable value.
+//
+// Sessions take a shared_ptr<const Runtime> snapshot when they start and keep it to the end, so a
+// reload never changes a session midway. A reload builds a complete new Runtime off to the side;
+// on any error the old one stays (style.md, practice 7).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "conf/config.hpp"
+#include "crypto/keyring.hpp"
+#include "crypto/prvs.hpp"
+
+namespace batv::relay {
+
+struct Runtime {
+  conf::Config config;
+  crypto::Keyring keyring;
+  crypto::PrvsParams prvs;
+  std::string hostname;  // config smtp.hostname, or the system host name
+  std::size_t key_count = 0;
+};
+
+// Loads the config file, its key file and the keyring. On failure returns nullptr and fills
+// `errors` with one line each (file:line:col: key: message).
+std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
+                                            std::vector<std::string>& errors);
+
+// A new Runtime with the same config and a freshly loaded key file (SIGHUP).
+std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors);
+
+// The current runtime, swapped atomically.
+class RuntimeHolder {
+ public:
+  explicit RuntimeHolder(std::shared_ptr<const Runtime> rt) : rt_(std::move(rt)) {}
+  std::shared_ptr<const Runtime> get() const {
+    std::lock_guard lock(mu_);
+    return rt_;
+  }
+  void set(std::shared_ptr<const Runtime> rt) {
+    std::lock_guard lock(mu_);
+    rt_ = std::move(rt);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const Runtime> rt_;
+};
+
+}  // namespace batv::relay

@@ -1,0 +1,211 @@
+#include "relay/server.hpp"
+
+#include <openssl/rand.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "relay/log.hpp"
+#include "relay/session.hpp"
+
+namespace batv::relay {
+
+Server::Server(RuntimeHolder& runtime) : runtime_(runtime) {
+  // A random prefix keeps session ids unique across restarts and relays sharing one log.
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&id_prefix_), sizeof id_prefix_) != 1) id_prefix_ = 0;
+}
+
+Server::~Server() = default;
+
+int Server::run() {
+  const auto rt = runtime_.get();
+  const conf::Config& cfg = rt->config;
+  std::size_t threads = cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : std::thread::hardware_concurrency();
+  if (threads == 0) threads = 1;
+  for (std::size_t i = 0; i < threads; ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
+  asio::io_context& main = *contexts_[0];
+
+  for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const conf::Listener& l = cfg.listeners[i];
+    boost::system::error_code ec;
+    const auto addr = asio::ip::make_address(l.listen.host, ec);
+    if (ec) {
+      log(Level::error, "listen_failed").kv("listener", i).kv("address", l.listen.to_string()).kv("error", ec.message());
+      return 71;
+    }
+    auto acc = std::make_unique<tcp::acceptor>(main);
+    const tcp::endpoint ep(addr, l.listen.port);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      log(Level::error, "listen_failed").kv("listener", i).kv("address", l.listen.to_string()).kv("error", ec.message());
+      return 71;  // EX_OSERR
+    }
+    log(Level::info, "listening")
+        .kv("listener", i)
+        .kv("role", conf::to_string(l.role))
+        .kv("address", to_string(acc->local_endpoint()))
+        .kv("upstream", l.upstream.to_string());
+    acceptors_.push_back(std::move(acc));
+  }
+  for (std::size_t i = 0; i < acceptors_.size(); ++i) asio::co_spawn(main, accept_loop(i), asio::detached);
+  asio::co_spawn(main, signal_loop(), asio::detached);
+  log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", rt->keyring.signing_id());
+
+  std::vector<std::thread> pool;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  for (auto& c : contexts_) guards.emplace_back(c->get_executor());
+  for (std::size_t i = 1; i < contexts_.size(); ++i) pool.emplace_back([&c = *contexts_[i]] { c.run(); });
+  main.run();
+  guards.clear();
+  for (auto& c : contexts_) c->stop();
+  for (auto& t : pool) t.join();
+  log(Level::info, "shutdown_complete");
+  return 0;
+}
+
+awaitable<void> Server::accept_loop(std::size_t index) {
+  tcp::acceptor& acc = *acceptors_[index];
+  for (;;) {
+    asio::io_context& target = *contexts_[next_context_++ % contexts_.size()];
+    auto [ec, sock] = co_await acc.async_accept(target, asio::as_tuple(asio::use_awaitable));
+    if (stopping_ || ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      // EMFILE and friends: log, pause briefly so a descriptor shortage does not spin the loop.
+      log(Level::warning, "accept_failed").kv("listener", index).kv("error", ec.message());
+      asio::steady_timer t(acc.get_executor());
+      t.expires_after(std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::use_awaitable);
+      continue;
+    }
+    start_session(std::move(sock), index);
+  }
+}
+
+void Server::start_session(tcp::socket sock, std::size_t listener) {
+  SessionContext ctx;
+  ctx.runtime = runtime_.get();
+  ctx.listener = listener;
+  boost::system::error_code ec;
+  const auto remote = sock.remote_endpoint(ec);
+  if (ec) return;  // already gone
+  ctx.client = to_string(remote);
+  auto addr = remote.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  ctx.client_ip = addr.to_string();
+  const conf::Listener& l = ctx.runtime->config.listeners[listener];
+  const conf::Limits& limits = ctx.runtime->config.limits;
+
+  const std::uint64_t id = next_id_++;
+  char sid[32];
+  std::snprintf(sid, sizeof sid, "%08x%06llx", id_prefix_, static_cast<unsigned long long>(id & 0xffffff));
+  ctx.id = sid;
+
+  bool allowed = false;
+  for (const auto& net : l.allow_clients)
+    if (net.contains(std::string_view(ctx.client_ip))) allowed = true;
+  bool counted = false;
+  if (!allowed) {
+    ctx.admission = SessionContext::Admission::denied;
+  } else {
+    std::lock_guard lock(registry_.mu);
+    if (registry_.total >= limits.sessions) {
+      ctx.admission = SessionContext::Admission::too_many;
+    } else if (registry_.per_ip[ctx.client_ip] >= limits.sessions_per_client) {
+      ctx.admission = SessionContext::Admission::too_many_from_client;
+    } else {
+      ++registry_.total;
+      ++registry_.per_ip[ctx.client_ip];
+      counted = true;
+    }
+  }
+  const std::string ip = ctx.client_ip;
+  auto session = std::make_shared<Session>(std::move(sock), std::move(ctx));
+  if (counted) {
+    std::lock_guard lock(registry_.mu);
+    registry_.live[id] = session;
+  }
+  auto ex = session->executor();
+  asio::co_spawn(ex, [this, session, id, ip, counted]() -> awaitable<void> {
+    co_await session->run();
+    if (counted) release(id, ip);
+  }, asio::detached);
+}
+
+void Server::release(std::uint64_t id, const std::string& ip) {
+  std::lock_guard lock(registry_.mu);
+  --registry_.total;
+  if (--registry_.per_ip[ip] <= 0) registry_.per_ip.erase(ip);
+  registry_.live.erase(id);
+}
+
+void Server::reload() {
+  const auto current = runtime_.get();
+  std::vector<std::string> errors;
+  auto next = reload_keys(*current, errors);
+  if (!next) {
+    std::string joined;
+    for (const auto& e : errors) joined += (joined.empty() ? "" : "; ") + e;
+    log(Level::error, "reload").kv("result", "failed").kv("error", joined);
+    return;
+  }
+  runtime_.set(next);
+  log(Level::info, "reload").kv("result", "ok").kv("keys", next->key_count).kv("signing_key", next->keyring.signing_id());
+}
+
+awaitable<void> Server::signal_loop() {
+  asio::signal_set signals(*contexts_[0], SIGTERM, SIGINT, SIGHUP);
+  for (;;) {
+    auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    if (sig == SIGHUP) {
+      reload();
+      continue;
+    }
+    log(Level::info, "shutdown_begin").kv("signal", sig == SIGTERM ? "TERM" : "INT");
+    co_await shutdown();
+    co_return;
+  }
+}
+
+awaitable<void> Server::shutdown() {
+  stopping_ = true;
+  for (auto& acc : acceptors_) {
+    boost::system::error_code ignored;
+    acc->close(ignored);
+  }
+  const auto rt = runtime_.get();
+  asio::steady_timer timer(*contexts_[0]);
+  auto live_count = [this] {
+    std::lock_guard lock(registry_.mu);
+    return registry_.total;
+  };
+  // Let sessions finish within the grace period, polling (bounded) for the last one to end.
+  const auto grace_end = Clock::now() + rt->config.timeouts.shutdown_grace;
+  while (live_count() > 0 && Clock::now() < grace_end) {
+    timer.expires_after(std::chrono::milliseconds(50));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  if (live_count() > 0) {
+    std::vector<std::shared_ptr<Session>> left;
+    {
+      std::lock_guard lock(registry_.mu);
+      for (auto& [id, weak] : registry_.live)
+        if (auto s = weak.lock()) left.push_back(std::move(s));
+    }
+    log(Level::info, "shutdown_closing").kv("sessions", static_cast<std::int64_t>(left.size()));
+    for (auto& s : left) s->stop();
+    // Each stopped session writes its 421 with the idle timeout as bound; give them that long.
+    const auto hard_end = Clock::now() + std::chrono::seconds(10);
+    while (live_count() > 0 && Clock::now() < hard_end) {
+      timer.expires_after(std::chrono::milliseconds(50));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+  }
+  for (auto& c : contexts_) c->stop();
+}
+
+}  // namespace batv::relay

@@ -1,0 +1,57 @@
+// server: listeners, the accept loop, admission (allowed networks, session limits), the thread
+// pool, and signals (SIGTERM/SIGINT: graceful shutdown; SIGHUP: reload the key file).
+//
+// One io_context per thread (Asio's io_context-per-core model): a session lives entirely on the
+// context that accepted its socket, so its coroutine needs no strand. Admission counts live in
+// one mutex-guarded registry. Every wait is bounded; shutdown waits timeouts.shutdown_grace for
+// sessions to finish, then ends the rest with 421 4.3.2.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "relay/io.hpp"
+#include "relay/runtime.hpp"
+
+namespace batv::relay {
+
+class Session;
+
+class Server {
+ public:
+  explicit Server(RuntimeHolder& runtime);
+  ~Server();
+  // Binds every listener and serves until SIGTERM/SIGINT. Returns the process exit code.
+  int run();
+
+ private:
+  struct Registry {
+    std::mutex mu;
+    std::int64_t total = 0;
+    std::unordered_map<std::string, std::int64_t> per_ip;
+    std::unordered_map<std::uint64_t, std::weak_ptr<Session>> live;
+  };
+
+  awaitable<void> accept_loop(std::size_t index);
+  awaitable<void> signal_loop();
+  awaitable<void> shutdown();
+  void start_session(tcp::socket sock, std::size_t listener);
+  void release(std::uint64_t id, const std::string& ip);
+  void reload();
+
+  RuntimeHolder& runtime_;
+  std::vector<std::unique_ptr<asio::io_context>> contexts_;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::size_t next_context_ = 0;
+  std::uint64_t next_id_ = 1;
+  std::uint32_t id_prefix_ = 0;
+  Registry registry_;
+  bool stopping_ = false;
+};
+
+}  // namespace batv::relay

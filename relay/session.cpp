@@ -1,0 +1,871 @@
+#include "relay/session.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "relay/log.hpp"
+#include "relay/replies.hpp"
+
+namespace batv::relay {
+
+namespace {
+
+constexpr std::size_t min_input_buffer = 64 * 1024;  // streaming chunk; lines are bounded separately
+constexpr std::size_t max_pending = 100;             // pipelined commands held before a forced flush
+
+bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
+  return out;
+}
+
+// Body scanner for DATA (RFC 5321 4.1.1.4): finds CRLF "." CRLF and notes bare CR or LF, which
+// could let a client smuggle a second message past a next hop that ends data on them
+// (CVE-2023-51764 class). Scans incrementally across reads; the body starts at a line start.
+struct DataScanner {
+  enum State { mid_line, saw_cr, line_start, saw_dot, saw_dot_cr } state = line_start;
+  bool bare_newline = false;
+
+  // Returns the number of bytes consumed; `done` when the terminator's last byte was consumed.
+  std::size_t scan(const char* p, std::size_t n, bool& done) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const char c = p[i];
+      switch (state) {
+        case line_start:
+          if (c == '.') state = saw_dot;
+          else if (c == '\r') state = saw_cr;
+          else if (c == '\n') { bare_newline = true; state = mid_line; }
+          else state = mid_line;
+          break;
+        case saw_dot:
+          if (c == '\r') state = saw_dot_cr;
+          else if (c == '\n') { bare_newline = true; state = mid_line; }
+          else state = mid_line;
+          break;
+        case saw_dot_cr:
+          if (c == '\n') {
+            done = true;
+            return i + 1;
+          }
+          bare_newline = true;
+          state = c == '\r' ? saw_cr : mid_line;
+          break;
+        case saw_cr:
+          if (c == '\n') state = line_start;
+          else { bare_newline = true; state = c == '\r' ? saw_cr : mid_line; }
+          break;
+        case mid_line:
+          if (c == '\r') state = saw_cr;
+          else if (c == '\n') bare_newline = true;
+          break;
+      }
+    }
+    done = false;
+    return n;
+  }
+};
+
+}  // namespace
+
+Session::Session(tcp::socket client, SessionContext ctx)
+    : client_(std::move(client)),
+      ctx_(std::move(ctx)),
+      rt_(ctx_.runtime),
+      cfg_(rt_->config),
+      listener_(cfg_.listeners.at(ctx_.listener)),
+      up_(client_.get_executor(), cfg_.limits, cfg_.timeouts),
+      in_(std::max<std::size_t>(min_input_buffer, static_cast<std::size_t>(cfg_.limits.line_length) + 2)) {
+  tx_.shared = std::make_shared<TxShared>();
+}
+
+void Session::stop() {
+  auto self = shared_from_this();
+  asio::post(client_.get_executor(), [self] {
+    self->stop_requested_ = true;
+    boost::system::error_code ignored;
+    self->client_.cancel(ignored);
+    self->up_.cancel();
+  });
+}
+
+awaitable<void> Session::run() {
+  try {
+    co_await serve();
+  } catch (const std::exception& e) {
+    end_ = End::io_error;
+    log(Level::error, "session_error").kv("sid", ctx_.id).kv("error", e.what());
+  }
+  up_.close();
+  boost::system::error_code ignored;
+  client_.shutdown(tcp::socket::shutdown_both, ignored);
+  client_.close(ignored);
+  auto line = log(Level::info, "session_end");
+  line.kv("sid", ctx_.id)
+      .kv("client", ctx_.client)
+      .kv("role", conf::to_string(listener_.role))
+      .kv("reason", end_name())
+      .kv("phase", phase_name())
+      .kv("messages", messages_)
+      .kv("recipients", recipients_)
+      .kv("signed", signed_)
+      .kv("unsigned", unsigned_)
+      .kv("errors", errors_);
+  if (!upstream_detail_.empty()) line.kv("upstream_error", upstream_detail_);
+}
+
+awaitable<void> Session::serve() {
+  const std::string& host = rt_->hostname;
+  log(Level::info, "connect").kv("sid", ctx_.id).kv("client", ctx_.client).kv("role", conf::to_string(listener_.role));
+  switch (ctx_.admission) {
+    case SessionContext::Admission::ok: break;
+    case SessionContext::Admission::denied:
+      end_ = End::access_denied;
+      co_await write_client(replies::access_denied(ctx_.client_ip));
+      co_return;
+    case SessionContext::Admission::too_many:
+      end_ = End::too_many_sessions;
+      co_await write_client(replies::too_many_sessions(host));
+      co_return;
+    case SessionContext::Admission::too_many_from_client:
+      end_ = End::too_many_sessions;
+      co_await write_client(replies::too_many_from_client(host));
+      co_return;
+  }
+
+  phase_ = Phase::greeting;
+  if (!co_await up_.open(listener_.upstream, host)) {
+    end_ = End::upstream_unavailable;
+    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+    log(Level::warning, "upstream_unavailable").kv("sid", ctx_.id).kv("upstream", listener_.upstream.to_string())
+        .kv("error", upstream_detail_);
+    co_await write_client(replies::upstream_unavailable(host));
+    co_return;
+  }
+  const smtp::Capabilities& caps = up_.caps();
+  adv_pipelining_ = caps.pipelining;
+  adv_8bitmime_ = caps.eightbitmime;
+  adv_smtputf8_ = caps.smtputf8;
+  adv_dsn_ = caps.dsn;
+  adv_chunking_ = caps.chunking;
+  adv_enhanced_ = caps.enhancedstatuscodes;
+  adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
+  if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
+
+  if (!co_await write_client(replies::greeting(host))) co_return;
+  phase_ = Phase::command;
+
+  std::string line;
+  for (;;) {
+    // Flush replies (and relay pipelined commands) once the batch the client sent is consumed.
+    if (!has_complete_line() || pending_.size() >= max_pending) {
+      if (!co_await flush()) co_return;
+    }
+    command_deadline_ = Clock::now() + cfg_.timeouts.command;
+    const LineStatus st = co_await read_line(line);
+    switch (st) {
+      case LineStatus::ok:
+        if (!co_await process(line)) co_return;
+        break;
+      case LineStatus::too_long:
+        queue_local(replies::line_too_long());
+        ++errors_;
+        break;
+      case LineStatus::closed:
+        end_ = End::client_closed;
+        co_return;
+      case LineStatus::timeout:
+        end_ = End::idle_timeout;
+        co_await flush();
+        co_await write_client(replies::idle_timeout(host));
+        co_return;
+      case LineStatus::stopped:
+        end_ = End::shutdown;
+        co_await write_client(replies::shutting_down(host));
+        co_return;
+    }
+    if (errors_ >= cfg_.limits.errors_per_session) {
+      end_ = End::too_many_errors;
+      co_await flush();
+      co_await write_client(replies::too_many_errors(host));
+      co_return;
+    }
+    if (commands_outside_tx_ > cfg_.limits.commands_before_mail) {
+      end_ = End::too_many_commands;
+      co_await flush();
+      co_await write_client(replies::too_many_commands(host));
+      co_return;
+    }
+  }
+}
+
+// --- Client input ------------------------------------------------------------------------------------
+
+bool Session::has_complete_line() const {
+  return std::find(in_.begin() + static_cast<std::ptrdiff_t>(in_begin_),
+                   in_.begin() + static_cast<std::ptrdiff_t>(in_end_), '\n') !=
+         in_.begin() + static_cast<std::ptrdiff_t>(in_end_);
+}
+
+awaitable<bool> Session::fill(Clock::time_point deadline) {
+  if (stop_requested_) co_return false;
+  if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
+  if (in_end_ == in_.size() && in_begin_ > 0) {
+    std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+    in_end_ -= in_begin_;
+    in_begin_ = 0;
+  }
+  const auto idle_deadline = Clock::now() + cfg_.timeouts.idle;
+  const IoResult r = co_await read_some_for(client_, asio::buffer(in_.data() + in_end_, in_.size() - in_end_),
+                                            std::min(deadline, idle_deadline) - Clock::now());
+  if (!r) {
+    if (stop_requested_) read_failure_ = ReadFailure::stopped;
+    else if (r.timed_out) read_failure_ = ReadFailure::timeout;
+    else read_failure_ = ReadFailure::closed;
+    co_return false;
+  }
+  in_end_ += r.n;
+  co_return true;
+}
+
+awaitable<Session::LineStatus> Session::read_line(std::string& line) {
+  const auto max_line = static_cast<std::size_t>(cfg_.limits.line_length);
+  bool skipping = false;
+  for (;;) {
+    const char* b = in_.data() + in_begin_;
+    const char* e = in_.data() + in_end_;
+    const char* nl = std::find(b, e, '\n');
+    if (nl != e) {
+      const std::size_t len = static_cast<std::size_t>(nl - b);
+      in_begin_ += len + 1;
+      if (skipping || len + 1 > max_line) co_return LineStatus::too_long;  // resynchronised at LF
+      line.assign(b, len);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      co_return LineStatus::ok;
+    }
+    if (skipping || in_end_ - in_begin_ >= max_line) {
+      skipping = true;  // overlong: drop what we have and keep reading to the next LF
+      in_begin_ = in_end_;
+    }
+    if (!co_await fill(command_deadline_)) {
+      switch (read_failure_) {
+        case ReadFailure::stopped: co_return LineStatus::stopped;
+        case ReadFailure::timeout: co_return LineStatus::timeout;
+        case ReadFailure::closed: co_return LineStatus::closed;
+      }
+    }
+  }
+}
+
+awaitable<bool> Session::write_client(std::string_view text) {
+  if (text.empty()) co_return true;
+  const IoResult r = co_await write_all_for(client_, asio::buffer(text.data(), text.size()), cfg_.timeouts.idle);
+  if (!r) {
+    if (end_ == End::none) end_ = End::client_closed;
+    co_return false;
+  }
+  co_return true;
+}
+
+void Session::queue_local(std::string reply) {
+  Pending p;
+  p.local_reply = std::move(reply);
+  pending_.push_back(std::move(p));
+}
+
+// --- Relaying replies ----------------------------------------------------------------------------------
+
+std::string Session::relay_reply(const smtp::Reply& r) const {
+  const int cls = r.code / 100;
+  if (cls != 2 && cls != 4 && cls != 5) return replies::upstream_garbled();
+  return smtp::format_reply(r.code, r.lines);
+}
+
+std::string Session::upstream_failure_reply() const {
+  switch (up_.failure()) {
+    case Upstream::Failure::timeout: return replies::upstream_timeout();
+    case Upstream::Failure::protocol: return replies::upstream_garbled();
+    case Upstream::Failure::unreachable: return replies::upstream_unreachable();
+    default: return replies::upstream_failed();
+  }
+}
+
+awaitable<bool> Session::ensure_upstream() {
+  if (up_.connected()) co_return true;
+  const bool ok = co_await up_.open(listener_.upstream, rt_->hostname);
+  log(ok ? Level::info : Level::warning, "upstream_reconnect")
+      .kv("sid", ctx_.id)
+      .kv("result", ok ? "ok" : "failed")
+      .kv("error", ok ? std::string() : up_.detail());
+  co_return ok;
+}
+
+awaitable<bool> Session::flush() {
+  bool lost = false;
+  if (!pending_.empty()) {
+    const bool need_upstream =
+        std::any_of(pending_.begin(), pending_.end(), [](const Pending& p) { return !p.upstream.empty(); });
+    bool up_ok = true;
+    if (need_upstream) up_ok = co_await ensure_upstream();
+    const bool pipelined = up_ok && up_.caps().pipelining;
+    if (pipelined && need_upstream) {
+      std::string batch;
+      for (const Pending& p : pending_)
+        for (const std::string& c : p.upstream) batch += c;
+      up_ok = co_await up_.send(batch);
+    }
+    for (Pending& p : pending_) {
+      if (p.upstream.empty()) {
+        out_ += p.local_reply;
+        continue;
+      }
+      std::vector<smtp::Reply> got;
+      for (const std::string& c : p.upstream) {
+        if (!up_ok) break;
+        if (!pipelined && !(up_ok = co_await up_.send(c))) break;
+        auto r = co_await up_.read_reply();
+        if (!r) {
+          up_ok = false;
+          break;
+        }
+        got.push_back(std::move(*r));
+        if (!pipelined && p.stop_on_failure && got.back().code / 100 != 2) break;
+      }
+      if (!up_ok) {
+        lost = true;
+        out_ += upstream_failure_reply();
+      } else {
+        out_ += p.on_replies(got);
+      }
+    }
+    pending_.clear();
+  }
+  std::string text = std::move(out_);
+  out_.clear();
+  if (!co_await write_client(text)) co_return false;
+  if (lost) {
+    end_ = End::upstream_lost;
+    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+    co_await write_client(replies::upstream_lost_closing(rt_->hostname));
+    co_return false;
+  }
+  co_return true;
+}
+
+// --- Commands ------------------------------------------------------------------------------------------
+
+awaitable<bool> Session::process(const std::string& line) {
+  if (line.find('\0') != std::string::npos) {
+    queue_local(replies::nul_in_command());
+    ++errors_;
+    co_return true;
+  }
+  const smtp::Command cmd = smtp::parse_command(line);
+  using smtp::Verb;
+  if (!tx_.active && cmd.verb != Verb::mail && cmd.verb != Verb::quit) ++commands_outside_tx_;
+  auto error = [&](std::string reply) {
+    queue_local(std::move(reply));
+    ++errors_;
+  };
+  switch (cmd.verb) {
+    case Verb::ehlo:
+    case Verb::helo: {
+      if (!co_await flush()) co_return false;
+      if (cmd.args.empty()) {
+        error(replies::line(501, cmd.verb == Verb::ehlo ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname"));
+        co_return true;
+      }
+      handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
+      helo_seen_ = true;
+      esmtp_ = cmd.verb == Verb::ehlo;
+      if (!esmtp_) {
+        queue_local(replies::helo(rt_->hostname));
+        co_return true;
+      }
+      std::vector<std::string> lines{rt_->hostname};
+      if (adv_pipelining_) lines.emplace_back("PIPELINING");
+      lines.push_back("SIZE " + std::to_string(adv_size_));
+      if (adv_8bitmime_) lines.emplace_back("8BITMIME");
+      if (adv_smtputf8_) lines.emplace_back("SMTPUTF8");
+      if (adv_enhanced_) lines.emplace_back("ENHANCEDSTATUSCODES");
+      if (adv_dsn_) lines.emplace_back("DSN");
+      if (adv_chunking_) lines.emplace_back("CHUNKING");
+      queue_local(smtp::format_reply(250, lines));
+      co_return true;
+    }
+    case Verb::mail:
+      if (!helo_seen_) error(replies::need_helo());
+      else if (tx_.active) error(replies::nested_mail());
+      else handle_mail(cmd.args);
+      co_return true;
+    case Verb::rcpt:
+      if (!helo_seen_) error(replies::need_helo());
+      else if (!tx_.active) error(replies::need_mail());
+      else handle_rcpt(cmd.args);
+      co_return true;
+    case Verb::data:
+      co_return co_await do_data();
+    case Verb::bdat:
+      co_return co_await do_bdat(cmd.args);
+    case Verb::rset:
+      handle_rset(/*reply=*/true);
+      co_return true;
+    case Verb::noop:
+      queue_local(replies::ok());
+      co_return true;
+    case Verb::vrfy:
+    case Verb::expn:
+      if (cfg_.smtp.vrfy == conf::VrfyReply::cannot_verify) queue_local(replies::vrfy_cannot());
+      else error(replies::vrfy_disabled());
+      co_return true;
+    case Verb::help:
+      queue_local(replies::help());
+      co_return true;
+    case Verb::quit: {
+      phase_ = Phase::quit;
+      if (!co_await flush()) co_return false;
+      end_ = End::quit;
+      co_await write_client(replies::bye());
+      if (up_.connected()) co_await up_.send("QUIT\r\n");
+      co_return false;
+    }
+    case Verb::starttls:
+      error(replies::not_implemented("STARTTLS"));
+      co_return true;
+    case Verb::auth:
+      error(replies::not_implemented("AUTH"));
+      co_return true;
+    case Verb::unknown:
+      error(replies::unknown_command());
+      co_return true;
+  }
+  co_return true;
+}
+
+void Session::handle_mail(std::string_view args) {
+  const smtp::PathResult res = smtp::parse_mail_from(args);
+  if (!res.path) {
+    switch (res.error) {
+      case smtp::PathError::syntax:
+      case smtp::PathError::missing_brackets:
+      case smtp::PathError::bad_param:
+      case smtp::PathError::duplicate_param:
+        queue_local(replies::mail_syntax());
+        break;
+      default:
+        queue_local(replies::bad_sender(smtp::to_string(res.error)));
+    }
+    ++errors_;
+    return;
+  }
+  const smtp::Path& path = *res.path;
+  bool smtputf8 = false;
+  for (const smtp::Param& p : path.params) {
+    const std::string kw = upper(p.keyword);
+    bool advertised = false;
+    if (kw == "SIZE") {
+      advertised = true;  // we always advertise SIZE (RFC 1870)
+    } else if (kw == "BODY") {
+      // 7BIT always; 8BITMIME when advertised (RFC 6152); BINARYMIME never (not offered).
+      const std::string v = p.value ? upper(*p.value) : std::string();
+      advertised = v == "7BIT" || (v == "8BITMIME" && adv_8bitmime_);
+    } else if (kw == "SMTPUTF8") {
+      advertised = adv_smtputf8_;
+    } else if (kw == "RET" || kw == "ENVID") {
+      advertised = adv_dsn_;
+    }
+    if (!advertised) {
+      queue_local(replies::param_unsupported(kw));
+      ++errors_;
+      return;
+    }
+    if (!smtp::valid_param_value(kw, p.value)) {
+      queue_local(replies::param_invalid(kw));
+      ++errors_;
+      return;
+    }
+    if (kw == "SIZE" && std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > adv_size_) {
+      queue_local(replies::size_exceeded());
+      ++errors_;
+      return;
+    }
+    if (kw == "SMTPUTF8") smtputf8 = true;
+  }
+  if (path.non_ascii && !smtputf8) {
+    queue_local(replies::needs_smtputf8());
+    ++errors_;
+    return;
+  }
+  reset_transaction();
+  tx_.active = true;
+  tx_.sender = path.address;
+  tx_.mail_params = std::string(path.params_text);
+  tx_.smtputf8 = smtputf8;
+  commands_outside_tx_ = 0;
+  phase_ = Phase::mail;
+  queue_local(replies::sender_ok());
+}
+
+void Session::handle_rcpt(std::string_view args) {
+  const smtp::PathResult res = smtp::parse_rcpt_to(args);
+  if (!res.path) {
+    switch (res.error) {
+      case smtp::PathError::null_not_allowed: queue_local(replies::null_recipient()); break;
+      case smtp::PathError::syntax:
+      case smtp::PathError::missing_brackets:
+      case smtp::PathError::bad_param:
+      case smtp::PathError::duplicate_param: queue_local(replies::rcpt_syntax()); break;
+      default: queue_local(replies::bad_recipient(smtp::to_string(res.error)));
+    }
+    ++errors_;
+    return;
+  }
+  const smtp::Path& path = *res.path;
+  for (const smtp::Param& p : path.params) {
+    const std::string kw = upper(p.keyword);
+    if (!((kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
+      queue_local(replies::param_unsupported(kw));
+      ++errors_;
+      return;
+    }
+    if (!smtp::valid_param_value(kw, p.value)) {
+      queue_local(replies::param_invalid(kw));
+      ++errors_;
+      return;
+    }
+  }
+  if (path.non_ascii && !tx_.smtputf8) {
+    queue_local(replies::needs_smtputf8());
+    ++errors_;
+    return;
+  }
+  phase_ = Phase::rcpt;
+  ++tx_.rcpt_tried;
+  if (tx_.rcpt_sent >= cfg_.limits.recipients_per_message) {
+    queue_local(replies::too_many_recipients());
+    return;
+  }
+  std::shared_ptr<TxShared> shared = tx_.shared;
+  if (shared->mail_error) {  // known before this batch: the next hop refused MAIL
+    queue_local(*shared->mail_error);
+    return;
+  }
+  std::string rcpt_cmd = "RCPT TO:<" + path.address + ">";
+  if (!path.params_text.empty()) rcpt_cmd.append(" ").append(path.params_text);
+  rcpt_cmd += "\r\n";
+
+  auto rcpt_result = [this, shared](const smtp::Reply& r) {
+    if (r.code / 100 == 2) {
+      ++shared->rcpt_accepted;
+      ++recipients_;
+    }
+    return relay_reply(r);
+  };
+
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  if (!tx_.decided) {
+    tx_.decision = decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    tx_.decided = true;
+    auto line = log(Level::info, "mail");
+    line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
+    if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
+    else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
+
+    std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
+    if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
+    mail_cmd += "\r\n";
+    Pending p;
+    p.upstream = {std::move(mail_cmd), std::move(rcpt_cmd)};
+    p.stop_on_failure = true;
+    p.on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (got.empty()) return upstream_failure_reply();
+      if (got[0].code / 100 != 2) {
+        shared->mail_error = relay_reply(got[0]);
+        shared->upstream_open = false;
+        return *shared->mail_error;
+      }
+      if (got.size() < 2) return upstream_failure_reply();
+      return rcpt_result(got[1]);
+    };
+    shared->upstream_open = true;  // corrected by the reply handler if MAIL fails
+    pending_.push_back(std::move(p));
+  } else {
+    const SenderDecision d = decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    if (d.sign != tx_.decision.sign) {
+      queue_local(replies::separate_transaction());
+      return;
+    }
+    Pending p;
+    p.upstream = {std::move(rcpt_cmd)};
+    p.on_replies = [shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (shared->mail_error) return *shared->mail_error;
+      return rcpt_result(got.at(0));
+    };
+    pending_.push_back(std::move(p));
+  }
+  ++tx_.rcpt_sent;
+}
+
+void Session::handle_rset(bool reply) {
+  if (tx_.decided && tx_.shared->upstream_open) {
+    // The next hop has a transaction open: abort it too. Its reply is not the client's business
+    // beyond success; a failure surfaces as a lost connection in flush().
+    Pending p;
+    p.upstream = {"RSET\r\n"};
+    p.on_replies = [reply](std::vector<smtp::Reply>&) { return reply ? replies::ok() : std::string(); };
+    pending_.push_back(std::move(p));
+  } else if (reply) {
+    queue_local(replies::ok());
+  }
+  reset_transaction();
+}
+
+void Session::reset_transaction() {
+  tx_ = Transaction{};
+  tx_.shared = std::make_shared<TxShared>();
+  phase_ = Phase::command;
+}
+
+// --- DATA and BDAT ---------------------------------------------------------------------------------
+
+std::optional<std::string> Session::data_precondition(bool bdat) {
+  if (!helo_seen_) return replies::need_helo();
+  if (!tx_.active) return replies::line(503, "5.5.1 Need MAIL command");
+  if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
+  if (bdat && tx_.bdat_failed) return replies::bdat_sequence();
+  if (tx_.shared->rcpt_accepted == 0)
+    return tx_.rcpt_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt();
+  return std::nullopt;
+}
+
+void Session::count_message(const std::string& reply, std::uint64_t size) {
+  const bool accepted = !reply.empty() && reply[0] == '2';
+  if (accepted) {
+    ++messages_;
+    if (tx_.decision.sign) ++signed_;
+    else ++unsigned_;
+  } else if (reply_is_error(reply)) {
+    ++errors_;
+  }
+  std::string first = reply.substr(0, reply.find('\r'));
+  log(accepted ? Level::info : Level::warning, "message")
+      .kv("sid", ctx_.id)
+      .kv("from", "<" + tx_.sender + ">")
+      .kv("upstream_from", "<" + tx_.decision.upstream_from + ">")
+      .kv("recipients", tx_.shared->rcpt_accepted)
+      .kv("size", size)
+      .kv("result", accepted ? "accepted" : "rejected")
+      .kv("reply", first);
+}
+
+awaitable<bool> Session::do_data() {
+  if (!co_await flush()) co_return false;
+  if (auto why = data_precondition(false)) {
+    queue_local(std::move(*why));
+    ++errors_;
+    co_return true;
+  }
+  phase_ = Phase::data;
+  const std::string& host = rt_->hostname;
+  std::optional<smtp::Reply> r;
+  if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
+  if (!r) {
+    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+    end_ = End::upstream_lost;
+    co_await write_client(upstream_failure_reply());
+    co_await write_client(replies::upstream_lost_closing(host));
+    co_return false;
+  }
+  if (r->code != 354) {
+    std::string reply = r->code / 100 == 2 ? replies::upstream_garbled() : relay_reply(*r);
+    if (reply_is_error(reply)) ++errors_;
+    co_return co_await write_client(reply);
+  }
+  if (!co_await write_client(replies::start_data())) {
+    co_return false;
+  }
+
+  // Stream the body: constant memory, bytes forwarded exactly as received.
+  const auto data_deadline = Clock::now() + cfg_.timeouts.data;
+  const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
+  DataScanner scanner;
+  std::uint64_t size = 0;
+  bool forwarding = true, too_big = false, upstream_broke = false, done = false;
+  while (!done) {
+    if (in_begin_ == in_end_ && !co_await fill(data_deadline)) {
+      up_.close();  // the next hop discards an unterminated message
+      switch (read_failure_) {
+        case ReadFailure::stopped:
+          end_ = End::shutdown;
+          co_await write_client(replies::shutting_down(host));
+          break;
+        case ReadFailure::timeout:
+          end_ = Clock::now() >= data_deadline ? End::data_timeout : End::idle_timeout;
+          co_await write_client(end_ == End::data_timeout ? replies::data_timeout(host) : replies::idle_timeout(host));
+          break;
+        case ReadFailure::closed:
+          end_ = End::client_closed;
+          break;
+      }
+      co_return false;
+    }
+    const char* p = in_.data() + in_begin_;
+    const std::size_t n = scanner.scan(p, in_end_ - in_begin_, done);
+    size += n;
+    if (size > max_size + 5) too_big = true;  // + the terminator's 5 octets at most
+    if (forwarding && (scanner.bare_newline || too_big)) {
+      forwarding = false;
+      up_.close();
+    }
+    if (forwarding && !co_await up_.send(std::string_view(p, n))) {
+      forwarding = false;
+      upstream_broke = true;
+    }
+    in_begin_ += n;
+  }
+
+  std::string reply;
+  if (scanner.bare_newline) {
+    reply = replies::bare_newline();
+  } else if (too_big) {
+    reply = replies::size_exceeded();
+  } else if (upstream_broke) {
+    reply = upstream_failure_reply();
+  } else {
+    auto fin = co_await up_.read_reply(/*final_dot=*/true);
+    if (!fin) {
+      reply = upstream_failure_reply();
+      up_.close();
+    } else {
+      reply = relay_reply(*fin);
+      if (fin->code / 100 == 3) reply = replies::upstream_garbled();
+    }
+  }
+  if (!up_.connected() && upstream_detail_.empty() && up_.failure() != Upstream::Failure::none)
+    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+  count_message(reply, size);
+  reset_transaction();
+  co_return co_await write_client(reply);
+}
+
+awaitable<bool> Session::skip_bytes(std::uint64_t n) {
+  const auto deadline = Clock::now() + cfg_.timeouts.data;
+  while (n > 0) {
+    if (in_begin_ == in_end_ && !co_await fill(deadline)) {
+      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
+             : read_failure_ == ReadFailure::timeout ? End::data_timeout
+                                                     : End::client_closed;
+      co_return false;
+    }
+    const std::uint64_t take = std::min<std::uint64_t>(n, in_end_ - in_begin_);
+    in_begin_ += static_cast<std::size_t>(take);
+    n -= take;
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::do_bdat(std::string_view args) {
+  if (!co_await flush()) co_return false;
+  const auto bdat = smtp::parse_bdat(args);
+  if (!bdat) {
+    queue_local(replies::bdat_syntax());
+    ++errors_;
+    co_return true;
+  }
+  std::optional<std::string> refuse;
+  if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
+  else refuse = data_precondition(true);
+  const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
+  if (!refuse && tx_.bdat_bytes + bdat->size > max_size) {
+    refuse = replies::size_exceeded();
+    if (tx_.bdat_used) up_.close();  // a partly sent message must not be completed
+    tx_.bdat_failed = true;
+  }
+  if (refuse) {
+    ++errors_;
+    if (!co_await skip_bytes(bdat->size)) co_return false;
+    if (bdat->last && tx_.active) reset_transaction();
+    co_return co_await write_client(*refuse);
+  }
+  phase_ = Phase::bdat;
+  tx_.bdat_used = true;
+  tx_.bdat_bytes += bdat->size;
+
+  std::string cmd = "BDAT " + std::to_string(bdat->size) + (bdat->last ? " LAST\r\n" : "\r\n");
+  bool ok = co_await up_.send(cmd);
+  const auto deadline = Clock::now() + cfg_.timeouts.data;
+  std::uint64_t left = bdat->size;
+  while (left > 0) {
+    if (in_begin_ == in_end_ && !co_await fill(deadline)) {
+      up_.close();
+      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
+             : read_failure_ == ReadFailure::timeout ? End::data_timeout
+                                                     : End::client_closed;
+      if (end_ == End::shutdown) co_await write_client(replies::shutting_down(rt_->hostname));
+      else if (end_ == End::data_timeout) co_await write_client(replies::data_timeout(rt_->hostname));
+      co_return false;
+    }
+    const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in_end_ - in_begin_));
+    if (ok) ok = co_await up_.send(std::string_view(in_.data() + in_begin_, take));
+    in_begin_ += take;
+    left -= take;
+  }
+  std::string reply;
+  std::optional<smtp::Reply> r;
+  if (ok) r = co_await up_.read_reply(bdat->last);
+  if (!r) {
+    reply = upstream_failure_reply();
+    up_.close();
+  } else {
+    reply = relay_reply(*r);
+    if (r->code / 100 == 3) reply = replies::upstream_garbled();
+  }
+  if (reply[0] != '2') tx_.bdat_failed = true;
+  if (bdat->last) {
+    count_message(reply, tx_.bdat_bytes);
+    reset_transaction();
+  } else if (reply_is_error(reply)) {
+    ++errors_;
+  }
+  co_return co_await write_client(reply);
+}
+
+// --- Names for logs -----------------------------------------------------------------------------------
+
+std::string_view Session::phase_name() const {
+  switch (phase_) {
+    case Phase::connect: return "connect";
+    case Phase::greeting: return "greeting";
+    case Phase::command: return "command";
+    case Phase::mail: return "mail";
+    case Phase::rcpt: return "rcpt";
+    case Phase::data: return "data";
+    case Phase::bdat: return "bdat";
+    case Phase::quit: return "quit";
+  }
+  return "?";
+}
+
+std::string_view Session::end_name() const {
+  switch (end_) {
+    case End::none: return "none";
+    case End::quit: return "quit";
+    case End::client_closed: return "client_closed";
+    case End::idle_timeout: return "idle_timeout";
+    case End::data_timeout: return "data_timeout";
+    case End::too_many_errors: return "too_many_errors";
+    case End::too_many_commands: return "too_many_commands";
+    case End::upstream_lost: return "upstream_lost";
+    case End::upstream_unavailable: return "upstream_unavailable";
+    case End::shutdown: return "shutdown";
+    case End::access_denied: return "access_denied";
+    case End::too_many_sessions: return "too_many_sessions";
+    case End::io_error: return "io_error";
+  }
+  return "?";
+}
+
+}  // namespace batv::relay

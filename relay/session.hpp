@@ -1,0 +1,146 @@
+// session: one client connection of the outbound relay, as one C++20 coroutine.
+//
+// Transparent proxy: the session opens one next-hop connection, answers the greeting and EHLO
+// itself, decides how MAIL FROM leaves at the first RCPT (relay/policy.hpp) and relays every
+// reply of the next hop, sanitised. A message is acknowledged with 250 only after the next hop
+// acknowledged it; every failure on the way gives the client a 4xx or 5xx (relay/replies.hpp).
+// Pipelined commands are relayed as one batch in both directions, replies in order.
+// Memory per session is bounded: one input buffer (max(64 KiB, limits.line_length)), the reply
+// reader's limits, and a bounded queue of pipelined commands.
+// Every session ends in one place (Session::run) with one `event=session_end` log line.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "relay/io.hpp"
+#include "relay/policy.hpp"
+#include "relay/runtime.hpp"
+#include "relay/smtp/command.hpp"
+#include "relay/upstream.hpp"
+
+namespace batv::relay {
+
+// What a server tells a session at its start, and how it asks it to stop.
+struct SessionContext {
+  std::shared_ptr<const Runtime> runtime;
+  std::size_t listener = 0;
+  std::string id;           // for logs
+  std::string client;       // "ip:port"
+  std::string client_ip;
+  enum class Admission { ok, denied, too_many, too_many_from_client } admission = Admission::ok;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket client, SessionContext ctx);
+
+  // Runs the whole session; never throws.
+  awaitable<void> run();
+
+  // Asks the session to end with 421 4.3.2 (shutdown). Thread-safe: posts to the session's executor.
+  void stop();
+
+  asio::any_io_executor executor() { return client_.get_executor(); }
+
+ private:
+  enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };
+  enum class End {
+    none, quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
+    upstream_lost, upstream_unavailable, shutdown, access_denied, too_many_sessions, io_error
+  };
+  enum class LineStatus { ok, too_long, closed, timeout, stopped };
+  enum class ReadFailure { closed, timeout, stopped };
+
+  // A pipelined command waiting for the next hop's replies (or a local reply kept in order).
+  struct Pending {
+    std::string local_reply;            // used when upstream is empty
+    std::vector<std::string> upstream;  // commands to send, CRLF included
+    bool stop_on_failure = false;       // without PIPELINING: skip later commands after a non-2xx
+    std::function<std::string(std::vector<smtp::Reply>&)> on_replies;
+  };
+
+  // The part of a transaction that next-hop replies update. Reply handlers of pipelined
+  // commands hold it by shared_ptr, so an RSET later in the same batch cannot make them update
+  // the next transaction.
+  struct TxShared {
+    std::optional<std::string> mail_error;  // the next hop refused MAIL: the reply for every RCPT
+    bool upstream_open = false;             // MAIL sent on the current next-hop connection
+    int rcpt_accepted = 0;
+  };
+  // The transaction: reset by RSET, EHLO/HELO, and after the end of data.
+  struct Transaction {
+    bool active = false;             // MAIL accepted
+    std::string sender;              // as received (empty = <>)
+    std::string mail_params;         // raw parameter text, forwarded as-is
+    bool smtputf8 = false;
+    bool decided = false;            // first RCPT seen: decision taken and MAIL sent upstream
+    SenderDecision decision;
+    int rcpt_sent = 0;               // RCPTs passed to the next hop
+    int rcpt_tried = 0;
+    bool bdat_used = false, bdat_failed = false;
+    std::uint64_t bdat_bytes = 0;
+    std::shared_ptr<TxShared> shared;
+  };
+
+  awaitable<void> serve();
+  awaitable<LineStatus> read_line(std::string& line);
+  awaitable<bool> fill(Clock::time_point deadline);
+  awaitable<bool> write_client(std::string_view text);
+  awaitable<bool> flush();
+  awaitable<bool> process(const std::string& line);
+  awaitable<bool> do_data();
+  awaitable<bool> do_bdat(std::string_view args);
+  awaitable<bool> skip_bytes(std::uint64_t n);
+  awaitable<bool> ensure_upstream();
+  void queue_local(std::string reply);
+  void handle_mail(std::string_view args);
+  void handle_rcpt(std::string_view args);
+  void handle_rset(bool reply);
+  void reset_transaction();
+  std::optional<std::string> data_precondition(bool bdat);
+  void count_message(const std::string& reply, std::uint64_t size);
+  std::string relay_reply(const smtp::Reply& r) const;
+  std::string upstream_failure_reply() const;
+  bool has_complete_line() const;
+  std::string_view phase_name() const;
+  std::string_view end_name() const;
+
+  tcp::socket client_;
+  SessionContext ctx_;
+  std::shared_ptr<const Runtime> rt_;  // snapshot for the whole session
+  const conf::Config& cfg_;
+  const conf::Listener& listener_;
+  Upstream up_;
+
+  std::vector<char> in_;           // client input, bounded
+  std::size_t in_begin_ = 0, in_end_ = 0;
+  std::string out_;                // client replies not yet written
+  std::vector<Pending> pending_;
+
+  ReadFailure read_failure_ = ReadFailure::closed;
+  Phase phase_ = Phase::connect;
+  End end_ = End::none;
+  bool helo_seen_ = false;
+  bool esmtp_ = false;
+  Transaction tx_;
+  std::atomic<bool> stop_requested_{false};
+  Clock::time_point command_deadline_{};
+
+  // Advertised to the client (what we and the next hop both do).
+  bool adv_pipelining_ = false, adv_8bitmime_ = false, adv_smtputf8_ = false, adv_dsn_ = false,
+       adv_chunking_ = false, adv_enhanced_ = false;
+  std::uint64_t adv_size_ = 0;
+
+  int errors_ = 0;
+  int commands_outside_tx_ = 0;
+  int messages_ = 0, recipients_ = 0, signed_ = 0, unsigned_ = 0;
+  std::string upstream_detail_;
+};
+
+}  // namespace batv::relay

@@ -1,0 +1,146 @@
+#include "relay/upstream.hpp"
+
+#include <algorithm>
+
+namespace batv::relay {
+
+std::string_view to_string(Upstream::Failure f) {
+  switch (f) {
+    case Upstream::Failure::none: return "none";
+    case Upstream::Failure::unreachable: return "unreachable";
+    case Upstream::Failure::timeout: return "timeout";
+    case Upstream::Failure::closed: return "closed";
+    case Upstream::Failure::protocol: return "protocol";
+    case Upstream::Failure::io: return "io";
+  }
+  return "?";
+}
+
+Upstream::Upstream(asio::any_io_executor ex, const conf::Limits& limits, const conf::Timeouts& timeouts)
+    : sock_(ex),
+      limits_(limits),
+      timeouts_(timeouts),
+      reader_(static_cast<std::size_t>(limits.reply_line_length), static_cast<std::size_t>(limits.reply_lines)) {}
+
+void Upstream::fail(Failure f, std::string detail) {
+  if (failure_ == Failure::none) {
+    failure_ = f;
+    detail_ = std::move(detail);
+  }
+  close();
+}
+
+void Upstream::close() {
+  boost::system::error_code ignored;
+  if (sock_.is_open()) {
+    sock_.shutdown(tcp::socket::shutdown_both, ignored);
+    sock_.close(ignored);
+  }
+}
+
+void Upstream::cancel() {
+  boost::system::error_code ignored;
+  sock_.cancel(ignored);
+}
+
+awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our_name) {
+  failure_ = Failure::none;
+  detail_.clear();
+  buf_.clear();
+  reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
+                              static_cast<std::size_t>(limits_.reply_lines));
+  caps_ = {};
+  close();
+  sock_ = tcp::socket(sock_.get_executor());
+  const IoResult c = co_await connect_for(sock_, hop.host, hop.port, timeouts_.upstream_connect);
+  if (!c) {
+    fail(c.timed_out ? Failure::timeout : Failure::unreachable,
+         hop.to_string() + ": " + (c.timed_out ? std::string("connect timed out") : c.ec.message()));
+    co_return false;
+  }
+  boost::system::error_code ec;
+  const auto remote = sock_.remote_endpoint(ec);
+  peer_ = ec ? hop.to_string() : to_string(remote);
+  auto greeting = co_await read_reply();
+  if (!greeting) co_return false;
+  if (greeting->code != 220) {
+    fail(Failure::protocol, "greeting " + std::to_string(greeting->code));
+    co_return false;
+  }
+  if (!co_await send("EHLO " + our_name + "\r\n")) co_return false;
+  auto ehlo = co_await read_reply();
+  if (!ehlo) co_return false;
+  if (ehlo->code / 100 == 2) {
+    caps_ = smtp::parse_ehlo(*ehlo);
+    co_return true;
+  }
+  if (ehlo->code / 100 != 5) {
+    fail(Failure::protocol, "EHLO answered " + std::to_string(ehlo->code));
+    co_return false;
+  }
+  // RFC 5321 3.2: a server without extensions answers EHLO with 5xx; fall back to HELO.
+  if (!co_await send("HELO " + our_name + "\r\n")) co_return false;
+  auto helo = co_await read_reply();
+  if (!helo) co_return false;
+  if (helo->code / 100 != 2) {
+    fail(Failure::protocol, "HELO answered " + std::to_string(helo->code));
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<bool> Upstream::send(std::string_view data) {
+  if (!connected()) co_return false;
+  const IoResult r = co_await write_all_for(sock_, asio::buffer(data.data(), data.size()), timeouts_.upstream_reply);
+  if (!r) {
+    fail(r.timed_out ? Failure::timeout : Failure::io,
+         r.timed_out ? std::string("write timed out") : "write: " + r.ec.message());
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<std::optional<smtp::Reply>> Upstream::read_reply(bool final_dot) {
+  const auto limit = final_dot ? timeouts_.upstream_data_reply : timeouts_.upstream_reply;
+  const auto deadline = Clock::now() + limit;
+  const auto max_line = static_cast<std::size_t>(limits_.reply_line_length);
+  for (;;) {
+    if (!connected()) co_return std::nullopt;
+    // Consume every complete line in the buffer.
+    std::size_t start = 0;
+    for (;;) {
+      const auto nl = buf_.find('\n', start);
+      if (nl == std::string::npos) break;
+      std::string_view line(buf_.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      const auto st = reader_.feed(line);
+      start = nl + 1;
+      if (st == smtp::ReplyReader::Status::error) {
+        fail(Failure::protocol, std::string(reader_.error()));
+        co_return std::nullopt;
+      }
+      if (st == smtp::ReplyReader::Status::complete) {
+        buf_.erase(0, start);
+        co_return reader_.take();
+      }
+    }
+    buf_.erase(0, start);
+    if (buf_.size() >= max_line) {
+      fail(Failure::protocol, "reply line too long");
+      co_return std::nullopt;
+    }
+    char tmp[4096];
+    const std::size_t room = std::min(sizeof tmp, max_line - buf_.size());
+    const IoResult r = co_await read_some_for(sock_, asio::buffer(tmp, room), deadline - Clock::now());
+    if (!r) {
+      if (r.timed_out) fail(Failure::timeout, "no reply within " + std::to_string(limit.count()) + "s");
+      else if (r.ec == asio::error::eof || r.ec == asio::error::connection_reset)
+        fail(Failure::closed, "connection closed");
+      else fail(Failure::io, "read: " + r.ec.message());
+      co_return std::nullopt;
+    }
+    buf_.append(tmp, r.n);
+  }
+}
+
+}  // namespace batv::relay

@@ -1,0 +1,56 @@
+// upstream: the relay's SMTP client side, one connection to the next hop per client session.
+//
+// The next hop is untrusted (Postfix smtpd_proxy.c): replies are read through a bounded line
+// buffer (limits.reply_line_length) into smtp::ReplyReader (limits.reply_lines), every wait has a
+// deadline, and any failure leaves the connection closed with a reason for the log. Never throws.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "conf/config.hpp"
+#include "relay/io.hpp"
+#include "relay/smtp/reply.hpp"
+
+namespace batv::relay {
+
+class Upstream {
+ public:
+  enum class Failure { none, unreachable, timeout, closed, protocol, io };
+
+  Upstream(asio::any_io_executor ex, const conf::Limits& limits, const conf::Timeouts& timeouts);
+
+  // Connects, reads the 220 greeting and sends EHLO (HELO when EHLO gets a 5xx), recording the
+  // capabilities. False on any failure (failure() says which).
+  awaitable<bool> open(const conf::HostPort& next_hop, const std::string& our_name);
+
+  awaitable<bool> send(std::string_view data);
+  // Reads one complete reply; `final_dot` selects timeouts.upstream_data_reply.
+  awaitable<std::optional<smtp::Reply>> read_reply(bool final_dot = false);
+
+  void close();
+  void cancel();
+  [[nodiscard]] bool connected() const { return sock_.is_open() && failure_ == Failure::none; }
+  [[nodiscard]] Failure failure() const { return failure_; }
+  [[nodiscard]] const std::string& detail() const { return detail_; }
+  [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }
+  [[nodiscard]] const std::string& peer() const { return peer_; }
+
+ private:
+  void fail(Failure f, std::string detail);
+
+  tcp::socket sock_;
+  const conf::Limits& limits_;
+  const conf::Timeouts& timeouts_;
+  std::string buf_;          // unread reply bytes, bounded by reply_line_length
+  smtp::ReplyReader reader_;
+  smtp::Capabilities caps_;
+  Failure failure_ = Failure::none;
+  std::string detail_;
+  std::string peer_;
+};
+
+std::string_view to_string(Upstream::Failure f);
+
+}  // namespace batv::relay
