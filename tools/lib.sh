@@ -4,7 +4,7 @@
 # Debian 12 packages the build and the tests need. postfix (smtp-source/smtp-sink) and swaks come
 # with the relay's end-to-end tests; exim is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
-  doctest-dev python3 faketime libnss-wrapper)
+  doctest-dev python3 faketime libnss-wrapper postfix swaks)
 
 install_packages() {
   local missing=()
@@ -16,6 +16,8 @@ install_packages() {
     echo "installing: ${missing[*]}" >&2
     local sudo=()
     [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+    # Postfix is wanted for its smtp-sink/smtp-source tools only: no system mail configuration.
+    echo "postfix postfix/main_mailer_type select No configuration" | "${sudo[@]}" debconf-set-selections
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi

@@ -314,50 +314,51 @@ PathResult parse_path_command(std::string_view args, std::string_view prefix, bo
   }
   const std::size_t close = s.find('>', i);
   if (close == std::string_view::npos) return fail(PathError::missing_brackets);
-  if (close + 1 > max_path) return fail(PathError::address_too_long);  // RFC 5321 4.5.3.1.3
   const std::string_view rest = s.substr(close + 1);
   if (!rest.empty() && rest.front() != ' ') return fail(PathError::syntax);
 
+  // Structure first, then the RFC 5321 4.5.3.1 sizes (the most specific one first, so that an
+  // over-long domain is reported as such although it also makes the path too long), then syntax.
   Path path;
   if (close == 1) {  // "<>"
     if (rcpt) return fail(PathError::null_not_allowed);  // RFC 5321 4.1.1.3: forward-path is a Mailbox
     path.null_path = true;
   } else {
     // A-d-l = At-domain *( "," At-domain ): checked, then dropped (RFC 5321 4.1.2 and Appendix C).
+    std::vector<std::string_view> route;
     if (route_end != 0) {
       std::string_view adl = s.substr(1, route_end - 1);
       for (;;) {
         const std::size_t comma = adl.find(',');
         const std::string_view at_domain = adl.substr(0, comma);
         if (at_domain.empty() || at_domain.front() != '@') return fail(PathError::syntax);
-        if (at_domain.size() - 1 > max_domain) return fail(PathError::domain_too_long);
-        if (!valid_domain(at_domain.substr(1))) return fail(PathError::bad_domain);
+        route.push_back(at_domain.substr(1));
         if (comma == std::string_view::npos) break;
         adl.remove_prefix(comma + 1);
       }
     }
     const std::string_view mailbox = s.substr(local_start, close - local_start);
     if (mailbox.empty()) return fail(PathError::syntax);
-    const std::size_t at_pos =
-        quoted_end != 0 ? quoted_end - local_start : mailbox.find('@');
-    if (at_pos == std::string_view::npos || at_pos >= mailbox.size()) {
-      // No domain. Only "<Postmaster>" may do that, and only as a recipient (RFC 5321 4.1.1.3).
-      if (rcpt && iequals(mailbox, "Postmaster")) {
-        path.address = std::string(mailbox);
-        path.params_text = trim_spaces(rest);
-        const PathError pe = parse_params(path.params_text, path.params);
-        if (pe != PathError::none) return fail(pe);
-        return PathResult{std::move(path), PathError::none};
-      }
-      return fail(PathError::syntax);
+    const std::size_t at_pos = quoted_end != 0 ? quoted_end - local_start : mailbox.find('@');
+    const bool has_domain = at_pos != std::string_view::npos && at_pos < mailbox.size();
+    if (has_domain && mailbox[at_pos] != '@') return fail(PathError::bad_local_part);  // "\"a\"b@c"
+    // No domain: only "<Postmaster>", and only as a recipient (RFC 5321 4.1.1.3).
+    if (!has_domain && !(rcpt && iequals(mailbox, "Postmaster"))) return fail(PathError::syntax);
+    const std::string_view local = has_domain ? mailbox.substr(0, at_pos) : mailbox;
+    const std::string_view domain = has_domain ? mailbox.substr(at_pos + 1) : std::string_view();
+
+    if (local.size() > max_local_part) return fail(PathError::local_part_too_long);  // 4.5.3.1.1
+    if (domain.size() > max_domain) return fail(PathError::domain_too_long);         // 4.5.3.1.2
+    for (const std::string_view d : route)
+      if (d.size() > max_domain) return fail(PathError::domain_too_long);
+    if (close + 1 > max_path) return fail(PathError::address_too_long);  // 4.5.3.1.3, brackets included
+
+    for (const std::string_view d : route)
+      if (!valid_domain(d)) return fail(PathError::bad_domain);
+    if (has_domain) {
+      if (!valid_local_part(local)) return fail(PathError::bad_local_part);
+      if (!valid_domain(domain)) return fail(PathError::bad_domain);
     }
-    const std::string_view local = mailbox.substr(0, at_pos);
-    if (mailbox[at_pos] != '@') return fail(PathError::bad_local_part);  // "\"a\"b@c": junk after the quote
-    const std::string_view domain = mailbox.substr(at_pos + 1);
-    if (local.size() > max_local_part) return fail(PathError::local_part_too_long);  // RFC 5321 4.5.3.1.1
-    if (!valid_local_part(local)) return fail(PathError::bad_local_part);
-    if (domain.size() > max_domain) return fail(PathError::domain_too_long);  // RFC 5321 4.5.3.1.2
-    if (!valid_domain(domain)) return fail(PathError::bad_domain);
     path.address = std::string(mailbox);
   }
   for (const char ch : path.address)

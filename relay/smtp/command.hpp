@@ -84,6 +84,10 @@ struct PathResult {
   [[nodiscard]] bool ok() const { return error == PathError::none; }
 };
 
+// The first problem found is reported, checking in this order: control bytes and the "FROM:"/"TO:"
+// prefix, brackets, the shape of the path (route, "@", "<>"), the sizes (local part, any domain,
+// then the whole path, so the most specific size error wins), local-part and domain syntax, and
+// last the params.
 // args = "FROM:<reverse-path> [params]" (the Command::args of MAIL). "FROM:" is case-insensitive;
 // spaces between ":" and "<" are tolerated (Postfix does, many clients send them). "<>" allowed.
 // Source routes "<@a,@b:user@c>" are accepted and dropped (RFC 5321 4.1.2, C.).
