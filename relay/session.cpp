@@ -347,6 +347,11 @@ awaitable<bool> Session::flush() {
   out_.clear();
   if (!co_await write_client(text)) co_return false;
   if (lost) {
+    if (stop_requested_) {
+      end_ = End::shutdown;
+      co_await write_client(replies::shutting_down(rt_->hostname));
+      co_return false;
+    }
     end_ = End::upstream_lost;
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
     co_await write_client(replies::upstream_lost_closing(rt_->hostname));
@@ -502,7 +507,18 @@ void Session::handle_mail(std::string_view args) {
   reset_transaction();
   tx_.active = true;
   tx_.sender = path.address;
-  tx_.mail_params = std::string(path.params_text);
+  // Parameters go upstream exactly as sent, except SIZE to a next hop that did not offer it: we
+  // advertise SIZE ourselves (our limit) and have checked it already.
+  if (up_.caps().size_advertised) {
+    tx_.mail_params = std::string(path.params_text);
+  } else {
+    for (const smtp::Param& p : path.params) {
+      if (upper(p.keyword) == "SIZE") continue;
+      if (!tx_.mail_params.empty()) tx_.mail_params += ' ';
+      tx_.mail_params += p.keyword;
+      if (p.value) tx_.mail_params.append("=").append(*p.value);
+    }
+  }
   tx_.smtputf8 = smtputf8;
   commands_outside_tx_ = 0;
   phase_ = Phase::mail;
@@ -566,13 +582,22 @@ void Session::handle_rcpt(std::string_view args) {
   };
 
   const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  // Only the outbound role signs; an inbound listener passes senders through untouched.
+  const bool outbound = listener_.role == conf::Role::outbound;
+  auto decide = [&] {
+    if (outbound) return decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    SenderDecision d;
+    d.upstream_from = tx_.sender;
+    return d;
+  };
   if (!tx_.decided) {
-    tx_.decision = decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    tx_.decision = decide();
     tx_.decided = true;
     auto line = log(Level::info, "mail");
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
     if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
-    else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
+    else if (outbound) line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
+    else line.kv("signing", "not_applicable");
 
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
     if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
@@ -593,7 +618,7 @@ void Session::handle_rcpt(std::string_view args) {
     shared->upstream_open = true;  // corrected by the reply handler if MAIL fails
     pending_.push_back(std::move(p));
   } else {
-    const SenderDecision d = decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    const SenderDecision d = decide();
     if (d.sign != tx_.decision.sign) {
       queue_local(replies::separate_transaction());
       return;

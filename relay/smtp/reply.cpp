@@ -150,6 +150,7 @@ Capabilities parse_ehlo(const Reply& r) {
     else if (kw == "STARTTLS") caps.starttls = true;
     else if (kw == "SIZE") {
       // RFC 1870 4: size-param = [1*DIGIT]; 0 or absent means no fixed maximum.
+      caps.size_advertised = true;
       caps.size.reset();
       if (args.size() == 1 && !args[0].empty() && args[0].size() <= 20 &&
           std::all_of(args[0].begin(), args[0].end(), is_digit)) {

@@ -103,6 +103,7 @@ struct Capabilities {
   bool binarymime = false;           // RFC 3030
   bool starttls = false;             // RFC 3207
   bool xclient = false;              // Postfix XCLIENT_README
+  bool size_advertised = false;      // RFC 1870: the SIZE parameter may be used
   std::optional<std::uint64_t> size;  // RFC 1870 4: SIZE n; "SIZE", "SIZE 0" or a bad number = no fixed limit
   std::vector<std::string> auth;          // RFC 4954 3 AUTH mechanisms, upper-cased, without repeats
   std::vector<std::string> xclient_attrs; // XCLIENT attribute names, upper-cased, without repeats
