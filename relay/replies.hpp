@@ -27,7 +27,7 @@ inline std::string too_many_from_client(std::string_view host) {
   return line(421, "4.7.0 " + std::string(host) + " Too many connections from your address, try again later");
 }
 inline std::string upstream_unavailable(std::string_view host) {
-  return line(421, "4.4.1 " + std::string(host) + " Next hop unavailable, try again later");
+  return line(421, "4.4.1 " + std::string(host) + " next hop unavailable, try again later");
 }
 inline std::string upstream_lost_closing(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Next hop connection lost, closing");
@@ -38,9 +38,7 @@ inline std::string idle_timeout(std::string_view host) {
 inline std::string data_timeout(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Error: DATA took too long, closing");
 }
-inline std::string too_many_errors(std::string_view host) {
-  return line(421, "4.7.0 " + std::string(host) + " Too many errors, closing");
-}
+inline std::string too_many_errors(std::string_view) { return line(421, "4.7.0 Too many errors, closing"); }
 inline std::string too_many_commands(std::string_view host) {
   return line(421, "4.7.0 " + std::string(host) + " Too many commands without a mail transaction, closing");
 }

@@ -52,6 +52,8 @@ int Server::run() {
     acceptors_.push_back(std::move(acc));
   }
   for (std::size_t i = 0; i < acceptors_.size(); ++i) asio::co_spawn(main, accept_loop(i), asio::detached);
+  // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
+  signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
   log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", rt->keyring.signing_id());
 
@@ -157,9 +159,8 @@ void Server::reload() {
 }
 
 awaitable<void> Server::signal_loop() {
-  asio::signal_set signals(*contexts_[0], SIGTERM, SIGINT, SIGHUP);
   for (;;) {
-    auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
+    auto [ec, sig] = co_await signals_->async_wait(asio::as_tuple(asio::use_awaitable));
     if (ec) co_return;
     if (sig == SIGHUP) {
       reload();

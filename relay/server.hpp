@@ -47,6 +47,7 @@ class Server {
   RuntimeHolder& runtime_;
   std::vector<std::unique_ptr<asio::io_context>> contexts_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::unique_ptr<asio::signal_set> signals_;
   std::size_t next_context_ = 0;
   std::uint64_t next_id_ = 1;
   std::uint32_t id_prefix_ = 0;

@@ -296,10 +296,9 @@ std::string Session::upstream_failure_reply() const {
 awaitable<bool> Session::ensure_upstream() {
   if (up_.connected()) co_return true;
   const bool ok = co_await up_.open(listener_.upstream, rt_->hostname);
-  log(ok ? Level::info : Level::warning, "upstream_reconnect")
-      .kv("sid", ctx_.id)
-      .kv("result", ok ? "ok" : "failed")
-      .kv("error", ok ? std::string() : up_.detail());
+  auto line = log(ok ? Level::info : Level::warning, "upstream_reconnect");
+  line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed");
+  if (!ok) line.kv("error", up_.detail());
   co_return ok;
 }
 
@@ -729,7 +728,12 @@ awaitable<bool> Session::do_data() {
           break;
         case ReadFailure::timeout:
           end_ = Clock::now() >= data_deadline ? End::data_timeout : End::idle_timeout;
-          co_await write_client(end_ == End::data_timeout ? replies::data_timeout(host) : replies::idle_timeout(host));
+          {
+            // Named, not a ?: temporary inside co_await: g++ 12 destroys such a temporary twice.
+            const std::string reply =
+                end_ == End::data_timeout ? replies::data_timeout(host) : replies::idle_timeout(host);
+            co_await write_client(reply);
+          }
           break;
         case ReadFailure::closed:
           end_ = End::client_closed;

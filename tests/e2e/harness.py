@@ -250,7 +250,8 @@ class Relay:
 
     def __init__(self, relay_bin, workdir, keyfile, upstream_port=None, listeners=None,
                  timeouts=None, limits=None, signing=None, smtp=None, sign_domains=("example.com",),
-                 lifetime_days=LIFETIME, threads=2, extra_toml="", start=True, ready_timeout=10):
+                 lifetime_days=LIFETIME, threads=2, extra_toml="", config_name="relay.toml",
+                 start=True, ready_timeout=10):
         self.bin = relay_bin
         self.workdir = workdir
         self.keyfile = keyfile if isinstance(keyfile, str) else keyfile.path
@@ -266,8 +267,9 @@ class Relay:
         self.lifetime_days = lifetime_days
         self.threads = threads
         self.extra_toml = extra_toml
-        self.config_path = os.path.join(workdir, "relay.toml")
+        self.config_path = os.path.join(workdir, config_name)
         self.proc = None
+        self.stopped = False            # set by stop(): an exit the test asked for
         self._records = []
         self._cond = threading.Condition()
         self._reader = None
@@ -407,6 +409,7 @@ class Relay:
         of a signal) or None when it had to be killed."""
         if self.proc is None:
             return None
+        self.stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -984,7 +987,8 @@ def parse_sink_dump(data, path=None):
     X-Mail-Args (once), X-Rcpt-Args (one per RCPT), then a three-line Received: header, then the
     message as received (lines LF-terminated), then one empty line. Returns a SinkMessage whose
     sender/recipients are the addresses inside <> of the MAIL/RCPT args and whose message is the
-    bytes after the Received header, without the final empty line (LF line ends)."""
+    bytes after the Received header, without the final empty line (LF line ends; smtp-sink
+    writes the lines as they came, so dot-stuffing is NOT undone: "..x" stays "..x")."""
     lines = data.split(b"\n")
     fields = {"X-Client-Addr": None, "X-Client-Proto": None, "X-Helo-Args": None,
               "X-Mail-Args": None}
@@ -1026,7 +1030,9 @@ def parse_sink_dump(data, path=None):
 
 
 class SmtpSink:
-    """Postfix smtp-sink on 127.0.0.1:<free port>, dumping each message under workdir."""
+    """Postfix smtp-sink on 127.0.0.1:<free port>, dumping each message to a file of its own
+    (in a private /tmp directory; workdir holds smtp-sink's output, sink.out). messages() parses
+    the dumps; close() stops the process and removes the dump directory."""
 
     def __init__(self, workdir, extra_args=(), start_timeout=10.0):
         # As root smtp-sink must drop to "nobody", which then needs to reach the dump
