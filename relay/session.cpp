@@ -171,8 +171,7 @@ awaitable<void> Session::serve() {
         if (!co_await process(line)) co_return;
         break;
       case LineStatus::too_long:
-        queue_local(replies::line_too_long());
-        ++errors_;
+        refuse(replies::line_too_long());
         break;
       case LineStatus::closed:
         end_ = End::client_closed;
@@ -276,6 +275,17 @@ void Session::queue_local(std::string reply) {
   pending_.push_back(std::move(p));
 }
 
+void Session::refuse(std::string reply) {
+  queue_local(std::move(reply));
+  ++errors_;
+}
+
+std::optional<std::string> Session::check_param(const std::string& kw, const smtp::Param& p, bool advertised) const {
+  if (!advertised) return replies::param_unsupported(kw);
+  if (!smtp::valid_param_value(kw, p.value)) return replies::param_invalid(kw);
+  return std::nullopt;
+}
+
 // --- Relaying replies ----------------------------------------------------------------------------------
 
 std::string Session::relay_reply(const smtp::Reply& r) const {
@@ -363,23 +373,18 @@ awaitable<bool> Session::flush() {
 
 awaitable<bool> Session::process(const std::string& line) {
   if (line.find('\0') != std::string::npos) {
-    queue_local(replies::nul_in_command());
-    ++errors_;
+    refuse(replies::nul_in_command());
     co_return true;
   }
   const smtp::Command cmd = smtp::parse_command(line);
   using smtp::Verb;
   if (!tx_.active && cmd.verb != Verb::mail && cmd.verb != Verb::quit) ++commands_outside_tx_;
-  auto error = [&](std::string reply) {
-    queue_local(std::move(reply));
-    ++errors_;
-  };
   switch (cmd.verb) {
     case Verb::ehlo:
     case Verb::helo: {
       if (!co_await flush()) co_return false;
       if (cmd.args.empty()) {
-        error(replies::line(501, cmd.verb == Verb::ehlo ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname"));
+        refuse(replies::line(501, cmd.verb == Verb::ehlo ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname"));
         co_return true;
       }
       handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
@@ -401,13 +406,13 @@ awaitable<bool> Session::process(const std::string& line) {
       co_return true;
     }
     case Verb::mail:
-      if (!helo_seen_) error(replies::need_helo());
-      else if (tx_.active) error(replies::nested_mail());
+      if (!helo_seen_) refuse(replies::need_helo());
+      else if (tx_.active) refuse(replies::nested_mail());
       else handle_mail(cmd.args);
       co_return true;
     case Verb::rcpt:
-      if (!helo_seen_) error(replies::need_helo());
-      else if (!tx_.active) error(replies::need_mail());
+      if (!helo_seen_) refuse(replies::need_helo());
+      else if (!tx_.active) refuse(replies::need_mail());
       else handle_rcpt(cmd.args);
       co_return true;
     case Verb::data:
@@ -423,7 +428,7 @@ awaitable<bool> Session::process(const std::string& line) {
     case Verb::vrfy:
     case Verb::expn:
       if (cfg_.smtp.vrfy == conf::VrfyReply::cannot_verify) queue_local(replies::vrfy_cannot());
-      else error(replies::vrfy_disabled());
+      else refuse(replies::vrfy_disabled());
       co_return true;
     case Verb::help:
       queue_local(replies::help());
@@ -437,13 +442,13 @@ awaitable<bool> Session::process(const std::string& line) {
       co_return false;
     }
     case Verb::starttls:
-      error(replies::not_implemented("STARTTLS"));
+      refuse(replies::not_implemented("STARTTLS"));
       co_return true;
     case Verb::auth:
-      error(replies::not_implemented("AUTH"));
+      refuse(replies::not_implemented("AUTH"));
       co_return true;
     case Verb::unknown:
-      error(replies::unknown_command());
+      refuse(replies::unknown_command());
       co_return true;
   }
   co_return true;
@@ -481,26 +486,18 @@ void Session::handle_mail(std::string_view args) {
     } else if (kw == "RET" || kw == "ENVID") {
       advertised = adv_dsn_;
     }
-    if (!advertised) {
-      queue_local(replies::param_unsupported(kw));
-      ++errors_;
-      return;
-    }
-    if (!smtp::valid_param_value(kw, p.value)) {
-      queue_local(replies::param_invalid(kw));
-      ++errors_;
+    if (auto bad = check_param(kw, p, advertised)) {
+      refuse(std::move(*bad));
       return;
     }
     if (kw == "SIZE" && std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > adv_size_) {
-      queue_local(replies::size_exceeded());
-      ++errors_;
+      refuse(replies::size_exceeded());
       return;
     }
     if (kw == "SMTPUTF8") smtputf8 = true;
   }
   if (path.non_ascii && !smtputf8) {
-    queue_local(replies::needs_smtputf8());
-    ++errors_;
+    refuse(replies::needs_smtputf8());
     return;
   }
   reset_transaction();
@@ -541,20 +538,13 @@ void Session::handle_rcpt(std::string_view args) {
   const smtp::Path& path = *res.path;
   for (const smtp::Param& p : path.params) {
     const std::string kw = upper(p.keyword);
-    if (!((kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
-      queue_local(replies::param_unsupported(kw));
-      ++errors_;
-      return;
-    }
-    if (!smtp::valid_param_value(kw, p.value)) {
-      queue_local(replies::param_invalid(kw));
-      ++errors_;
+    if (auto bad = check_param(kw, p, (kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
+      refuse(std::move(*bad));
       return;
     }
   }
   if (path.non_ascii && !tx_.smtputf8) {
-    queue_local(replies::needs_smtputf8());
-    ++errors_;
+    refuse(replies::needs_smtputf8());
     return;
   }
   phase_ = Phase::rcpt;
@@ -688,8 +678,7 @@ void Session::count_message(const std::string& reply, std::uint64_t size) {
 awaitable<bool> Session::do_data() {
   if (!co_await flush()) co_return false;
   if (auto why = data_precondition(false)) {
-    queue_local(std::move(*why));
-    ++errors_;
+    refuse(std::move(*why));
     co_return true;
   }
   phase_ = Phase::data;
@@ -800,8 +789,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (!co_await flush()) co_return false;
   const auto bdat = smtp::parse_bdat(args);
   if (!bdat) {
-    queue_local(replies::bdat_syntax());
-    ++errors_;
+    refuse(replies::bdat_syntax());
     co_return true;
   }
   std::optional<std::string> refuse;

@@ -99,6 +99,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> skip_bytes(std::uint64_t n);
   awaitable<bool> ensure_upstream();
   void queue_local(std::string reply);
+  void refuse(std::string reply);  // a local error reply: queued and counted
+  std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
   void handle_mail(std::string_view args);
   void handle_rcpt(std::string_view args);
   void handle_rset(bool reply);
