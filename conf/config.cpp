@@ -37,6 +37,11 @@ constexpr std::pair<std::string_view, SyslogFacility> kFacilityNames[] = {
     {"local2", SyslogFacility::local2}, {"local3", SyslogFacility::local3},
     {"local4", SyslogFacility::local4}, {"local5", SyslogFacility::local5},
     {"local6", SyslogFacility::local6}, {"local7", SyslogFacility::local7}};
+constexpr std::pair<std::string_view, ForwardClient> kForwardNames[] = {
+    {"none", ForwardClient::none}, {"xclient", ForwardClient::xclient},
+    {"proxy-v1", ForwardClient::proxy_v1}, {"proxy-v2", ForwardClient::proxy_v2}};
+constexpr std::pair<std::string_view, BadSignatureAction> kBadSigNames[] = {
+    {"strip", BadSignatureAction::strip}, {"keep", BadSignatureAction::keep}, {"reject", BadSignatureAction::reject}};
 constexpr std::pair<std::string_view, VrfyReply> kVrfyNames[] = {
     {"252", VrfyReply::cannot_verify}, {"502", VrfyReply::disabled}};
 constexpr std::pair<std::string_view, HashSetting> kHashNames[] = {
@@ -427,7 +432,7 @@ void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view s
 
 // --- [[listener]] ----------------------------------------------------------------------------------
 
-constexpr std::string_view kListenerKeys[] = {"role", "listen", "upstream", "allow_clients"};
+constexpr std::string_view kListenerKeys[] = {"role", "listen", "upstream", "allow_clients", "forward_client"};
 
 void Loader::load_listeners(const toml::table& root, Config& cfg) {
   const toml::node* n = root.get("listener");
@@ -526,6 +531,10 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
       for (std::string_view net : *role == Role::outbound ? kOutbound : kInbound)
         l.allow_clients.push_back(*parse_cidr(net));
     }
+    // How the next hop learns the real client: inbound fronts an MX that runs SPF and RBL checks
+    // on it, so XCLIENT by default (used only when offered); outbound hands mail to our own MTA.
+    l.forward_client = role && *role == Role::inbound ? ForwardClient::xclient : ForwardClient::none;
+    optional_enum<ForwardClient>(*t, "forward_client", path + ".forward_client", kForwardNames, l.forward_client);
     if (ok) cfg.listeners.push_back(std::move(l));
   }
 }
@@ -540,7 +549,7 @@ constexpr std::string_view kSmtpKeys[] = {"hostname", "vrfy"};
 constexpr std::string_view kDomainsKeys[] = {"sign", "verify"};
 constexpr std::string_view kSigningKeys[] = {"exempt_senders", "exempt_destinations"};
 constexpr std::string_view kInboundKeys[] = {"mode", "exempt_local_parts", "accept_untagged_from",
-                                             "mailer_daemon_is_bounce"};
+                                             "mailer_daemon_is_bounce", "bad_signature", "domain_mode"};
 constexpr std::string_view kLoggingKeys[] = {"level", "target", "syslog_facility"};
 constexpr std::string_view kMetricsKeys[] = {"listen"};
 
@@ -628,6 +637,30 @@ Config Loader::load(const toml::table& root) {
       cfg.inbound.accept_untagged_from = std::move(*nets);
     optional_bool(*in, "mailer_daemon_is_bounce", "inbound.mailer_daemon_is_bounce",
                   cfg.inbound.mailer_daemon_is_bounce);
+    optional_enum<BadSignatureAction>(*in, "bad_signature", "inbound.bad_signature", kBadSigNames,
+                                      cfg.inbound.bad_signature);
+    // [inbound.domain_mode]: "domain" = "enforce" | "monitor" | "off"; each domain must be one we verify.
+    if (const toml::table* dm = sub_table(*in, "domain_mode", "inbound.domain_mode")) {
+      for (const auto& [k, v] : *dm) {
+        const std::string path = "inbound.domain_mode." + std::string(k.str());
+        std::string why;
+        auto domain = normalize_domain(k.str(), &why);
+        if (!domain) {
+          error(v, path, "bad domain " + echo_value(k.str()) + ": " + why);
+          continue;
+        }
+        const auto& verify = cfg.domains.verify;
+        if (std::find(verify.begin(), verify.end(), *domain) == verify.end()) {
+          error(v, path, "domain " + *domain + " is not in domains.verify");
+          continue;
+        }
+        InboundMode mode{};
+        if (auto m = enum_value<InboundMode>(v, path, kModeNames)) {
+          mode = *m;
+          cfg.inbound.domain_mode.emplace_back(std::move(*domain), mode);
+        }
+      }
+    }
   }
 
   // [limits], [timeouts]
@@ -703,6 +736,14 @@ std::string_view to_string(LogTarget v) { return name_of<LogTarget>(kTargetNames
 std::string_view to_string(SyslogFacility v) { return name_of<SyslogFacility>(kFacilityNames, v); }
 std::string_view to_string(HashSetting v) { return name_of<HashSetting>(kHashNames, v); }
 std::string_view to_string(VrfyReply v) { return name_of<VrfyReply>(kVrfyNames, v); }
+std::string_view to_string(ForwardClient v) { return name_of<ForwardClient>(kForwardNames, v); }
+std::string_view to_string(BadSignatureAction v) { return name_of<BadSignatureAction>(kBadSigNames, v); }
+
+InboundMode Inbound::mode_for(std::string_view domain) const {
+  for (const auto& [d, m] : domain_mode)
+    if (iequals(d, domain)) return m;
+  return mode;
+}
 
 bool AddressPattern::matches(std::string_view address) const {
   const auto at = address.rfind('@');

@@ -37,6 +37,8 @@ enum class LogTarget { stderr_, syslog };
 enum class SyslogFacility { mail, daemon, local0, local1, local2, local3, local4, local5, local6, local7 };
 enum class HashSetting { exact, lowercase_local };             // mirrors crypto::HashMode
 enum class VrfyReply { cannot_verify, disabled };              // "252" | "502"
+enum class ForwardClient { none, xclient, proxy_v1, proxy_v2 };  // "none" | "xclient" | "proxy-v1" | "proxy-v2"
+enum class BadSignatureAction { strip, keep, reject };          // non-bounce mail to a bad tag
 
 // The spelling used in the config file: "outbound", "lowercase-local", "stderr", "local3", ...
 std::string_view to_string(Role v);
@@ -46,6 +48,8 @@ std::string_view to_string(LogTarget v);
 std::string_view to_string(SyslogFacility v);
 std::string_view to_string(HashSetting v);
 std::string_view to_string(VrfyReply v);
+std::string_view to_string(ForwardClient v);
+std::string_view to_string(BadSignatureAction v);
 
 // An exemption entry: "user@example.com" (that address) or "@example.com" (the whole domain).
 // The domain is lowercased; the local part is kept as written and compared byte for byte,
@@ -64,6 +68,9 @@ struct Listener {
   HostPort listen;                  // IP literal; port 0 = kernel-chosen (tests)
   HostPort upstream;                // hostname or IP literal; port 1..65535
   std::vector<Cidr> allow_clients;  // default: outbound = loopback only, inbound = everyone
+  // How the next hop learns the real client (Postfix XCLIENT, HAProxy PROXY v1/v2).
+  // Default: inbound = xclient (when the next hop offers it), outbound = none.
+  ForwardClient forward_client = ForwardClient::none;
 };
 
 struct Domains {
@@ -83,6 +90,12 @@ struct Inbound {
   std::vector<std::string> exempt_local_parts{"postmaster", "abuse"};
   std::vector<Cidr> accept_untagged_from;
   bool mailer_daemon_is_bounce = false;
+  // Mail with a normal sender to one of our tagged addresses whose tag is bad_signature or
+  // unknown_key: strip the tag and deliver (default, logged), keep it, or reject at RCPT.
+  BadSignatureAction bad_signature = BadSignatureAction::strip;
+  // [inbound.domain_mode]: per-domain override of `mode` (domains from domains.verify, lowercase).
+  std::vector<std::pair<std::string, InboundMode>> domain_mode;
+  InboundMode mode_for(std::string_view domain) const;
 };
 
 struct Logging {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "relay/replies.hpp"
+
 namespace batv::relay {
 
 namespace {
@@ -48,6 +50,103 @@ SenderDecision decide_sender(const conf::Config& cfg, const crypto::Keyring& key
   d.sign = true;
   d.key_id = s.key_id;
   d.upstream_from = std::move(*s.tagged);
+  return d;
+}
+
+bool is_bounce(const conf::Config& cfg, std::string_view sender) {
+  if (sender.empty()) return true;
+  if (!cfg.inbound.mailer_daemon_is_bounce) return false;
+  const auto at = sender.rfind('@');
+  return at != std::string_view::npos && iequals(sender.substr(0, at), "MAILER-DAEMON");
+}
+
+std::string_view to_string(RcptAction a) {
+  switch (a) {
+    case RcptAction::accepted: return "accepted";
+    case RcptAction::exempt: return "exempt";
+    case RcptAction::refused: return "refused";
+    case RcptAction::monitored: return "monitored";
+    case RcptAction::stripped: return "stripped";
+    case RcptAction::kept: return "kept";
+    case RcptAction::passed: return "passed";
+  }
+  return "?";
+}
+
+crypto::Verdict worse(crypto::Verdict a, crypto::Verdict b) {
+  auto rank = [](crypto::Verdict v) {
+    switch (v) {
+      case crypto::Verdict::bad_signature: return 5;
+      case crypto::Verdict::unknown_key: return 4;
+      case crypto::Verdict::malformed: return 3;
+      case crypto::Verdict::expired: return 2;
+      case crypto::Verdict::untagged: return 1;
+      case crypto::Verdict::valid: return 0;
+    }
+    return 0;
+  };
+  return rank(a) >= rank(b) ? a : b;
+}
+
+RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& keys,
+                              const crypto::PrvsParams& params, bool bounce, bool client_exempt,
+                              std::string_view recipient, std::int64_t now) {
+  RcptDecision d;
+  d.upstream = std::string(recipient);
+  const auto at = recipient.rfind('@');
+  if (at == std::string_view::npos || !domain_in(cfg.domains.verify, recipient.substr(at + 1))) return d;
+  d.ours = true;
+  const crypto::VerifyResult v = crypto::verify(keys, recipient, now, params);
+  d.verdict = v.verdict;
+  // The address the mailbox knows: the original when a tag parsed, else as received.
+  const std::string original = v.original.empty() ? std::string(recipient) : v.original;
+  const bool strippable = v.verdict == crypto::Verdict::valid || v.verdict == crypto::Verdict::expired;
+  const conf::InboundMode mode = cfg.inbound.mode_for(recipient.substr(at + 1));
+
+  if (mode == conf::InboundMode::off) {
+    if (strippable) {
+      d.action = RcptAction::stripped;
+      d.upstream = original;
+    }
+    return d;
+  }
+  if (!bounce) {
+    if (strippable) {
+      d.action = RcptAction::stripped;
+      d.upstream = original;
+    } else if (v.verdict == crypto::Verdict::bad_signature || v.verdict == crypto::Verdict::unknown_key) {
+      switch (cfg.inbound.bad_signature) {
+        case conf::BadSignatureAction::strip:
+          d.action = RcptAction::stripped;
+          d.upstream = original;
+          break;
+        case conf::BadSignatureAction::keep: d.action = RcptAction::kept; break;
+        case conf::BadSignatureAction::reject:
+          d.action = RcptAction::refused;
+          d.reply = replies::tag_not_verified(v.verdict);
+          break;
+      }
+    }
+    return d;
+  }
+  // A bounce to one of our domains.
+  if (v.verdict == crypto::Verdict::valid) {
+    d.action = mode == conf::InboundMode::monitor ? RcptAction::monitored : RcptAction::accepted;
+    d.upstream = original;
+    return d;
+  }
+  const auto oat = original.rfind('@');
+  const std::string_view local = std::string_view(original).substr(0, oat);
+  bool exempt = client_exempt;
+  for (const auto& lp : cfg.inbound.exempt_local_parts)
+    if (iequals(lp, local)) exempt = true;
+  if (exempt || mode == conf::InboundMode::monitor) {
+    d.action = exempt ? RcptAction::exempt : RcptAction::monitored;
+    d.upstream = original;
+    return d;
+  }
+  d.action = RcptAction::refused;
+  d.reply = replies::bounce_refused(v.verdict);
   return d;
 }
 

@@ -34,4 +34,37 @@ bool domain_in(const std::vector<std::string>& list, std::string_view domain);
 
 crypto::PrvsParams prvs_params(const conf::Config& cfg);
 
+// --- Inbound: what happens to one recipient -------------------------------------------------------
+
+// True when MAIL FROM makes the transaction a bounce: <>, or MAILER-DAEMON@... when configured.
+bool is_bounce(const conf::Config& cfg, std::string_view sender);
+
+enum class RcptAction {
+  accepted,   // bounce with a valid tag: tag stripped, passed on
+  exempt,     // bounce without a valid tag, but an exempt local part or client network
+  refused,    // 550 5.7.1, nothing sent upstream
+  monitored,  // monitor mode: passed on whatever the verdict, the verdict goes in a header
+  stripped,   // normal sender: tag stripped
+  kept,       // normal sender, bad tag, policy "keep": passed as received
+  passed,     // not one of our verify domains, or no tag to act on: passed as received
+};
+std::string_view to_string(RcptAction a);
+
+struct RcptDecision {
+  RcptAction action = RcptAction::passed;
+  crypto::Verdict verdict = crypto::Verdict::untagged;
+  bool ours = false;         // domain in domains.verify (verdict meaningful)
+  std::string upstream;      // the forward-path to send (when not refused)
+  std::string reply;         // the 550 reply (when refused)
+};
+
+// Pure. `client_exempt`: the client IP is in inbound.accept_untagged_from.
+RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& keys,
+                              const crypto::PrvsParams& params, bool bounce, bool client_exempt,
+                              std::string_view recipient, std::int64_t now);
+
+// Monitor header verdict order: the worse of two verdicts (bad_signature > unknown_key >
+// malformed > expired > untagged > valid).
+crypto::Verdict worse(crypto::Verdict a, crypto::Verdict b);
+
 }  // namespace batv::relay

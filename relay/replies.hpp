@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "crypto/prvs.hpp"
+
 namespace batv::relay::replies {
 
 inline std::string line(int code, std::string_view text) {
@@ -92,6 +94,26 @@ inline std::string separate_transaction() {
 inline std::string bare_newline() {
   return line(554, "5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8), rejected");
 }
+
+// --- Inbound tag checks (the verdict named in the text, so a sender's NDR explains itself) --------
+inline std::string_view verdict_text(crypto::Verdict v) {
+  switch (v) {
+    case crypto::Verdict::valid: return "valid tag";
+    case crypto::Verdict::bad_signature: return "bad signature";
+    case crypto::Verdict::expired: return "tag expired";
+    case crypto::Verdict::unknown_key: return "unknown key";
+    case crypto::Verdict::malformed: return "malformed tag";
+    case crypto::Verdict::untagged: return "address not tagged";
+  }
+  return "?";
+}
+inline std::string bounce_refused(crypto::Verdict v) {
+  return line(550, "5.7.1 bounce refused: " + std::string(verdict_text(v)));
+}
+inline std::string tag_not_verified(crypto::Verdict v) {
+  return line(550, "5.7.1 tag does not verify: " + std::string(verdict_text(v)));
+}
+inline std::string too_many_invalid_recipients() { return line(421, "4.7.0 Too many invalid recipients, closing"); }
 
 // --- Next-hop trouble (temporary: the client keeps the message and retries) ------------------------
 inline std::string upstream_failed() { return line(451, "4.4.2 Next hop connection lost, try again later"); }

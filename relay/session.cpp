@@ -4,6 +4,9 @@
 #include <cstring>
 #include <ctime>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include "relay/client_identity.hpp"
 #include "relay/log.hpp"
 #include "relay/replies.hpp"
 
@@ -113,6 +116,7 @@ awaitable<void> Session::run() {
       .kv("recipients", recipients_)
       .kv("signed", signed_)
       .kv("unsigned", unsigned_)
+      .kv("refused", refused_)
       .kv("errors", errors_);
   if (!upstream_detail_.empty()) line.kv("upstream_error", upstream_detail_);
 }
@@ -137,7 +141,19 @@ awaitable<void> Session::serve() {
   }
 
   phase_ = Phase::greeting;
-  if (!co_await up_.open(listener_.upstream, host)) {
+  for (const auto& net : cfg_.inbound.accept_untagged_from)
+    if (net.contains(std::string_view(ctx_.client_ip))) client_exempt_ = true;
+  {
+    boost::system::error_code e1, e2;
+    const auto remote = client_.remote_endpoint(e1);
+    const auto local = client_.local_endpoint(e2);
+    if (!e1 && !e2) {
+      if (listener_.forward_client == conf::ForwardClient::proxy_v1) preamble_ = proxy_v1_header(remote, local);
+      if (listener_.forward_client == conf::ForwardClient::proxy_v2) preamble_ = proxy_v2_header(remote, local);
+      client_port_ = remote.port();
+    }
+  }
+  if (!co_await up_.open(listener_.upstream, host, preamble_)) {
     end_ = End::upstream_unavailable;
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
     log(Level::warning, "upstream_unavailable").kv("sid", ctx_.id).kv("upstream", listener_.upstream.to_string())
@@ -190,6 +206,12 @@ awaitable<void> Session::serve() {
       end_ = End::too_many_errors;
       co_await flush();
       co_await write_client(replies::too_many_errors(host));
+      co_return;
+    }
+    if (invalid_recipients_ >= cfg_.limits.invalid_recipients_per_session) {
+      end_ = End::too_many_invalid_recipients;
+      co_await flush();
+      co_await write_client(replies::too_many_invalid_recipients());
       co_return;
     }
     if (commands_outside_tx_ > cfg_.limits.commands_before_mail) {
@@ -305,11 +327,66 @@ std::string Session::upstream_failure_reply() const {
 
 awaitable<bool> Session::ensure_upstream() {
   if (up_.connected()) co_return true;
-  const bool ok = co_await up_.open(listener_.upstream, rt_->hostname);
+  bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_);
+  if (ok && helo_seen_) ok = co_await forward_client_identity();
   auto line = log(ok ? Level::info : Level::warning, "upstream_reconnect");
   line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed");
   if (!ok) line.kv("error", up_.detail());
   co_return ok;
+}
+
+awaitable<std::string> Session::confirmed_client_name() {
+  // Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it
+  // resolves back to the client's address. Bounded by timeouts.upstream_connect.
+  boost::system::error_code ec;
+  const auto remote = client_.remote_endpoint(ec);
+  if (ec) co_return "[UNAVAILABLE]";
+  tcp::resolver resolver(client_.get_executor());
+  asio::steady_timer timer(client_.get_executor());
+  timer.expires_after(cfg_.timeouts.upstream_connect);
+  using namespace asio::experimental::awaitable_operators;
+  auto rev = co_await (resolver.async_resolve(remote, asio::as_tuple(asio::use_awaitable)) ||
+                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  if (rev.index() != 0) co_return "[UNAVAILABLE]";
+  auto [rec, names] = std::get<0>(rev);
+  if (rec || names.empty()) co_return "[UNAVAILABLE]";
+  const std::string name = names.begin()->host_name();
+  boost::system::error_code numeric;
+  asio::ip::make_address(name, numeric);
+  if (!numeric) co_return "[UNAVAILABLE]";  // getnameinfo fell back to the number: no PTR
+  auto fwd = co_await (resolver.async_resolve(name, "", asio::as_tuple(asio::use_awaitable)) ||
+                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  if (fwd.index() != 0) co_return "[UNAVAILABLE]";
+  auto [fec, addrs] = std::get<0>(fwd);
+  if (fec) co_return "[UNAVAILABLE]";
+  for (const auto& a : addrs)
+    if (a.endpoint().address() == remote.address()) co_return name;
+  co_return "[UNAVAILABLE]";
+}
+
+awaitable<bool> Session::forward_client_identity() {
+  if (listener_.forward_client != conf::ForwardClient::xclient) co_return true;
+  const smtp::Capabilities& caps = up_.caps();
+  if (!caps.xclient) {
+    log(Level::debug, "xclient").kv("sid", ctx_.id).kv("result", "not_offered");
+    co_return true;
+  }
+  XclientInfo info;
+  info.addr = ctx_.client_ip;
+  info.ipv6 = ctx_.client_ip.find(':') != std::string::npos;
+  info.port = client_port_;
+  info.helo = client_helo_;
+  info.esmtp = esmtp_;
+  const auto& attrs = caps.xclient_attrs;
+  if (std::find(attrs.begin(), attrs.end(), "NAME") != attrs.end()) info.name = co_await confirmed_client_name();
+  const std::string attributes = xclient_attributes(info, attrs);
+  if (attributes.empty()) co_return true;
+  auto r = co_await up_.xclient(attributes, client_helo_);
+  if (!r) co_return false;
+  auto line = log(r->code == 220 ? Level::info : Level::warning, "xclient");
+  line.kv("sid", ctx_.id).kv("result", r->code == 220 ? "ok" : "failed").kv("attributes", attributes);
+  if (r->code != 220) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, 200));
+  co_return true;
 }
 
 awaitable<bool> Session::flush() {
@@ -390,6 +467,16 @@ awaitable<bool> Session::process(const std::string& line) {
       handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
       helo_seen_ = true;
       esmtp_ = cmd.verb == Verb::ehlo;
+      client_helo_ = clean_helo(cmd.args, rt_->hostname);
+      if (listener_.forward_client == conf::ForwardClient::xclient) {
+        if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
+        if (!co_await forward_client_identity()) {
+          end_ = End::upstream_lost;
+          upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+          co_await write_client(replies::upstream_lost_closing(rt_->hostname));
+          co_return false;
+        }
+      }
       if (!esmtp_) {
         queue_local(replies::helo(rt_->hostname));
         co_return true;
@@ -516,6 +603,7 @@ void Session::handle_mail(std::string_view args) {
     }
   }
   tx_.smtputf8 = smtputf8;
+  tx_.bounce = listener_.role == conf::Role::inbound && is_bounce(cfg_, tx_.sender);
   commands_outside_tx_ = 0;
   phase_ = Phase::mail;
   queue_local(replies::sender_ok());
@@ -558,7 +646,28 @@ void Session::handle_rcpt(std::string_view args) {
     queue_local(*shared->mail_error);
     return;
   }
-  std::string rcpt_cmd = "RCPT TO:<" + path.address + ">";
+  std::string forward_path = path.address;
+  if (listener_.role == conf::Role::inbound) {
+    const RcptDecision rd = decide_recipient(cfg_, rt_->keyring, rt_->prvs, tx_.bounce, client_exempt_,
+                                             path.address, static_cast<std::int64_t>(std::time(nullptr)));
+    auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
+    line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
+    if (rd.action != RcptAction::refused) line.kv("upstream_to", "<" + rd.upstream + ">");
+    if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
+    line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
+    if (rd.action == RcptAction::refused) {
+      ++refused_;
+      ++invalid_recipients_;
+      queue_local(rd.reply);
+      return;
+    }
+    if (rd.action == RcptAction::monitored) {
+      tx_.monitor_verdict = tx_.monitored ? worse(*tx_.monitor_verdict, rd.verdict) : rd.verdict;
+      tx_.monitored = true;
+    }
+    forward_path = rd.upstream;
+  }
+  std::string rcpt_cmd = "RCPT TO:<" + forward_path + ">";
   if (!path.params_text.empty()) rcpt_cmd.append(" ").append(path.params_text);
   rcpt_cmd += "\r\n";
 
@@ -645,6 +754,11 @@ void Session::reset_transaction() {
 
 // --- DATA and BDAT ---------------------------------------------------------------------------------
 
+std::string Session::monitor_header() const {
+  return "X-BATV-Status: " + std::string(crypto::to_string(tx_.monitor_verdict.value_or(crypto::Verdict::valid))) +
+         "\r\n";
+}
+
 std::optional<std::string> Session::data_precondition(bool bdat) {
   if (!helo_seen_) return replies::need_helo();
   if (!tx_.active) return replies::line(503, "5.5.1 Need MAIL command");
@@ -700,13 +814,18 @@ awaitable<bool> Session::do_data() {
   if (!co_await write_client(replies::start_data())) {
     co_return false;
   }
+  bool upstream_broke = false;
+  if (tx_.monitored) {
+    // Inbound monitor mode: the verdict goes in front of the message, as the first header line.
+    upstream_broke = !co_await up_.send(monitor_header());
+  }
 
   // Stream the body: constant memory, bytes forwarded exactly as received.
   const auto data_deadline = Clock::now() + cfg_.timeouts.data;
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
   DataScanner scanner;
   std::uint64_t size = 0;
-  bool forwarding = true, too_big = false, upstream_broke = false, done = false;
+  bool forwarding = !upstream_broke, too_big = false, done = false;
   while (!done) {
     if (in_begin_ == in_end_ && !co_await fill(data_deadline)) {
       up_.close();  // the next hop discards an unterminated message
@@ -811,8 +930,14 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   tx_.bdat_used = true;
   tx_.bdat_bytes += bdat->size;
 
-  std::string cmd = "BDAT " + std::to_string(bdat->size) + (bdat->last ? " LAST\r\n" : "\r\n");
-  bool ok = co_await up_.send(cmd);
+  // Inbound monitor mode: the X-BATV-Status line travels in front of the first chunk.
+  std::string prefix;
+  if (tx_.monitored && !tx_.header_sent) {
+    prefix = monitor_header();
+    tx_.header_sent = true;
+  }
+  std::string cmd = "BDAT " + std::to_string(bdat->size + prefix.size()) + (bdat->last ? " LAST\r\n" : "\r\n");
+  bool ok = co_await up_.send(cmd + prefix);
   const auto deadline = Clock::now() + cfg_.timeouts.data;
   std::uint64_t left = bdat->size;
   while (left > 0) {
@@ -875,6 +1000,7 @@ std::string_view Session::end_name() const {
     case End::data_timeout: return "data_timeout";
     case End::too_many_errors: return "too_many_errors";
     case End::too_many_commands: return "too_many_commands";
+    case End::too_many_invalid_recipients: return "too_many_invalid_recipients";
     case End::upstream_lost: return "upstream_lost";
     case End::upstream_unavailable: return "upstream_unavailable";
     case End::shutdown: return "shutdown";

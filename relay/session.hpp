@@ -52,6 +52,7 @@ class Session : public std::enable_shared_from_this<Session> {
   enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };
   enum class End {
     none, quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
+    too_many_invalid_recipients,
     upstream_lost, upstream_unavailable, shutdown, access_denied, too_many_sessions, io_error
   };
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
@@ -85,6 +86,10 @@ class Session : public std::enable_shared_from_this<Session> {
     int rcpt_tried = 0;
     bool bdat_used = false, bdat_failed = false;
     std::uint64_t bdat_bytes = 0;
+    bool bounce = false;             // inbound: MAIL FROM:<> (or MAILER-DAEMON, configured)
+    bool monitored = false;          // inbound monitor mode: X-BATV-Status goes in front
+    std::optional<crypto::Verdict> monitor_verdict;
+    bool header_sent = false;
     std::shared_ptr<TxShared> shared;
   };
 
@@ -98,6 +103,9 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> do_bdat(std::string_view args);
   awaitable<bool> skip_bytes(std::uint64_t n);
   awaitable<bool> ensure_upstream();
+  awaitable<bool> forward_client_identity();
+  awaitable<std::string> confirmed_client_name();
+  std::string monitor_header() const;
   void queue_local(std::string reply);
   void refuse(std::string reply);  // a local error reply: queued and counted
   std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
@@ -141,7 +149,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   int errors_ = 0;
   int commands_outside_tx_ = 0;
-  int messages_ = 0, recipients_ = 0, signed_ = 0, unsigned_ = 0;
+  int messages_ = 0, recipients_ = 0, signed_ = 0, unsigned_ = 0, refused_ = 0;
+  std::int64_t invalid_recipients_ = 0;
+  bool client_exempt_ = false;   // inbound.accept_untagged_from
+  std::string client_helo_;      // the client's HELO/EHLO argument, for XCLIENT
+  std::string preamble_;         // PROXY header for every next-hop connection
+  std::uint16_t client_port_ = 0;
   std::string upstream_detail_;
 };
 

@@ -43,7 +43,8 @@ void Upstream::cancel() {
   sock_.cancel(ignored);
 }
 
-awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our_name) {
+awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our_name,
+                               const std::string& preamble) {
   failure_ = Failure::none;
   detail_.clear();
   buf_.clear();
@@ -61,6 +62,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   boost::system::error_code ec;
   const auto remote = sock_.remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
+  if (!preamble.empty() && !co_await send(preamble)) co_return false;
   auto greeting = co_await read_reply();
   if (!greeting) co_return false;
   if (greeting->code != 220) {
@@ -87,6 +89,23 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
     co_return false;
   }
   co_return true;
+}
+
+awaitable<std::optional<smtp::Reply>> Upstream::xclient(const std::string& attributes,
+                                                         const std::string& ehlo_name) {
+  if (!co_await send("XCLIENT " + attributes + "\r\n")) co_return std::nullopt;
+  auto r = co_await read_reply();
+  if (!r || r->code != 220) co_return r;
+  // XCLIENT_README: the server restarts the session with a new greeting; say EHLO again.
+  if (!co_await send("EHLO " + ehlo_name + "\r\n")) co_return std::nullopt;
+  auto ehlo = co_await read_reply();
+  if (!ehlo) co_return std::nullopt;
+  if (ehlo->code / 100 != 2) {
+    fail(Failure::protocol, "EHLO after XCLIENT answered " + std::to_string(ehlo->code));
+    co_return std::nullopt;
+  }
+  caps_ = smtp::parse_ehlo(*ehlo);
+  co_return r;
 }
 
 awaitable<bool> Upstream::send(std::string_view data) {

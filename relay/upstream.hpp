@@ -21,9 +21,16 @@ class Upstream {
 
   Upstream(asio::any_io_executor ex, const conf::Limits& limits, const conf::Timeouts& timeouts);
 
-  // Connects, reads the 220 greeting and sends EHLO (HELO when EHLO gets a 5xx), recording the
-  // capabilities. False on any failure (failure() says which).
-  awaitable<bool> open(const conf::HostPort& next_hop, const std::string& our_name);
+  // Connects, sends `preamble` first when not empty (a HAProxy PROXY header), reads the 220
+  // greeting and sends EHLO (HELO when EHLO gets a 5xx), recording the capabilities. False on
+  // any failure (failure() says which).
+  awaitable<bool> open(const conf::HostPort& next_hop, const std::string& our_name,
+                       const std::string& preamble = {});
+
+  // Postfix XCLIENT: sends "XCLIENT <attributes>", and after the 220 that restarts the next hop's
+  // session, EHLO `ehlo_name` again (updating the capabilities). Returns the XCLIENT reply, or
+  // nullopt when the connection failed.
+  awaitable<std::optional<smtp::Reply>> xclient(const std::string& attributes, const std::string& ehlo_name);
 
   awaitable<bool> send(std::string_view data);
   // Reads one complete reply; `final_dot` selects timeouts.upstream_data_reply.

@@ -527,4 +527,21 @@ std::optional<BdatArgs> parse_bdat(std::string_view args) {
   return out;
 }
 
+std::string encode_xtext(std::string_view text) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < '!' || u > '~' || c == '+' || c == '=') {
+      out += '+';
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace batv::relay::smtp

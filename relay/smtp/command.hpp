@@ -111,6 +111,8 @@ bool valid_param_value(std::string_view keyword, std::optional<std::string_view>
 
 // Decodes RFC 3461 4 xtext; std::nullopt when `text` is not valid xtext.
 std::optional<std::string> decode_xtext(std::string_view text);
+// Encodes as RFC 3461 4 xtext: "+", "=" and bytes outside "!".."~" become "+XX".
+std::string encode_xtext(std::string_view text);
 
 // --- BDAT (RFC 3030 2) -----------------------------------------------------------------------------
 

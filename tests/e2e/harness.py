@@ -226,10 +226,17 @@ def _toml_value(v):
     raise TypeError("cannot write %r as TOML" % (v,))
 
 
+def _toml_key(k):
+    """A bare key when TOML allows one, else a quoted key ("example.org")."""
+    if re.fullmatch(r"[A-Za-z0-9_\-]+", k):
+        return k
+    return _toml_value(k)
+
+
 def _toml_table(name, items):
     lines = ["[%s]" % name]
     for k, v in items.items():
-        lines.append("%s = %s" % (k, _toml_value(v)))
+        lines.append("%s = %s" % (_toml_key(k), _toml_value(v)))
     return "\n".join(lines) + "\n"
 
 
@@ -243,15 +250,22 @@ TEST_TIMEOUTS = {"idle": 10, "command": 10, "data": 30, "upstream_connect": 3, "
 class Relay:
     """A running `batv-relay --config FILE` with parsed stderr logs.
 
-    listeners: list of dicts {"upstream": port, "role": "outbound", "allow_clients": [...]};
-    default one outbound listener on 127.0.0.1:0 towards `upstream_port`.
+    listeners: list of dicts {"upstream": port, "role": "outbound", "allow_clients": [...],
+    "forward_client": "xclient"|"proxy-v1"|"proxy-v2"|"none"} (keys other than upstream
+    optional; forward_client is written only when given); default one outbound listener on
+    127.0.0.1:0 towards `upstream_port`.
     timeouts / limits / signing / smtp: dicts merged over the defaults written to the file
-    (TEST_TIMEOUTS for timeouts, hostname "relay.test" for smtp)."""
+    (TEST_TIMEOUTS for timeouts, hostname "relay.test" for smtp).
+    verify_domains: domains.verify (left out of the file when None: the relay defaults it to
+    sign); inbound: the [inbound] table (mode, exempt_local_parts, accept_untagged_from,
+    mailer_daemon_is_bounce, bad_signature); domain_mode: the [inbound.domain_mode] table
+    {"example.org": "monitor"}. Each is written only when given."""
 
     def __init__(self, relay_bin, workdir, keyfile, upstream_port=None, listeners=None,
                  timeouts=None, limits=None, signing=None, smtp=None, sign_domains=("example.com",),
                  lifetime_days=LIFETIME, threads=2, extra_toml="", config_name="relay.toml",
-                 start=True, ready_timeout=10):
+                 start=True, ready_timeout=10, verify_domains=None, inbound=None,
+                 domain_mode=None):
         self.bin = relay_bin
         self.workdir = workdir
         self.keyfile = keyfile if isinstance(keyfile, str) else keyfile.path
@@ -264,6 +278,9 @@ class Relay:
         self.smtp = dict({"hostname": "relay.test"}, **(smtp or {}))
         self.hostname = self.smtp.get("hostname")
         self.sign_domains = list(sign_domains)
+        self.verify_domains = None if verify_domains is None else list(verify_domains)
+        self.inbound = dict(inbound or {})
+        self.domain_mode = None if domain_mode is None else dict(domain_mode)
         self.lifetime_days = lifetime_days
         self.threads = threads
         self.extra_toml = extra_toml
@@ -283,7 +300,10 @@ class Relay:
         out = ["key_file = %s" % _toml_value(self.keyfile),
                "lifetime_days = %d" % self.lifetime_days,
                "threads = %d" % self.threads, ""]
-        out.append(_toml_table("domains", {"sign": self.sign_domains}))
+        domains = {"sign": self.sign_domains}
+        if self.verify_domains is not None:
+            domains["verify"] = self.verify_domains
+        out.append(_toml_table("domains", domains))
         for li in self.listeners:
             up = li["upstream"]
             if isinstance(up, int):
@@ -292,11 +312,17 @@ class Relay:
                  "upstream": up}
             if "allow_clients" in li:
                 t["allow_clients"] = li["allow_clients"]
+            if "forward_client" in li:
+                t["forward_client"] = li["forward_client"]
             out.append("[[listener]]\n" + _toml_table("x", t).split("\n", 1)[1])
         for name, table in (("signing", self.signing), ("limits", self.limits),
                             ("timeouts", self.timeouts), ("smtp", self.smtp)):
             if table:
                 out.append(_toml_table(name, table))
+        if self.inbound:
+            out.append(_toml_table("inbound", self.inbound))
+        if self.domain_mode is not None:
+            out.append(_toml_table("inbound.domain_mode", self.domain_mode))
         out.append(self.extra_toml)
         return "\n".join(out)
 
