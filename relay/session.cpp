@@ -691,11 +691,12 @@ void Session::handle_rcpt(std::string_view args) {
   if (!tx_.decided) {
     tx_.decision = decide();
     tx_.decided = true;
-    auto line = log(Level::info, "mail");
-    line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
-    if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
-    else if (outbound) line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
-    else line.kv("signing", "not_applicable");
+    if (outbound) {
+      auto line = log(Level::info, "mail");
+      line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
+      if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
+      else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
+    }
 
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
     if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
@@ -773,8 +774,7 @@ void Session::count_message(const std::string& reply, std::uint64_t size) {
   const bool accepted = !reply.empty() && reply[0] == '2';
   if (accepted) {
     ++messages_;
-    if (tx_.decision.sign) ++signed_;
-    else ++unsigned_;
+    if (listener_.role == conf::Role::outbound) ++(tx_.decision.sign ? signed_ : unsigned_);
   } else if (reply_is_error(reply)) {
     ++errors_;
   }
