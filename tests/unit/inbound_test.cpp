@@ -1,0 +1,198 @@
+// Inbound recipient decisions (every verdict x bounce/normal x mode x exemption) and the client
+// identity formats (PROXY v1/v2, XCLIENT).
+#include <doctest/doctest.h>
+
+#include "conf/config.hpp"
+#include "relay/client_identity.hpp"
+#include "relay/policy.hpp"
+
+using namespace batv;
+using relay::RcptAction;
+
+namespace {
+
+conf::Config config_from(const std::string& extra) {
+  const std::string text = "key_file = \"k\"\n[domains]\nsign = [\"example.com\", \"example.org\"]\n"
+                           "[[listener]]\nrole = \"inbound\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n" +
+                           extra;
+  auto r = conf::load_config_string(text, "t.toml", "");
+  REQUIRE_MESSAGE(r.config.has_value(), (r.errors.empty() ? "" : conf::format(r.errors[0])));
+  return std::move(*r.config);
+}
+
+crypto::Keyring ring() {
+  std::vector<crypto::KeyMaterial> m;
+  m.push_back({3, true, crypto::Secret(std::string_view("secretkey"))});
+  std::string err;
+  return std::move(*crypto::Keyring::build(m, err));
+}
+
+constexpr std::int64_t T1 = 1700000000;
+const char* const kValid = "prvs=368291fcbb=user@example.com";
+const char* const kBadSig = "prvs=368291fcbc=user@example.com";
+const char* const kUnknown = "prvs=468291fcbb=user@example.com";
+const char* const kMalformed = "prvs=36829=user@example.com";
+const char* const kUntagged = "user@example.com";
+constexpr std::int64_t kExpiredNow = 1700611200;  // the day after the tag's last day
+
+struct Expect {
+  const char* rcpt;
+  std::int64_t now;
+  bool bounce;
+  RcptAction action;
+  const char* upstream;  // "" when refused
+  const char* reply;     // "" unless refused
+};
+
+void check_all(const conf::Config& cfg, bool client_exempt, std::initializer_list<Expect> cases) {
+  const auto keys = ring();
+  for (const Expect& e : cases) {
+    CAPTURE(e.rcpt);
+    CAPTURE(e.bounce);
+    const auto d = relay::decide_recipient(cfg, keys, relay::prvs_params(cfg), e.bounce, client_exempt, e.rcpt, e.now);
+    CHECK(relay::to_string(d.action) == relay::to_string(e.action));
+    if (e.action == RcptAction::refused) CHECK(d.reply == std::string(e.reply) + "\r\n");
+    else CHECK(d.upstream == e.upstream);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bounces in enforce mode: only a valid tag passes, stripped") {
+  check_all(config_from(""), false,
+            {
+                {kValid, T1, true, RcptAction::accepted, "user@example.com", ""},
+                {kBadSig, T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: bad signature"},
+                {kValid, kExpiredNow, true, RcptAction::refused, "", "550 5.7.1 bounce refused: tag expired"},
+                {kUnknown, T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: unknown key"},
+                {kMalformed, T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: malformed tag"},
+                {kUntagged, T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: address not tagged"},
+                // Not one of our domains: the MX decides.
+                {"someone@elsewhere.org", T1, true, RcptAction::passed, "someone@elsewhere.org", ""},
+                {"prvs=368291fcbb=user@elsewhere.org", T1, true, RcptAction::passed, "prvs=368291fcbb=user@elsewhere.org", ""},
+                // Exempt local parts, any case; postmaster always.
+                {"postmaster@example.com", T1, true, RcptAction::exempt, "postmaster@example.com", ""},
+                {"Abuse@Example.com", T1, true, RcptAction::exempt, "Abuse@Example.com", ""},
+                // An exempt local part behind a broken tag still gets its mail, untagged.
+                {"prvs=368291fcbc=postmaster@example.com", T1, true, RcptAction::exempt, "postmaster@example.com", ""},
+            });
+}
+
+TEST_CASE("normal senders: valid and expired tags stripped; bad ones per policy") {
+  check_all(config_from(""), false,
+            {
+                {kValid, T1, false, RcptAction::stripped, "user@example.com", ""},
+                {kValid, kExpiredNow, false, RcptAction::stripped, "user@example.com", ""},
+                {kBadSig, T1, false, RcptAction::stripped, "user@example.com", ""},
+                {kUnknown, T1, false, RcptAction::stripped, "user@example.com", ""},
+                {kMalformed, T1, false, RcptAction::passed, kMalformed, ""},
+                {kUntagged, T1, false, RcptAction::passed, kUntagged, ""},
+            });
+  check_all(config_from("[inbound]\nbad_signature = \"keep\"\n"), false,
+            {
+                {kBadSig, T1, false, RcptAction::kept, kBadSig, ""},
+                {kValid, T1, false, RcptAction::stripped, "user@example.com", ""},
+            });
+  check_all(config_from("[inbound]\nbad_signature = \"reject\"\n"), false,
+            {
+                {kBadSig, T1, false, RcptAction::refused, "", "550 5.7.1 tag does not verify: bad signature"},
+                {kUnknown, T1, false, RcptAction::refused, "", "550 5.7.1 tag does not verify: unknown key"},
+                {kValid, kExpiredNow, false, RcptAction::stripped, "user@example.com", ""},
+            });
+}
+
+TEST_CASE("exempt client networks, monitor, off and per-domain modes") {
+  check_all(config_from(""), true,
+            {
+                {kUntagged, T1, true, RcptAction::exempt, kUntagged, ""},
+                {kBadSig, T1, true, RcptAction::exempt, "user@example.com", ""},
+                {kValid, T1, true, RcptAction::accepted, "user@example.com", ""},
+            });
+  check_all(config_from("[inbound]\nmode = \"monitor\"\n"), false,
+            {
+                {kUntagged, T1, true, RcptAction::monitored, kUntagged, ""},
+                {kBadSig, T1, true, RcptAction::monitored, "user@example.com", ""},
+                {kValid, T1, true, RcptAction::monitored, "user@example.com", ""},
+            });
+  check_all(config_from("[inbound]\nmode = \"off\"\n"), false,
+            {
+                {kUntagged, T1, true, RcptAction::passed, kUntagged, ""},
+                {kBadSig, T1, true, RcptAction::passed, kBadSig, ""},
+                {kValid, T1, true, RcptAction::stripped, "user@example.com", ""},
+            });
+  check_all(config_from("[inbound.domain_mode]\n\"Example.ORG\" = \"monitor\"\n"), false,
+            {
+                {"lisa@example.org", T1, true, RcptAction::monitored, "lisa@example.org", ""},
+                {kUntagged, T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: address not tagged"},
+            });
+}
+
+TEST_CASE("domain_mode must name a verify domain and a known mode") {
+  auto r = conf::load_config_string(
+      "key_file = \"k\"\n[domains]\nsign = [\"example.com\"]\n[[listener]]\nrole = \"inbound\"\n"
+      "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n[inbound.domain_mode]\n\"other.org\" = \"monitor\"\n"
+      "\"example.com\" = \"loud\"\n",
+      "t.toml", "");
+  REQUIRE(r.errors.size() == 2);
+  CHECK(conf::format(r.errors[0]).find("other.org is not in domains.verify") != std::string::npos);
+  CHECK(conf::format(r.errors[1]).find("inbound.domain_mode.example.com") != std::string::npos);
+}
+
+TEST_CASE("bounce detection and the monitor verdict order") {
+  auto cfg = config_from("");
+  CHECK(relay::is_bounce(cfg, ""));
+  CHECK_FALSE(relay::is_bounce(cfg, "MAILER-DAEMON@remote.example"));
+  cfg = config_from("[inbound]\nmailer_daemon_is_bounce = true\n");
+  CHECK(relay::is_bounce(cfg, "mailer-daemon@remote.example"));
+  CHECK_FALSE(relay::is_bounce(cfg, "mailer-daemon-x@remote.example"));
+  using V = crypto::Verdict;
+  CHECK(relay::worse(V::valid, V::untagged) == V::untagged);
+  CHECK(relay::worse(V::expired, V::untagged) == V::expired);
+  CHECK(relay::worse(V::malformed, V::expired) == V::malformed);
+  CHECK(relay::worse(V::unknown_key, V::bad_signature) == V::bad_signature);
+}
+
+TEST_CASE("PROXY protocol headers") {
+  using boost::asio::ip::make_address;
+  using ep = boost::asio::ip::tcp::endpoint;
+  const ep c4(make_address("192.0.2.7"), 40000), l4(make_address("198.51.100.1"), 25);
+  CHECK(relay::proxy_v1_header(c4, l4) == "PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n");
+  const ep c6(make_address("2001:db8::7"), 40000), l6(make_address("2001:db8::1"), 25);
+  CHECK(relay::proxy_v1_header(c6, l6) == "PROXY TCP6 2001:db8::7 2001:db8::1 40000 25\r\n");
+  const ep mapped(make_address("::ffff:192.0.2.7"), 40000);
+  CHECK(relay::proxy_v1_header(mapped, l4) == "PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n");
+  CHECK(relay::proxy_v1_header(c6, l4) == "PROXY UNKNOWN\r\n");
+
+  const std::string v2 = relay::proxy_v2_header(c4, l4);
+  REQUIRE(v2.size() == 16 + 12);
+  CHECK(v2.substr(0, 12) == std::string("\r\n\r\n\0\r\nQUIT\n", 12));
+  CHECK(static_cast<unsigned char>(v2[12]) == 0x21);
+  CHECK(static_cast<unsigned char>(v2[13]) == 0x11);
+  CHECK(v2[14] == 0);
+  CHECK(v2[15] == 12);
+  CHECK(v2.substr(16, 4) == std::string("\xc0\x00\x02\x07", 4));
+  CHECK(v2.substr(24, 4) == std::string("\x9c\x40\x00\x19", 4));  // 40000, 25
+  const std::string v2_6 = relay::proxy_v2_header(c6, l6);
+  CHECK(v2_6.size() == 16 + 36);
+  CHECK(static_cast<unsigned char>(v2_6[13]) == 0x21);
+}
+
+TEST_CASE("XCLIENT attributes: only the offered ones, xtext-encoded") {
+  relay::XclientInfo info;
+  info.addr = "192.0.2.7";
+  info.port = 40000;
+  info.name = "[UNAVAILABLE]";
+  info.helo = "mail+1.example";
+  info.esmtp = true;
+  CHECK(relay::xclient_attributes(info, {"NAME", "ADDR", "PORT", "HELO", "PROTO"}) ==
+        "ADDR=192.0.2.7 PORT=40000 NAME=[UNAVAILABLE] HELO=mail+2B1.example PROTO=ESMTP");
+  CHECK(relay::xclient_attributes(info, {"ADDR"}) == "ADDR=192.0.2.7");
+  CHECK(relay::xclient_attributes(info, {}) == "");
+  info.addr = "2001:db8::7";
+  info.ipv6 = true;
+  info.esmtp = false;
+  CHECK(relay::xclient_attributes(info, {"ADDR", "PROTO"}) == "ADDR=IPV6:2001:db8::7 PROTO=SMTP");
+  CHECK(relay::clean_helo("client.example extra", "relay") == "client.example");
+  CHECK(relay::clean_helo("bad\x01name", "relay") == "relay");
+  CHECK(relay::clean_helo("", "relay") == "relay");
+}
