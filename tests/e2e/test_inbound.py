@@ -238,14 +238,19 @@ class InboundTestCase(unittest.TestCase):
         return recs
 
     def assertRcptLog(self, rec, to, upstream_to, verdict, action, domain=None):
-        raw = rec["_raw"]
-        self.assertEqual(bare(rec.get("to")), to, raw)
-        self.assertEqual(bare(rec.get("upstream_to")), upstream_to, raw)
+        """One event=rcpt line: to, upstream_to ("-" when nothing went upstream), domain (the
+        recipient's, lowercase), verdict (unless None), action, sid. Addresses are compared
+        without their angle brackets. Every mismatch is reported at once."""
+        want = {"to": to, "upstream_to": upstream_to, "action": action,
+                "domain": domain or to.rsplit("@", 1)[1].lower()}
         if verdict is not None:
-            self.assertEqual(rec.get("verdict"), verdict, raw)
-        self.assertEqual(rec.get("action"), action, raw)
-        self.assertEqual(rec.get("domain"), domain or to.rsplit("@", 1)[1].lower(), raw)
-        self.assertTrue(rec.get("sid"), raw)
+            want["verdict"] = verdict
+        got = {k: bare(rec.get(k)) for k in want}
+        bad = ["%s=%r (want %r)" % (k, got[k], want[k]) for k in want if got[k] != want[k]]
+        if not rec.get("sid"):
+            bad.append("no sid")
+        if bad:
+            self.fail("event=rcpt mismatch: %s\n  %s" % ("; ".join(bad), rec["_raw"]))
 
     # -- SMTP --
     def assertReply(self, reply, code, text=None):
