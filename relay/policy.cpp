@@ -130,8 +130,9 @@ RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& ke
     return d;
   }
   // A bounce to one of our domains.
+  d.monitor = mode == conf::InboundMode::monitor;
   if (v.verdict == crypto::Verdict::valid) {
-    d.action = mode == conf::InboundMode::monitor ? RcptAction::monitored : RcptAction::accepted;
+    d.action = RcptAction::accepted;
     d.upstream = original;
     return d;
   }
@@ -140,8 +141,9 @@ RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& ke
   bool exempt = client_exempt;
   for (const auto& lp : cfg.inbound.exempt_local_parts)
     if (iequals(lp, local)) exempt = true;
-  if (exempt || mode == conf::InboundMode::monitor) {
+  if (exempt || d.monitor) {
     d.action = exempt ? RcptAction::exempt : RcptAction::monitored;
+    d.monitor = !exempt && d.monitor;
     d.upstream = original;
     return d;
   }

@@ -54,6 +54,7 @@ struct RcptDecision {
   RcptAction action = RcptAction::passed;
   crypto::Verdict verdict = crypto::Verdict::untagged;
   bool ours = false;         // domain in domains.verify (verdict meaningful)
+  bool monitor = false;      // a bounce recipient in monitor mode: its verdict goes in X-BATV-Status
   std::string upstream;      // the forward-path to send (when not refused)
   std::string reply;         // the 550 reply (when refused)
 };

@@ -9,6 +9,7 @@
 #include "relay/client_identity.hpp"
 #include "relay/log.hpp"
 #include "relay/replies.hpp"
+#include "relay/smtp/data.hpp"
 
 namespace batv::relay {
 
@@ -19,58 +20,19 @@ constexpr std::size_t max_pending = 100;             // pipelined commands held 
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
 
+// ASCII case mapping (SMTP keywords; domain names for logs); other bytes unchanged.
 std::string upper(std::string_view s) {
   std::string out(s);
   for (char& c : out)
     if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
   return out;
 }
-
-// Body scanner for DATA (RFC 5321 4.1.1.4): finds CRLF "." CRLF and notes bare CR or LF, which
-// could let a client smuggle a second message past a next hop that ends data on them
-// (CVE-2023-51764 class). Scans incrementally across reads; the body starts at a line start.
-struct DataScanner {
-  enum State { mid_line, saw_cr, line_start, saw_dot, saw_dot_cr } state = line_start;
-  bool bare_newline = false;
-
-  // Returns the number of bytes consumed; `done` when the terminator's last byte was consumed.
-  std::size_t scan(const char* p, std::size_t n, bool& done) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const char c = p[i];
-      switch (state) {
-        case line_start:
-          if (c == '.') state = saw_dot;
-          else if (c == '\r') state = saw_cr;
-          else if (c == '\n') { bare_newline = true; state = mid_line; }
-          else state = mid_line;
-          break;
-        case saw_dot:
-          if (c == '\r') state = saw_dot_cr;
-          else if (c == '\n') { bare_newline = true; state = mid_line; }
-          else state = mid_line;
-          break;
-        case saw_dot_cr:
-          if (c == '\n') {
-            done = true;
-            return i + 1;
-          }
-          bare_newline = true;
-          state = c == '\r' ? saw_cr : mid_line;
-          break;
-        case saw_cr:
-          if (c == '\n') state = line_start;
-          else { bare_newline = true; state = c == '\r' ? saw_cr : mid_line; }
-          break;
-        case mid_line:
-          if (c == '\r') state = saw_cr;
-          else if (c == '\n') bare_newline = true;
-          break;
-      }
-    }
-    done = false;
-    return n;
-  }
-};
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+  return out;
+}
 
 }  // namespace
 
@@ -652,7 +614,9 @@ void Session::handle_rcpt(std::string_view args) {
                                              path.address, static_cast<std::int64_t>(std::time(nullptr)));
     auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
-    if (rd.action != RcptAction::refused) line.kv("upstream_to", "<" + rd.upstream + ">");
+    line.kv("upstream_to", rd.action == RcptAction::refused ? std::string("-") : "<" + rd.upstream + ">");
+    const auto at = path.address.rfind('@');
+    line.kv("domain", at == std::string::npos ? std::string("-") : lower(path.address.substr(at + 1)));
     if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
     line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
     if (rd.action == RcptAction::refused) {
@@ -661,7 +625,7 @@ void Session::handle_rcpt(std::string_view args) {
       queue_local(rd.reply);
       return;
     }
-    if (rd.action == RcptAction::monitored) {
+    if (rd.monitor) {
       tx_.monitor_verdict = tx_.monitored ? worse(*tx_.monitor_verdict, rd.verdict) : rd.verdict;
       tx_.monitored = true;
     }
@@ -823,7 +787,7 @@ awaitable<bool> Session::do_data() {
   // Stream the body: constant memory, bytes forwarded exactly as received.
   const auto data_deadline = Clock::now() + cfg_.timeouts.data;
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  DataScanner scanner;
+  smtp::DataScanner scanner;
   std::uint64_t size = 0;
   bool forwarding = !upstream_broke, too_big = false, done = false;
   while (!done) {

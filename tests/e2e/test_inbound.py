@@ -335,6 +335,38 @@ class BounceEnforceTest(InboundTestCase):
                          [e["_raw"] for e in ends])
         self.assertEqual({e.get("role") for e in ends}, {"inbound"})
 
+    def test_tag_and_domain_case(self):
+        mx = self.upstream()
+        r = self.relay(mx)
+        valid = self.tag("valid")
+        upper_tag = "PRVS=" + valid[5:16].upper() + HOMER                # PRVS=3DDDABCDEF=homer@..
+        upper_domain = valid.rsplit("@", 1)[0] + "@EXAMPLE.COM"
+        upper_local = valid.replace("=homer@", "=Homer@")                 # local part is hashed
+        replies, _ = self.one_message(r, "", [upper_tag, upper_domain, upper_local],
+                                      expect=[250, 250, 550])
+        self.assertEqual(replies[2].text, REFUSED_TEXT["bad_signature"])
+        tx = mx.wait_transactions(1)[0]
+        self.assertEqual(tx.rcpts, ["RCPT TO:<%s>" % HOMER, "RCPT TO:<homer@EXAMPLE.COM>"])
+
+    def test_pipelined_bounce(self):
+        mx = self.upstream()
+        r = self.relay(mx)
+        c = self.session(r)
+        self.assertIn("PIPELINING", c.ehlo_reply.text.split("\n"))
+        rcpts = [HOMER, self.tag("valid"), self.tag("malformed", "marge@example.com"), BART,
+                 self.tag("valid", "lisa@example.org")]
+        c.send("MAIL FROM:<>\r\n" + "".join("RCPT TO:<%s>\r\n" % a for a in rcpts) + "DATA\r\n")
+        replies = c.read_replies(len(rcpts) + 2)
+        self.assertEqual([x.code for x in replies], [250, 550, 250, 550, 250, 250, 354], replies)
+        self.assertEqual(replies[1].text, REFUSED_TEXT["untagged"])
+        self.assertEqual(replies[3].text, REFUSED_TEXT["malformed"])
+        c.send(WIRE + b".\r\nQUIT\r\n")
+        self.assertReply(c.read_reply(15), 250)
+        self.assertReply(c.read_reply(), 221)
+        tx = mx.wait_transactions(1)[0]
+        self.assertEqual(tx.rcpts, ["RCPT TO:<%s>" % a for a in (HOMER, BART, "lisa@example.org")])
+        self.assertEqual(bytes(tx.data), WIRE)
+
     def test_every_verdict_with_swaks(self):
         if not os.access(SWAKS, os.X_OK):
             self.skipTest("swaks not installed")
@@ -462,6 +494,19 @@ class BounceMonitorTest(InboundTestCase):
                 tx = mx.wait_transactions(i + 1)[i]
                 self.assertEqual(bytes(tx.data), status_header(worst(combo)) + body)
         self.assertReply(c.cmd("QUIT"), 221)
+
+    def test_rset_forgets_the_verdict(self):
+        mx = self.upstream()
+        r = self.relay(mx, inbound={"mode": "monitor"})
+        c = self.session(r)
+        self.assertEqual([x.code for x in self.rcpt_replies(c, "", [self.tag("bad_signature")])],
+                         [250])
+        self.assertReply(c.cmd("RSET"), 250)
+        self.assertEqual([x.code for x in self.rcpt_replies(c, "", [self.tag("expired")])], [250])
+        self.assertReply(self.data(c), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+        tx = mx.wait_transactions(1)[0]
+        self.assertEqual(bytes(tx.data), status_header("expired") + WIRE)
 
     def test_no_header_for_a_normal_sender(self):
         mx = self.upstream()

@@ -112,7 +112,7 @@ TEST_CASE("exempt client networks, monitor, off and per-domain modes") {
             {
                 {kUntagged, T1, true, RcptAction::monitored, kUntagged, ""},
                 {kBadSig, T1, true, RcptAction::monitored, "user@example.com", ""},
-                {kValid, T1, true, RcptAction::monitored, "user@example.com", ""},
+                {kValid, T1, true, RcptAction::accepted, "user@example.com", ""},
             });
   check_all(config_from("[inbound]\nmode = \"off\"\n"), false,
             {
