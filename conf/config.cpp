@@ -399,6 +399,7 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.limits.invalid_recipients_per_session = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
+    {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
     {"timeouts", "data", [](Config& c, std::int64_t v) { c.timeouts.data = std::chrono::seconds(v); }},
     {"timeouts", "upstream_connect",
      [](Config& c, std::int64_t v) { c.timeouts.upstream_connect = std::chrono::seconds(v); }},

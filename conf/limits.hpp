@@ -80,6 +80,10 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "command", 300, 1, 3600, "seconds",
      "Overall deadline for receiving one command line, so a byte-a-minute trickle cannot reset "
      "the idle timer forever. 5 minutes, as RFC 5321 4.5.3.2.7."},
+    {"timeouts", "session", 3600, 1, 86400, "seconds",
+     "Longest a client may stay connected, checked before each command (a message being "
+     "transferred is never cut). Bounds what a slow client can hold on the Internet-facing "
+     "listener: without it, commands_before_mail NOOPs at the idle limit could last hours."},
     {"timeouts", "data", 1800, 1, 86400, "seconds",
      "Overall deadline for the DATA phase, 354 to the final dot. RFC 5321 4.5.3.2.5 gives 3 "
      "minutes per data block (that is the idle timer) but no bound on the whole body; 30 "
@@ -153,6 +157,7 @@ struct Limits {
 struct Timeouts {
   std::chrono::seconds idle{limit("timeouts", "idle").def};
   std::chrono::seconds command{limit("timeouts", "command").def};
+  std::chrono::seconds session{limit("timeouts", "session").def};
   std::chrono::seconds data{limit("timeouts", "data").def};
   std::chrono::seconds upstream_connect{limit("timeouts", "upstream_connect").def};
   std::chrono::seconds upstream_reply{limit("timeouts", "upstream_reply").def};

@@ -37,6 +37,9 @@ inline std::string upstream_lost_closing(std::string_view host) {
 inline std::string idle_timeout(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Error: timeout exceeded");
 }
+inline std::string session_timeout(std::string_view host) {
+  return line(421, "4.4.2 " + std::string(host) + " Error: session too long, closing");
+}
 inline std::string data_timeout(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Error: DATA took too long, closing");
 }

@@ -133,6 +133,7 @@ awaitable<void> Session::serve() {
   adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
   if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
 
+  session_deadline_ = Clock::now() + cfg_.timeouts.session;
   if (!co_await write_client(replies::greeting(host))) co_return;
   phase_ = Phase::command;
 
@@ -142,7 +143,7 @@ awaitable<void> Session::serve() {
     if (!has_complete_line() || pending_.size() >= max_pending) {
       if (!co_await flush()) co_return;
     }
-    command_deadline_ = Clock::now() + cfg_.timeouts.command;
+    command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
     const LineStatus st = co_await read_line(line);
     switch (st) {
       case LineStatus::ok:
@@ -154,11 +155,14 @@ awaitable<void> Session::serve() {
       case LineStatus::closed:
         end_ = End::client_closed;
         co_return;
-      case LineStatus::timeout:
-        end_ = End::idle_timeout;
+      case LineStatus::timeout: {
+        const bool session_over = Clock::now() >= session_deadline_;
+        end_ = session_over ? End::session_timeout : End::idle_timeout;
         co_await flush();
-        co_await write_client(replies::idle_timeout(host));
+        const std::string reply = session_over ? replies::session_timeout(host) : replies::idle_timeout(host);
+        co_await write_client(reply);
         co_return;
+      }
       case LineStatus::stopped:
         end_ = End::shutdown;
         co_await write_client(replies::shutting_down(host));
@@ -965,6 +969,7 @@ std::string_view Session::end_name() const {
     case End::too_many_errors: return "too_many_errors";
     case End::too_many_commands: return "too_many_commands";
     case End::too_many_invalid_recipients: return "too_many_invalid_recipients";
+    case End::session_timeout: return "session_timeout";
     case End::upstream_lost: return "upstream_lost";
     case End::upstream_unavailable: return "upstream_unavailable";
     case End::shutdown: return "shutdown";

@@ -52,7 +52,7 @@ class Session : public std::enable_shared_from_this<Session> {
   enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };
   enum class End {
     none, quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
-    too_many_invalid_recipients,
+    too_many_invalid_recipients, session_timeout,
     upstream_lost, upstream_unavailable, shutdown, access_denied, too_many_sessions, io_error
   };
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
@@ -141,6 +141,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Transaction tx_;
   std::atomic<bool> stop_requested_{false};
   Clock::time_point command_deadline_{};
+  Clock::time_point session_deadline_ = Clock::time_point::max();
 
   // Advertised to the client (what we and the next hop both do).
   bool adv_pipelining_ = false, adv_8bitmime_ = false, adv_smtputf8_ = false, adv_dsn_ = false,

@@ -808,6 +808,29 @@ class ProbeAndLimitTest(InboundTestCase):
         replies, _ = self.one_message(r, "", [self.tag("valid"), "b1@example.com", "b2@example.com"],
                                       expect=[250, 550, 550])
 
+    def test_session_lifetime_is_bounded(self):
+        # A client that keeps the session alive with NOOPs inside the idle timeout is still
+        # closed once timeouts.session is over, at the next command boundary.
+        mx = self.upstream()
+        r = self.relay(mx, timeouts={"session": 2, "idle": 30})
+        c = self.session(r)
+        started = time.monotonic()
+        last = None
+        while time.monotonic() - started < 10:
+            try:
+                last = c.cmd("NOOP")
+            except (EOFError, ConnectionError):
+                break
+            if last.code != 250:
+                break
+            time.sleep(0.3)
+        self.assertIsNotNone(last)
+        self.assertEqual((last.code, last.text), (421, "4.4.2 relay.test Error: session too long, closing"))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertTrue(c.wait_closed(5))
+        end = self.session_ends(r)[0]
+        self.assertEqual(end.get("reason"), "session_timeout", end["_raw"])
+
 
 # =============================================================================================
 def postfix_ndr(envelope_rcpt, original_sender, original_message, queue_id="4F3A21C0123"):

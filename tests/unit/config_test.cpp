@@ -115,6 +115,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.invalid_recipients_per_session", c.limits.invalid_recipients_per_session},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
+      {"timeouts.session", c.timeouts.session.count()},
       {"timeouts.data", c.timeouts.data.count()},
       {"timeouts.upstream_connect", c.timeouts.upstream_connect.count()},
       {"timeouts.upstream_reply", c.timeouts.upstream_reply.count()},
