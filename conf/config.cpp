@@ -42,6 +42,11 @@ constexpr std::pair<std::string_view, ForwardClient> kForwardNames[] = {
     {"proxy-v1", ForwardClient::proxy_v1}, {"proxy-v2", ForwardClient::proxy_v2}};
 constexpr std::pair<std::string_view, BadSignatureAction> kBadSigNames[] = {
     {"strip", BadSignatureAction::strip}, {"keep", BadSignatureAction::keep}, {"reject", BadSignatureAction::reject}};
+constexpr std::pair<std::string_view, UpstreamTls> kUpstreamTlsNames[] = {
+    {"none", UpstreamTls::none}, {"opportunistic", UpstreamTls::opportunistic},
+    {"required", UpstreamTls::required}, {"verify", UpstreamTls::verify}};
+constexpr std::pair<std::string_view, TlsVersion> kTlsVersionNames[] = {
+    {"1.2", TlsVersion::tls1_2}, {"1.3", TlsVersion::tls1_3}};
 constexpr std::pair<std::string_view, VrfyReply> kVrfyNames[] = {
     {"252", VrfyReply::cannot_verify}, {"502", VrfyReply::disabled}};
 constexpr std::pair<std::string_view, HashSetting> kHashNames[] = {
@@ -374,6 +379,7 @@ class Loader {
   }
 
   void load_listeners(const toml::table& root, Config& cfg);
+  void load_listener_tls(const toml::table& t, const std::string& path, Listener& l);
   void load_limits(const toml::table& root, Config& cfg, std::string_view section);
 };
 
@@ -433,7 +439,52 @@ void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view s
 
 // --- [[listener]] ----------------------------------------------------------------------------------
 
-constexpr std::string_view kListenerKeys[] = {"role", "listen", "upstream", "allow_clients", "forward_client"};
+constexpr std::string_view kListenerKeys[] = {
+    "role",        "listen",          "upstream",    "allow_clients", "forward_client",
+    "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
+    "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name"};
+
+void Loader::load_listener_tls(const toml::table& t, const std::string& path, Listener& l) {
+  auto file_key = [&](std::string_view key, std::string& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return;
+    if (auto v = string_value(*n, path + "." + std::string(key))) {
+      if (v->empty()) {
+        error(*n, path + "." + std::string(key), "must not be empty (leave the key out)");
+        return;
+      }
+      std::filesystem::path p(*v);
+      if (p.is_relative() && !base_dir_.empty()) p = std::filesystem::path(base_dir_) / p;
+      out = p.lexically_normal().string();
+    }
+  };
+  file_key("tls_cert", l.tls_cert);
+  file_key("tls_key", l.tls_key);
+  file_key("upstream_ca", l.upstream_ca);
+  if (const toml::node* n = t.get("tls_cert")) {
+    const Pos p = pos_of(n->source());
+    l.tls_where = file_ + ":" + std::to_string(p.line) + ":" + std::to_string(p.column);
+  }
+  optional_bool(t, "require_tls", path + ".require_tls", l.require_tls);
+  optional_bool(t, "implicit_tls", path + ".implicit_tls", l.implicit_tls);
+  optional_enum<TlsVersion>(t, "tls_min_version", path + ".tls_min_version", kTlsVersionNames, l.tls_min_version);
+  optional_enum<UpstreamTls>(t, "upstream_tls", path + ".upstream_tls", kUpstreamTlsNames, l.upstream_tls);
+  if (const toml::node* n = t.get("tls_ciphers"))
+    if (auto v = string_value(*n, path + ".tls_ciphers")) l.tls_ciphers = *v;
+  if (const toml::node* n = t.get("upstream_tls_name")) {
+    if (auto v = string_value(*n, path + ".upstream_tls_name")) {
+      std::string why;
+      if (auto d = normalize_domain(*v, &why)) l.upstream_tls_name = *d;
+      else error(*n, path + ".upstream_tls_name", "bad host name " + echo_value(*v) + ": " + why);
+    }
+  }
+  const Pos here = pos_of(t.source());
+  if (l.tls_cert.empty() != l.tls_key.empty())
+    error(here, path + (l.tls_cert.empty() ? ".tls_cert" : ".tls_key"),
+          "tls_cert and tls_key go together: set both or neither");
+  if (l.tls_cert.empty() && (l.require_tls || l.implicit_tls))
+    error(here, path + (l.implicit_tls ? ".implicit_tls" : ".require_tls"), "needs tls_cert and tls_key");
+}
 
 void Loader::load_listeners(const toml::table& root, Config& cfg) {
   const toml::node* n = root.get("listener");
@@ -536,6 +587,7 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     // on it, so XCLIENT by default (used only when offered); outbound hands mail to our own MTA.
     l.forward_client = role && *role == Role::inbound ? ForwardClient::xclient : ForwardClient::none;
     optional_enum<ForwardClient>(*t, "forward_client", path + ".forward_client", kForwardNames, l.forward_client);
+    load_listener_tls(*t, path, l);
     if (ok) cfg.listeners.push_back(std::move(l));
   }
 }
@@ -738,6 +790,8 @@ std::string_view to_string(SyslogFacility v) { return name_of<SyslogFacility>(kF
 std::string_view to_string(HashSetting v) { return name_of<HashSetting>(kHashNames, v); }
 std::string_view to_string(VrfyReply v) { return name_of<VrfyReply>(kVrfyNames, v); }
 std::string_view to_string(ForwardClient v) { return name_of<ForwardClient>(kForwardNames, v); }
+std::string_view to_string(UpstreamTls v) { return name_of<UpstreamTls>(kUpstreamTlsNames, v); }
+std::string_view to_string(TlsVersion v) { return name_of<TlsVersion>(kTlsVersionNames, v); }
 std::string_view to_string(BadSignatureAction v) { return name_of<BadSignatureAction>(kBadSigNames, v); }
 
 InboundMode Inbound::mode_for(std::string_view domain) const {

@@ -39,6 +39,8 @@ enum class HashSetting { exact, lowercase_local };             // mirrors crypto
 enum class VrfyReply { cannot_verify, disabled };              // "252" | "502"
 enum class ForwardClient { none, xclient, proxy_v1, proxy_v2 };  // "none" | "xclient" | "proxy-v1" | "proxy-v2"
 enum class BadSignatureAction { strip, keep, reject };          // non-bounce mail to a bad tag
+enum class UpstreamTls { none, opportunistic, required, verify };
+enum class TlsVersion { tls1_2, tls1_3 };                       // "1.2" | "1.3"
 
 // The spelling used in the config file: "outbound", "lowercase-local", "stderr", "local3", ...
 std::string_view to_string(Role v);
@@ -50,6 +52,8 @@ std::string_view to_string(HashSetting v);
 std::string_view to_string(VrfyReply v);
 std::string_view to_string(ForwardClient v);
 std::string_view to_string(BadSignatureAction v);
+std::string_view to_string(UpstreamTls v);
+std::string_view to_string(TlsVersion v);
 
 // An exemption entry: "user@example.com" (that address) or "@example.com" (the whole domain).
 // The domain is lowercased; the local part is kept as written and compared byte for byte,
@@ -71,6 +75,18 @@ struct Listener {
   // How the next hop learns the real client (Postfix XCLIENT, HAProxy PROXY v1/v2).
   // Default: inbound = xclient (when the next hop offers it), outbound = none.
   ForwardClient forward_client = ForwardClient::none;
+  // TLS towards clients (RFC 3207 STARTTLS, or implicit TLS). Paths resolved against the config
+  // file's directory; the files are read when the relay builds its TLS context, not here.
+  std::string tls_cert, tls_key;
+  std::string tls_where;            // "file:line:col" of tls_cert, for errors found later
+  bool require_tls = false;         // MAIL before STARTTLS -> 530 5.7.0
+  bool implicit_tls = false;        // handshake at connect (port 465 style)
+  TlsVersion tls_min_version = TlsVersion::tls1_2;
+  std::string tls_ciphers;          // OpenSSL cipher list for TLS <= 1.2; empty = default
+  // TLS towards the next hop.
+  UpstreamTls upstream_tls = UpstreamTls::opportunistic;
+  std::string upstream_ca;          // PEM CA file for verify; empty = the system store
+  std::string upstream_tls_name;    // expected name for verify; empty = the upstream host
 };
 
 struct Domains {

@@ -11,8 +11,11 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 Clock::duration at_least_zero(Clock::duration d) { return d < Clock::duration::zero() ? Clock::duration::zero() : d; }
 }  // namespace
 
-awaitable<IoResult> read_some_for(tcp::socket& s, asio::mutable_buffer buf, Clock::duration limit) {
-  asio::steady_timer timer(s.get_executor());
+namespace {
+template <class AsyncStream>
+awaitable<IoResult> read_some_on(AsyncStream& s, asio::any_io_executor ex, asio::mutable_buffer buf,
+                                 Clock::duration limit) {
+  asio::steady_timer timer(ex);
   timer.expires_after(at_least_zero(limit));
   auto r = co_await (s.async_read_some(buf, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
   if (r.index() == 0) {
@@ -22,8 +25,10 @@ awaitable<IoResult> read_some_for(tcp::socket& s, asio::mutable_buffer buf, Cloc
   co_return IoResult{asio::error::timed_out, 0, true};
 }
 
-awaitable<IoResult> write_all_for(tcp::socket& s, asio::const_buffer buf, Clock::duration limit) {
-  asio::steady_timer timer(s.get_executor());
+template <class AsyncStream>
+awaitable<IoResult> write_all_on(AsyncStream& s, asio::any_io_executor ex, asio::const_buffer buf,
+                                 Clock::duration limit) {
+  asio::steady_timer timer(ex);
   timer.expires_after(at_least_zero(limit));
   auto r = co_await (asio::async_write(s, buf, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
   if (r.index() == 0) {
@@ -31,6 +36,69 @@ awaitable<IoResult> write_all_for(tcp::socket& s, asio::const_buffer buf, Clock:
     co_return IoResult{ec, n, false};
   }
   co_return IoResult{asio::error::timed_out, 0, true};
+}
+}  // namespace
+
+awaitable<IoResult> read_some_for(Stream& s, asio::mutable_buffer buf, Clock::duration limit) {
+  if (auto* t = s.tls_stream()) co_return co_await read_some_on(*t, s.get_executor(), buf, limit);
+  co_return co_await read_some_on(s.socket(), s.get_executor(), buf, limit);
+}
+
+awaitable<IoResult> write_all_for(Stream& s, asio::const_buffer buf, Clock::duration limit) {
+  if (auto* t = s.tls_stream()) co_return co_await write_all_on(*t, s.get_executor(), buf, limit);
+  co_return co_await write_all_on(s.socket(), s.get_executor(), buf, limit);
+}
+
+awaitable<IoResult> Stream::handshake(asio::ssl::context& ctx, asio::ssl::stream_base::handshake_type type,
+                                      Clock::duration limit, const std::string& name, bool verify) {
+  tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(sock_, ctx);
+  if (type == asio::ssl::stream_base::client && !name.empty()) {
+    // SNI; the name is ours (config), never a peer's.
+    SSL_set_tlsext_host_name(tls_->native_handle(), name.c_str());
+    if (verify) {
+      tls_->set_verify_mode(asio::ssl::verify_peer);
+      tls_->set_verify_callback(asio::ssl::host_name_verification(name));
+    }
+  }
+  asio::steady_timer timer(sock_.get_executor());
+  timer.expires_after(at_least_zero(limit));
+  auto r = co_await (tls_->async_handshake(type, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
+  if (r.index() == 0) {
+    auto [ec] = std::get<0>(r);
+    co_return IoResult{ec, 0, false};
+  }
+  co_return IoResult{asio::error::timed_out, 0, true};
+}
+
+std::string Stream::protocol() const {
+  if (!tls_) return "none";
+  const char* v = SSL_get_version(tls_->native_handle());
+  return v ? v : "unknown";
+}
+
+std::string Stream::cipher() const {
+  if (!tls_) return "none";
+  const char* c = SSL_get_cipher_name(tls_->native_handle());
+  return c ? c : "unknown";
+}
+
+void Stream::cancel() {
+  boost::system::error_code ignored;
+  sock_.cancel(ignored);
+}
+
+void Stream::close() {
+  boost::system::error_code ignored;
+  if (sock_.is_open()) {
+    sock_.shutdown(tcp::socket::shutdown_both, ignored);
+    sock_.close(ignored);
+  }
+}
+
+void Stream::reset() {
+  close();
+  tls_.reset();
+  sock_ = tcp::socket(sock_.get_executor());
 }
 
 awaitable<IoResult> connect_for(tcp::socket& s, const std::string& host, std::uint16_t port,

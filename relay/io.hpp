@@ -5,8 +5,10 @@
 #pragma once
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace batv::relay {
@@ -24,8 +26,42 @@ struct IoResult {
   explicit operator bool() const { return !ec && !timed_out; }
 };
 
-awaitable<IoResult> read_some_for(tcp::socket& s, asio::mutable_buffer buf, Clock::duration limit);
-awaitable<IoResult> write_all_for(tcp::socket& s, asio::const_buffer buf, Clock::duration limit);
+// A TCP connection that may be upgraded to TLS in place (STARTTLS, RFC 3207) or start with it
+// (implicit TLS). Not movable: the TLS layer refers to the socket member.
+class Stream {
+ public:
+  explicit Stream(tcp::socket s) : sock_(std::move(s)) {}
+  explicit Stream(asio::any_io_executor ex) : sock_(ex) {}
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  tcp::socket& socket() { return sock_; }
+  const tcp::socket& socket() const { return sock_; }
+  asio::any_io_executor get_executor() { return sock_.get_executor(); }
+  [[nodiscard]] bool tls() const { return tls_ != nullptr; }
+  [[nodiscard]] bool is_open() const { return sock_.is_open(); }
+
+  // Starts TLS on the connection. As a client, `name` is sent as SNI and, when `verify` is set,
+  // checked against the certificate (RFC 6125 host name rules, OpenSSL's matcher).
+  awaitable<IoResult> handshake(asio::ssl::context& ctx, asio::ssl::stream_base::handshake_type type,
+                                Clock::duration limit, const std::string& name = {}, bool verify = false);
+  // "TLSv1.3" and the cipher name, or "none".
+  [[nodiscard]] std::string protocol() const;
+  [[nodiscard]] std::string cipher() const;
+
+  void cancel();
+  void close();   // drops TLS state and closes the socket (no TLS close_notify: SMTP ends at QUIT)
+  void reset();   // close, then a fresh socket on the same executor
+
+  asio::ssl::stream<tcp::socket&>* tls_stream() { return tls_.get(); }
+
+ private:
+  tcp::socket sock_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+};
+
+awaitable<IoResult> read_some_for(Stream& s, asio::mutable_buffer buf, Clock::duration limit);
+awaitable<IoResult> write_all_for(Stream& s, asio::const_buffer buf, Clock::duration limit);
 // Resolves `host` (name or IP literal) and connects to the first endpoint that answers.
 awaitable<IoResult> connect_for(tcp::socket& s, const std::string& host, std::uint16_t port,
                                 Clock::duration limit);

@@ -31,6 +31,9 @@ inline std::string too_many_from_client(std::string_view host) {
 inline std::string upstream_unavailable(std::string_view host) {
   return line(421, "4.4.1 " + std::string(host) + " next hop unavailable, try again later");
 }
+inline std::string upstream_tls_unavailable(std::string_view host) {
+  return line(421, "4.7.0 " + std::string(host) + " next hop TLS unavailable, try again later");
+}
 inline std::string upstream_lost_closing(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Next hop connection lost, closing");
 }
@@ -61,6 +64,8 @@ inline std::string vrfy_cannot() {
   return line(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 inline std::string vrfy_disabled() { return line(502, "5.5.1 VRFY and EXPN are disabled"); }
+inline std::string ready_for_tls() { return line(220, "2.0.0 Ready to start TLS"); }
+inline std::string tls_required() { return line(530, "5.7.0 Must issue a STARTTLS command first"); }
 inline std::string start_data() { return line(354, "End data with <CR><LF>.<CR><LF>"); }
 
 // --- Client errors (RFC 5321 4.2.2; enhanced codes RFC 3463 3.6) ----------------------------------

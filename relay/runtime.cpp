@@ -46,12 +46,13 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
   }
   std::size_t count = 0;
   auto ring = load_keys(*loaded.config, count, errors);
-  if (!ring) return nullptr;
+  auto tls = build_tls(*loaded.config, errors);
+  if (!ring || !errors.empty()) return nullptr;
   const conf::Config& cfg = *loaded.config;
   const crypto::PrvsParams params = prvs_params(cfg);
   std::string host = cfg.smtp.hostname.empty() ? system_hostname() : cfg.smtp.hostname;
   return std::make_shared<const Runtime>(
-      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count});
+      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(tls)});
 }
 
 std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors) {
@@ -59,7 +60,7 @@ std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<s
   auto ring = load_keys(current.config, count, errors);
   if (!ring) return nullptr;
   return std::make_shared<const Runtime>(
-      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count});
+      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count, current.tls});
 }
 
 }  // namespace batv::relay

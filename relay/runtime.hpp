@@ -13,6 +13,7 @@
 #include "conf/config.hpp"
 #include "crypto/keyring.hpp"
 #include "crypto/prvs.hpp"
+#include "relay/tls.hpp"
 
 namespace batv::relay {
 
@@ -22,6 +23,7 @@ struct Runtime {
   crypto::PrvsParams prvs;
   std::string hostname;  // config smtp.hostname, or the system host name
   std::size_t key_count = 0;
+  std::vector<ListenerTls> tls;  // one per listener, same order as config.listeners
 };
 
 // Loads the config file, its key file and the keyring. On failure returns nullptr and fills

@@ -51,8 +51,7 @@ void Session::stop() {
   auto self = shared_from_this();
   asio::post(client_.get_executor(), [self] {
     self->stop_requested_ = true;
-    boost::system::error_code ignored;
-    self->client_.cancel(ignored);
+    self->client_.cancel();
     self->up_.cancel();
   });
 }
@@ -65,9 +64,7 @@ awaitable<void> Session::run() {
     log(Level::error, "session_error").kv("sid", ctx_.id).kv("error", e.what());
   }
   up_.close();
-  boost::system::error_code ignored;
-  client_.shutdown(tcp::socket::shutdown_both, ignored);
-  client_.close(ignored);
+  client_.close();
   auto line = log(Level::info, "session_end");
   line.kv("sid", ctx_.id)
       .kv("client", ctx_.client)
@@ -79,7 +76,9 @@ awaitable<void> Session::run() {
       .kv("signed", signed_)
       .kv("unsigned", unsigned_)
       .kv("refused", refused_)
-      .kv("errors", errors_);
+      .kv("errors", errors_)
+      .kv("tls", client_.protocol());
+  if (!tls_error_.empty()) line.kv("tls_error", tls_error_);
   if (!upstream_detail_.empty()) line.kv("upstream_error", upstream_detail_);
 }
 
@@ -107,20 +106,30 @@ awaitable<void> Session::serve() {
     if (net.contains(std::string_view(ctx_.client_ip))) client_exempt_ = true;
   {
     boost::system::error_code e1, e2;
-    const auto remote = client_.remote_endpoint(e1);
-    const auto local = client_.local_endpoint(e2);
+    const auto remote = client_.socket().remote_endpoint(e1);
+    const auto local = client_.socket().local_endpoint(e2);
     if (!e1 && !e2) {
       if (listener_.forward_client == conf::ForwardClient::proxy_v1) preamble_ = proxy_v1_header(remote, local);
       if (listener_.forward_client == conf::ForwardClient::proxy_v2) preamble_ = proxy_v2_header(remote, local);
       client_port_ = remote.port();
     }
   }
-  if (!co_await up_.open(listener_.upstream, host, preamble_)) {
+  // Implicit TLS (port 465 style): the handshake comes before anything else.
+  if (listener_.implicit_tls) {
+    const IoResult h = co_await client_.handshake(*rt_->tls.at(ctx_.listener).server,
+                                                  asio::ssl::stream_base::server, cfg_.timeouts.idle);
+    if (!h) {
+      end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
+      tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
+      co_return;
+    }
+  }
+  if (!co_await open_upstream()) {
     end_ = End::upstream_unavailable;
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    log(Level::warning, "upstream_unavailable").kv("sid", ctx_.id).kv("upstream", listener_.upstream.to_string())
-        .kv("error", upstream_detail_);
-    co_await write_client(replies::upstream_unavailable(host));
+    const bool tls_trouble = up_.failure() == Upstream::Failure::tls;
+    // Named, not a ?: temporary inside co_await (g++ 12 destroys such a temporary twice).
+    const std::string reply = tls_trouble ? replies::upstream_tls_unavailable(host) : replies::upstream_unavailable(host);
+    co_await write_client(reply);
     co_return;
   }
   const smtp::Capabilities& caps = up_.caps();
@@ -291,9 +300,78 @@ std::string Session::upstream_failure_reply() const {
   }
 }
 
+UpstreamTlsPolicy Session::upstream_tls_policy() const {
+  UpstreamTlsPolicy p;
+  p.mode = listener_.upstream_tls;
+  p.ctx = rt_->tls.at(ctx_.listener).client.get();
+  p.name = listener_.upstream_tls_name.empty() ? listener_.upstream.host : listener_.upstream_tls_name;
+  return p;
+}
+
+// Connects to the next hop (PROXY header, greeting, EHLO, STARTTLS per upstream_tls) and logs
+// the outcome; the failure detail goes to session_end.
+awaitable<bool> Session::open_upstream() {
+  const UpstreamTlsPolicy tls = upstream_tls_policy();
+  const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
+  if (!ok) {
+    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+    if (up_.failure() == Upstream::Failure::tls)
+      log(Level::warning, "upstream_tls").kv("sid", ctx_.id).kv("result", "failed").kv("error", up_.detail());
+    log(Level::warning, "upstream_unavailable").kv("sid", ctx_.id).kv("upstream", listener_.upstream.to_string())
+        .kv("error", upstream_detail_);
+    co_return false;
+  }
+  if (up_.encrypted())
+    log(Level::info, "upstream_tls").kv("sid", ctx_.id).kv("result", "ok").kv("protocol", up_.tls_protocol());
+  if (client_.tls() && !up_.encrypted()) log_downgrade();
+  co_return true;
+}
+
+void Session::log_downgrade() {
+  log(Level::warning, "tls_downgrade")
+      .kv("sid", ctx_.id)
+      .kv("client_tls", client_.protocol())
+      .kv("upstream", listener_.upstream.to_string())
+      .kv("upstream_tls", conf::to_string(listener_.upstream_tls));
+}
+
+awaitable<bool> Session::start_tls(std::string_view args) {
+  const auto& server = rt_->tls.at(ctx_.listener).server;
+  if (!server || listener_.implicit_tls) {
+    refuse(replies::not_implemented("STARTTLS"));
+    co_return true;
+  }
+  if (client_.tls()) {
+    refuse(replies::line(503, "5.5.1 TLS already active"));
+    co_return true;
+  }
+  if (!args.empty()) {
+    refuse(replies::line(501, "5.5.4 Syntax: STARTTLS"));
+    co_return true;
+  }
+  if (!co_await write_client(replies::ready_for_tls())) co_return false;
+  // CVE-2011-0411: whatever the client pipelined after STARTTLS came in the clear and must not
+  // be executed inside the TLS session.
+  in_begin_ = in_end_ = 0;
+  const IoResult h = co_await client_.handshake(*server, asio::ssl::stream_base::server, cfg_.timeouts.idle);
+  if (!h) {
+    end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
+    tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
+    co_return false;
+  }
+  // RFC 3207 4.2: discard all knowledge from before TLS; the client starts again with EHLO.
+  handle_rset(/*reply=*/false);
+  helo_seen_ = false;
+  esmtp_ = false;
+  client_helo_.clear();
+  log(Level::info, "tls").kv("sid", ctx_.id).kv("protocol", client_.protocol()).kv("cipher", client_.cipher());
+  if (up_.connected() && !up_.encrypted()) log_downgrade();
+  co_return true;
+}
+
 awaitable<bool> Session::ensure_upstream() {
   if (up_.connected()) co_return true;
-  bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_);
+  bool ok = co_await open_upstream();
   if (ok && helo_seen_) ok = co_await forward_client_identity();
   auto line = log(ok ? Level::info : Level::warning, "upstream_reconnect");
   line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed");
@@ -305,7 +383,7 @@ awaitable<std::string> Session::confirmed_client_name() {
   // Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it
   // resolves back to the client's address. Bounded by timeouts.upstream_connect.
   boost::system::error_code ec;
-  const auto remote = client_.remote_endpoint(ec);
+  const auto remote = client_.socket().remote_endpoint(ec);
   if (ec) co_return "[UNAVAILABLE]";
   tcp::resolver resolver(client_.get_executor());
   asio::steady_timer timer(client_.get_executor());
@@ -455,16 +533,20 @@ awaitable<bool> Session::process(const std::string& line) {
       if (adv_enhanced_) lines.emplace_back("ENHANCEDSTATUSCODES");
       if (adv_dsn_) lines.emplace_back("DSN");
       if (adv_chunking_) lines.emplace_back("CHUNKING");
+      if (rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls)
+        lines.emplace_back("STARTTLS");
       queue_local(smtp::format_reply(250, lines));
       co_return true;
     }
     case Verb::mail:
-      if (!helo_seen_) refuse(replies::need_helo());
+      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
+      else if (!helo_seen_) refuse(replies::need_helo());
       else if (tx_.active) refuse(replies::nested_mail());
       else handle_mail(cmd.args);
       co_return true;
     case Verb::rcpt:
-      if (!helo_seen_) refuse(replies::need_helo());
+      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
+      else if (!helo_seen_) refuse(replies::need_helo());
       else if (!tx_.active) refuse(replies::need_mail());
       else handle_rcpt(cmd.args);
       co_return true;
@@ -495,8 +577,8 @@ awaitable<bool> Session::process(const std::string& line) {
       co_return false;
     }
     case Verb::starttls:
-      refuse(replies::not_implemented("STARTTLS"));
-      co_return true;
+      if (!co_await flush()) co_return false;
+      co_return co_await start_tls(cmd.args);
     case Verb::auth:
       refuse(replies::not_implemented("AUTH"));
       co_return true;
@@ -729,6 +811,7 @@ std::string Session::monitor_header() const {
 }
 
 std::optional<std::string> Session::data_precondition(bool bdat) {
+  if (listener_.require_tls && !client_.tls()) return replies::tls_required();
   if (!helo_seen_) return replies::need_helo();
   if (!tx_.active) return replies::line(503, "5.5.1 Need MAIL command");
   if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
@@ -970,6 +1053,7 @@ std::string_view Session::end_name() const {
     case End::too_many_commands: return "too_many_commands";
     case End::too_many_invalid_recipients: return "too_many_invalid_recipients";
     case End::session_timeout: return "session_timeout";
+    case End::tls_failed: return "tls_failed";
     case End::upstream_lost: return "upstream_lost";
     case End::upstream_unavailable: return "upstream_unavailable";
     case End::shutdown: return "shutdown";

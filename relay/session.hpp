@@ -52,7 +52,7 @@ class Session : public std::enable_shared_from_this<Session> {
   enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };
   enum class End {
     none, quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
-    too_many_invalid_recipients, session_timeout,
+    too_many_invalid_recipients, session_timeout, tls_failed,
     upstream_lost, upstream_unavailable, shutdown, access_denied, too_many_sessions, io_error
   };
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
@@ -104,6 +104,10 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> skip_bytes(std::uint64_t n);
   awaitable<bool> ensure_upstream();
   awaitable<bool> forward_client_identity();
+  awaitable<bool> open_upstream();
+  awaitable<bool> start_tls(std::string_view args);  // the STARTTLS command
+  UpstreamTlsPolicy upstream_tls_policy() const;
+  void log_downgrade();
   awaitable<std::string> confirmed_client_name();
   std::string monitor_header() const;
   void queue_local(std::string reply);
@@ -121,7 +125,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string_view phase_name() const;
   std::string_view end_name() const;
 
-  tcp::socket client_;
+  Stream client_;
   SessionContext ctx_;
   std::shared_ptr<const Runtime> rt_;  // snapshot for the whole session
   const conf::Config& cfg_;
@@ -156,6 +160,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string client_helo_;      // the client's HELO/EHLO argument, for XCLIENT
   std::string preamble_;         // PROXY header for every next-hop connection
   std::uint16_t client_port_ = 0;
+  std::string tls_error_;
   std::string upstream_detail_;
 };
 

@@ -12,6 +12,7 @@ std::string_view to_string(Upstream::Failure f) {
     case Upstream::Failure::closed: return "closed";
     case Upstream::Failure::protocol: return "protocol";
     case Upstream::Failure::io: return "io";
+    case Upstream::Failure::tls: return "tls";
   }
   return "?";
 }
@@ -30,37 +31,27 @@ void Upstream::fail(Failure f, std::string detail) {
   close();
 }
 
-void Upstream::close() {
-  boost::system::error_code ignored;
-  if (sock_.is_open()) {
-    sock_.shutdown(tcp::socket::shutdown_both, ignored);
-    sock_.close(ignored);
-  }
-}
+void Upstream::close() { sock_.close(); }
 
-void Upstream::cancel() {
-  boost::system::error_code ignored;
-  sock_.cancel(ignored);
-}
+void Upstream::cancel() { sock_.cancel(); }
 
 awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our_name,
-                               const std::string& preamble) {
+                               const std::string& preamble, const TlsPolicy& tls) {
   failure_ = Failure::none;
   detail_.clear();
   buf_.clear();
   reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
                               static_cast<std::size_t>(limits_.reply_lines));
   caps_ = {};
-  close();
-  sock_ = tcp::socket(sock_.get_executor());
-  const IoResult c = co_await connect_for(sock_, hop.host, hop.port, timeouts_.upstream_connect);
+  sock_.reset();
+  const IoResult c = co_await connect_for(sock_.socket(), hop.host, hop.port, timeouts_.upstream_connect);
   if (!c) {
     fail(c.timed_out ? Failure::timeout : Failure::unreachable,
          hop.to_string() + ": " + (c.timed_out ? std::string("connect timed out") : c.ec.message()));
     co_return false;
   }
   boost::system::error_code ec;
-  const auto remote = sock_.remote_endpoint(ec);
+  const auto remote = sock_.socket().remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
   if (!preamble.empty() && !co_await send(preamble)) co_return false;
   auto greeting = co_await read_reply();
@@ -69,6 +60,17 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
     fail(Failure::protocol, "greeting " + std::to_string(greeting->code));
     co_return false;
   }
+  if (!co_await ehlo(our_name)) co_return false;
+  if (tls.mode == conf::UpstreamTls::none || tls.ctx == nullptr) co_return true;
+  if (!caps_.starttls) {
+    if (tls.mode == conf::UpstreamTls::opportunistic) co_return true;
+    fail(Failure::tls, "next hop offers no STARTTLS");
+    co_return false;
+  }
+  co_return co_await starttls(tls, our_name);
+}
+
+awaitable<bool> Upstream::ehlo(const std::string& our_name) {
   if (!co_await send("EHLO " + our_name + "\r\n")) co_return false;
   auto ehlo = co_await read_reply();
   if (!ehlo) co_return false;
@@ -88,7 +90,34 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
     fail(Failure::protocol, "HELO answered " + std::to_string(helo->code));
     co_return false;
   }
+  caps_ = {};
   co_return true;
+}
+
+awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_name) {
+  if (!co_await send("STARTTLS\r\n")) co_return false;
+  auto r = co_await read_reply();
+  if (!r) co_return false;
+  if (r->code != 220) {
+    // No handshake began, so the connection is still clean plaintext SMTP (RFC 3207 4): an
+    // opportunistic policy carries on without TLS; the stricter ones give up.
+    if (tls.mode == conf::UpstreamTls::opportunistic) co_return true;
+    fail(Failure::tls, "STARTTLS answered " + std::to_string(r->code));
+    co_return false;
+  }
+  if (!buf_.empty()) {  // bytes after the 220 before the handshake: a broken or hostile next hop
+    fail(Failure::tls, "data pipelined after the STARTTLS reply");
+    co_return false;
+  }
+  const bool verify = tls.mode == conf::UpstreamTls::verify;
+  const IoResult h = co_await sock_.handshake(*tls.ctx, boost::asio::ssl::stream_base::client,
+                                              timeouts_.upstream_reply, tls.name, verify);
+  if (!h) {
+    fail(Failure::tls, h.timed_out ? std::string("TLS handshake timed out") : "TLS handshake: " + h.ec.message());
+    co_return false;
+  }
+  // RFC 3207 4.2: forget what was learned before TLS and ask again.
+  co_return co_await ehlo(our_name);
 }
 
 awaitable<std::optional<smtp::Reply>> Upstream::xclient(const std::string& attributes,

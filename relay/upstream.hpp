@@ -15,9 +15,17 @@
 
 namespace batv::relay {
 
+// TLS towards the next hop (RFC 3207 as a client). `ctx` is null for UpstreamTls::none.
+struct UpstreamTlsPolicy {
+  conf::UpstreamTls mode = conf::UpstreamTls::none;
+  boost::asio::ssl::context* ctx = nullptr;
+  std::string name;  // SNI and, for verify, the expected certificate name
+};
+
 class Upstream {
  public:
-  enum class Failure { none, unreachable, timeout, closed, protocol, io };
+  enum class Failure { none, unreachable, timeout, closed, protocol, io, tls };
+  using TlsPolicy = UpstreamTlsPolicy;
 
   Upstream(asio::any_io_executor ex, const conf::Limits& limits, const conf::Timeouts& timeouts);
 
@@ -25,7 +33,7 @@ class Upstream {
   // greeting and sends EHLO (HELO when EHLO gets a 5xx), recording the capabilities. False on
   // any failure (failure() says which).
   awaitable<bool> open(const conf::HostPort& next_hop, const std::string& our_name,
-                       const std::string& preamble = {});
+                       const std::string& preamble = {}, const TlsPolicy& tls = {});
 
   // Postfix XCLIENT: sends "XCLIENT <attributes>", and after the 220 that restarts the next hop's
   // session, EHLO `ehlo_name` again (updating the capabilities). Returns the XCLIENT reply, or
@@ -39,6 +47,8 @@ class Upstream {
   void close();
   void cancel();
   [[nodiscard]] bool connected() const { return sock_.is_open() && failure_ == Failure::none; }
+  [[nodiscard]] bool encrypted() const { return sock_.tls(); }
+  [[nodiscard]] std::string tls_protocol() const { return sock_.protocol(); }
   [[nodiscard]] Failure failure() const { return failure_; }
   [[nodiscard]] const std::string& detail() const { return detail_; }
   [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }
@@ -47,7 +57,10 @@ class Upstream {
  private:
   void fail(Failure f, std::string detail);
 
-  tcp::socket sock_;
+  awaitable<bool> ehlo(const std::string& our_name);
+  awaitable<bool> starttls(const TlsPolicy& tls, const std::string& our_name);
+
+  Stream sock_;
   const conf::Limits& limits_;
   const conf::Timeouts& timeouts_;
   std::string buf_;          // unread reply bytes, bounded by reply_line_length

@@ -28,7 +28,14 @@ close()/stop(), so a test that fails half way still cleans up when it registers 
 Fault stages of ScriptedUpstream, matched case-insensitively, most specific first:
   "greeting", "EHLO", "HELO", "MAIL", "RCPT:n" then "RCPT" (n = 1-based within the transaction),
   "DATA", "mid-DATA:N" (after N body bytes; close_at/stall_at only), "DOT" (the final dot, and
-  the LAST BDAT chunk), "BDAT:n" then "BDAT" (n-th chunk), "RSET", "NOOP", "QUIT".
+  the LAST BDAT chunk), "BDAT:n" then "BDAT" (n-th chunk), "RSET", "NOOP", "QUIT", "STARTTLS".
+
+TLS in ScriptedUpstream (optional): with tls_cert/tls_key it advertises STARTTLS (until the
+session is encrypted), answers STARTTLS with 220 and does the server side handshake with
+Python's ssl module; tls_caps are the EHLO extensions after the handshake (default: caps);
+tls_handshake_fault="garbage"|"close" answers 220 but then sends non-TLS bytes / closes instead
+of handshaking. Per connection: tls_version, tls_cipher, tls_error, tls_sni, before_tls (bytes
+pipelined after the STARTTLS line, discarded).
 """
 import hashlib
 import hmac
@@ -38,6 +45,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -243,6 +251,10 @@ def _toml_table(name, items):
 # ---------------------------------------------------------------------------------------------
 # relay process
 
+# Listener keys of the TLS contract (issue 5), written to the TOML only when a listener dict has them.
+LISTENER_TLS_KEYS = ("tls_cert", "tls_key", "require_tls", "implicit_tls", "tls_min_version",
+                     "tls_ciphers", "upstream_tls", "upstream_ca", "upstream_tls_name")
+
 TEST_TIMEOUTS = {"idle": 10, "command": 10, "data": 30, "upstream_connect": 3, "upstream_reply": 3,
                  "upstream_data_reply": 5, "shutdown_grace": 2}
 
@@ -251,8 +263,11 @@ class Relay:
     """A running `batv-relay --config FILE` with parsed stderr logs.
 
     listeners: list of dicts {"upstream": port, "role": "outbound", "allow_clients": [...],
-    "forward_client": "xclient"|"proxy-v1"|"proxy-v2"|"none"} (keys other than upstream
-    optional; forward_client is written only when given); default one outbound listener on
+    "forward_client": "xclient"|"proxy-v1"|"proxy-v2"|"none", and the TLS keys of
+    LISTENER_TLS_KEYS: "tls_cert", "tls_key", "require_tls", "implicit_tls", "tls_min_version",
+    "tls_ciphers", "upstream_tls", "upstream_ca", "upstream_tls_name"} (keys other than upstream
+    optional; forward_client and the TLS keys are written only when given); default one outbound
+    listener on
     127.0.0.1:0 towards `upstream_port`.
     timeouts / limits / signing / smtp: dicts merged over the defaults written to the file
     (TEST_TIMEOUTS for timeouts, hostname "relay.test" for smtp).
@@ -314,6 +329,9 @@ class Relay:
                 t["allow_clients"] = li["allow_clients"]
             if "forward_client" in li:
                 t["forward_client"] = li["forward_client"]
+            for k in LISTENER_TLS_KEYS:
+                if k in li:
+                    t[k] = li[k]
             out.append("[[listener]]\n" + _toml_table("x", t).split("\n", 1)[1])
         for name, table in (("signing", self.signing), ("limits", self.limits),
                             ("timeouts", self.timeouts), ("smtp", self.smtp)):
@@ -547,6 +565,11 @@ class UpstreamConnection:
         self.commands = []              # Command objects in arrival order
         self.transactions = []
         self.ehlo = None
+        self.tls_version = None         # e.g. "TLSv1.3" once the STARTTLS handshake succeeded
+        self.tls_cipher = None
+        self.tls_error = None           # why the handshake failed
+        self.tls_sni = None             # server name the peer sent in its ClientHello
+        self.before_tls = b""           # bytes pipelined after STARTTLS (discarded)
         self.fault = None               # the fault that fired, e.g. ("close_at", "MAIL")
         self.peer_closed = False
         self.closed = threading.Event()
@@ -571,7 +594,10 @@ class ScriptedUpstream:
     docstring) or a list of them; garbage: the bytes garbage_at sends; delays: {stage: seconds}
     before replying (the socket keeps being read meanwhile); fault_conns: connection indexes
     (0-based, in accept order) the faults apply to, None = all; store_limit / raw_limit: bytes
-    kept of each message body / raw transcript (sizes and hashes always cover everything)."""
+    kept of each message body / raw transcript (sizes and hashes always cover everything).
+    tls_cert / tls_key: PEM files; when given, STARTTLS is offered (see the module docstring);
+    tls_caps: extensions after STARTTLS (default caps); tls_handshake_fault: None | "garbage" |
+    "close"."""
 
     GREETING = "220 upstream.test ESMTP scripted"
     MAX_LINE = 65536
@@ -581,8 +607,20 @@ class ScriptedUpstream:
 
     def __init__(self, caps=DEFAULT_CAPS, replies=None, close_at=None, stall_at=None,
                  garbage_at=None, garbage=b"HELLO\r\n", endless_multiline_at=None, delays=None,
-                 fault_conns=None, store_limit=16 * MiB, raw_limit=16 * MiB, greeting=None):
+                 fault_conns=None, store_limit=16 * MiB, raw_limit=16 * MiB, greeting=None,
+                 tls_cert=None, tls_key=None, tls_caps=None, tls_handshake_fault=None):
         self.caps = list(caps)
+        self.tls_caps = list(caps if tls_caps is None else tls_caps)
+        self.tls_handshake_fault = tls_handshake_fault
+        self._tls_ctx = None
+        if tls_cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls_cert, tls_key)
+
+            def sni(sslsock, name, _ctx):
+                sslsock.batv_sni = name
+            ctx.sni_callback = sni
+            self._tls_ctx = ctx
         self.greeting = greeting or self.GREETING
         self.store_limit = store_limit
         self.raw_limit = raw_limit
@@ -717,12 +755,14 @@ class ScriptedUpstream:
         """Wait up to timeout for data; append to conn.buf. Raises _Closed on EOF/stop."""
         if self._stop.is_set() or time.monotonic() > conn.deadline:
             raise _Closed()
-        r, _, _ = select.select([conn.sock], [], [], min(timeout, 0.1))
-        if not r:
-            return 0
+        pending = conn.sock.pending() if isinstance(conn.sock, ssl.SSLSocket) else 0
+        if not pending:
+            r, _, _ = select.select([conn.sock], [], [], min(timeout, 0.1))
+            if not r:
+                return 0
         try:
             data = conn.sock.recv(262144)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError:
             conn.peer_closed = True
@@ -768,7 +808,8 @@ class ScriptedUpstream:
                 continue
             try:
                 n = conn.sock.send(view)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
                 continue
             except OSError:
                 conn.peer_closed = True
@@ -853,7 +894,12 @@ class ScriptedUpstream:
             conn.ehlo = line
             default = "250 upstream.test"
             if verb == "EHLO":
-                names = ["upstream.test"] + self.caps
+                if conn.tls_version:
+                    names = ["upstream.test"] + self.tls_caps
+                else:
+                    names = ["upstream.test"] + self.caps
+                    if self._tls_ctx is not None:
+                        names.append("STARTTLS")
                 default = "\r\n".join(("250 " if i == len(names) - 1 else "250-") + n
                                         for i, n in enumerate(names))
             self._answer(conn, cmd, [verb], default)
@@ -906,9 +952,55 @@ class ScriptedUpstream:
         elif verb == "QUIT":
             self._answer(conn, cmd, ["QUIT"], "221 2.0.0 Bye")
             return False
+        elif verb == "STARTTLS" and self._tls_ctx is not None:
+            if conn.tls_version:
+                self._reply(conn, "503 5.5.1 Error: TLS already active", cmd)
+            elif line.strip().upper() != "STARTTLS":
+                self._reply(conn, "501 5.5.4 Syntax: STARTTLS", cmd)
+            else:
+                r = self._answer(conn, cmd, ["STARTTLS"], "220 2.0.0 Ready to start TLS")
+                if r.startswith("220"):
+                    self._start_tls(conn)
         else:
             self._reply(conn, "502 5.5.2 Error: command not recognized", cmd)
         return True
+
+    HANDSHAKE_TIMEOUT = 10.0
+
+    def _start_tls(self, conn):
+        """Server side TLS handshake after our 220 to STARTTLS; the SMTP state is reset."""
+        conn.before_tls = bytes(conn.buf)
+        conn.buf.clear()
+        if self.tls_handshake_fault == "garbage":
+            conn.fault = ("tls_handshake_fault", "garbage")
+            self._send(conn, b"this is not TLS\r\n" * 4)
+            raise _Closed()
+        if self.tls_handshake_fault == "close":
+            conn.fault = ("tls_handshake_fault", "close")
+            raise _Closed()
+        raw = conn.sock
+        tls = self._tls_ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        conn.sock = tls
+        deadline = time.monotonic() + self.HANDSHAKE_TIMEOUT
+        while True:
+            if self._stop.is_set() or time.monotonic() > deadline:
+                conn.tls_error = "handshake timeout"
+                raise _Closed()
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                select.select([tls], [], [], 0.1)
+            except ssl.SSLWantWriteError:
+                select.select([], [tls], [], 0.1)
+            except (ssl.SSLError, OSError) as e:
+                conn.tls_error = "%s: %s" % (type(e).__name__, e)
+                raise _Closed()
+        conn.tls_version = tls.version()
+        conn.tls_cipher = (tls.cipher() or (None,))[0]
+        conn.tls_sni = getattr(tls, "batv_sni", None)
+        conn.tx = None
+        conn.ehlo = None
 
     def _store(self, tx, buf, chunk):
         tx.size += len(chunk)

@@ -20,11 +20,16 @@ harness.ScriptedUpstream, which then sees the Received: header Postfix added). P
 
   log_lines()                    all lines so far
   wait_log(regex, timeout)       the first re.Match over the log lines (None after timeout)
-  connects()                     [(name, addr)] of smtpd "connect from NAME[ADDR]" lines
-  clients()                      [Client(queue_id, name, addr)] of smtpd "QUEUEID: client=NAME[ADDR]"
-  header_warnings()              [HeaderWarning(queue_id, header, name, addr, sender, rcpt, proto,
-                                 helo)] from the header_checks WARN rule on every Subject: header
-                                 (the only place Postfix logs the HELO of an accepted message)
+  connects()                     [Connect(name, addr, port)] of smtpd "connect from NAME[ADDR]:PORT"
+  disconnects()                  [Disconnect(name, addr, port, counts)], counts e.g.
+                                 "ehlo=2 xclient=0/1 mail=1 rcpt=1 data=1 quit=1 commands=6/7"
+                                 (smtpd 3.7 counts even an accepted XCLIENT as 0/1)
+  clients()                      [Client(queue_id, name, addr, port)] of smtpd
+                                 "QUEUEID: client=NAME[ADDR]:PORT" (port None without
+                                 client_port_logging)
+  header_warnings()              [HeaderWarning(queue_id, header, name, addr, port, sender, rcpt,
+                                 proto, helo)] from the header_checks WARN rule on every Subject:
+                                 header (where Postfix logs the HELO of an accepted message)
   delivered()                    [(queue_id, to, relay, status)] of delivery agent status= lines
   wait_delivered(n, timeout)     the first n "status=sent" deliveries (or what there is)
   wait_for(predicate, timeout)   harness.wait_until
@@ -52,19 +57,23 @@ POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 DAEMON_DIR = "/usr/lib/postfix/sbin"
 
-Client = namedtuple("Client", "queue_id name addr")
-HeaderWarning = namedtuple("HeaderWarning", "queue_id header name addr sender rcpt proto helo")
+Client = namedtuple("Client", "queue_id name addr port")
+Connect = namedtuple("Connect", "name addr port")
+Disconnect = namedtuple("Disconnect", "name addr port counts")
+HeaderWarning = namedtuple("HeaderWarning", "queue_id header name addr port sender rcpt proto helo")
 Delivery = namedtuple("Delivery", "queue_id to relay status")
 
 # Lines in maillog_file look like
 #   "Mar  3 10:00:00 mx postfix-e2e/smtpd[123]: connect from unknown[127.0.0.2]"
 # (the time stamp format varies with the Postfix version; only the part after "]: " is parsed).
 _PROG = r"\S+/(?P<prog>[a-z\-]+)\[\d+\]: "
-_CONNECT = re.compile(_PROG + r"connect from (?P<name>[^\[\s]*)\[(?P<addr>[^\]]*)\]")
-_CLIENT = re.compile(_PROG + r"(?P<qid>[0-9A-Za-z]+): client=(?P<name>[^\[\s]*)\[(?P<addr>[^\]]*)\]")
+_NAMADDR = r"(?P<name>[^\[\s]*)\[(?P<addr>[^\]]*)\](?::(?P<port>\d+))?"
+_CONNECT = re.compile(_PROG + r"connect from " + _NAMADDR)
+_CLIENT = re.compile(_PROG + r"(?P<qid>[0-9A-Za-z]+): client=" + _NAMADDR)
 _WARN = re.compile(_PROG + r"(?P<qid>[0-9A-Za-z]+): warning: header (?P<header>.*?) from "
-                   r"(?P<name>[^\[\s]*)\[(?P<addr>[^\]]*)\]; from=<(?P<sender>[^>]*)> "
+                   + _NAMADDR + r"; from=<(?P<sender>[^>]*)> "
                    r"to=<(?P<rcpt>[^>]*)>(?: proto=(?P<proto>\S+))?(?: helo=<(?P<helo>[^>]*)>)?")
+_DISCONNECT = re.compile(_PROG + r"disconnect from " + _NAMADDR + r" (?P<counts>.*)")
 _DELIVERY = re.compile(_PROG + r"(?P<qid>[0-9A-Za-z]+): to=<(?P<to>[^>]*)>,.*? relay=(?P<relay>[^,]*),"
                        r".*? status=(?P<status>\S+)")
 
@@ -79,6 +88,7 @@ class PostfixInstance:
 
     def __init__(self, workdir=None, xclient_hosts="", proxy_protocol=None, relay_port=None,
                  port=None, myhostname="mx.test", smtpd_options=None, main_cf_extra=None,
+                 client_port_logging=True, command_filter=None,
                  start=True, start_timeout=30.0):
         """workdir: the instance goes in a fresh directory created inside it (default: the
         system temporary directory); it is made traversable for the postfix user and removed
@@ -86,7 +96,10 @@ class PostfixInstance:
         proxy_protocol: None or "haproxy" (smtpd_upstream_proxy_protocol on the smtpd
         service). relay_port: deliver accepted mail to [127.0.0.1]:relay_port instead of
         discarding it. smtpd_options: extra "-o name=value" for the smtpd service (dict).
-        main_cf_extra: extra main.cf parameters (dict), written last."""
+        main_cf_extra: extra main.cf parameters (dict), written last. client_port_logging:
+        smtpd_client_port_logging (log lines show NAME[ADDR]:PORT). command_filter: lines of a
+        regexp table for smtpd_command_filter (e.g. ["/^XCLIENT / XCLIENT ADDR=bogus"]), to
+        make Postfix see a different command than the one sent."""
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix instance needs root")
         self.port = port or free_port()
@@ -97,6 +110,8 @@ class PostfixInstance:
         self.relay_port = relay_port
         self.smtpd_options = dict(smtpd_options or {})
         self.main_cf_extra = dict(main_cf_extra or {})
+        self.client_port_logging = client_port_logging
+        self.command_filter = list(command_filter or [])
         self.dir = tempfile.mkdtemp(prefix="batv-e2e-postfix-", dir=workdir)
         # Postfix daemons run as user postfix: every directory above the queue must be
         # searchable, and nothing may be group/world writable.
@@ -165,6 +180,7 @@ class PostfixInstance:
             # The HELO of an accepted message shows up only in such log lines.
             "header_checks": "regexp:" + os.path.join(self.config_dir, "header_checks"),
             "smtpd_log_access_permit_actions": "static:all",
+            "smtpd_client_port_logging": "yes" if self.client_port_logging else "no",
             # Quick, bounded queue behaviour; no bounces to anybody.
             "queue_run_delay": "5s",
             "minimal_backoff_time": "5s",
@@ -195,6 +211,9 @@ class PostfixInstance:
         else:
             p["default_transport"] = "discard:e2e"
             p["relayhost"] = ""
+        if self.command_filter:
+            p["smtpd_command_filter"] = "regexp:" + os.path.join(self.config_dir,
+                                                                 "command_filter")
         p.update(self.main_cf_extra)
         return "".join("%s = %s\n" % kv for kv in p.items())
 
@@ -231,6 +250,8 @@ class PostfixInstance:
     def write_config(self):
         files = {"main.cf": self.main_cf(), "master.cf": self.master_cf(),
                  "header_checks": "/^Subject:/ WARN\n"}
+        if self.command_filter:
+            files["command_filter"] = "".join(x + "\n" for x in self.command_filter)
         for name, text in files.items():
             path = os.path.join(self.config_dir, name)
             with open(path, "w") as f:
@@ -389,16 +410,26 @@ class PostfixInstance:
                 out.append(m)
         return out
 
-    def connects(self):
-        return [(m["name"], m["addr"]) for m in self._matches(_CONNECT) if m["prog"] == "smtpd"]
+    @staticmethod
+    def _port(m):
+        return int(m["port"]) if m["port"] else None
 
-    def clients(self):
-        return [Client(m["qid"], m["name"], m["addr"]) for m in self._matches(_CLIENT)
+    def connects(self):
+        return [Connect(m["name"], m["addr"], self._port(m)) for m in self._matches(_CONNECT)
                 if m["prog"] == "smtpd"]
 
+    def disconnects(self):
+        return [Disconnect(m["name"], m["addr"], self._port(m), m["counts"])
+                for m in self._matches(_DISCONNECT) if m["prog"] == "smtpd"]
+
+    def clients(self):
+        return [Client(m["qid"], m["name"], m["addr"], self._port(m))
+                for m in self._matches(_CLIENT) if m["prog"] == "smtpd"]
+
     def header_warnings(self):
-        return [HeaderWarning(m["qid"], m["header"], m["name"], m["addr"], m["sender"],
-                              m["rcpt"], m["proto"], m["helo"]) for m in self._matches(_WARN)]
+        return [HeaderWarning(m["qid"], m["header"], m["name"], m["addr"], self._port(m),
+                              m["sender"], m["rcpt"], m["proto"], m["helo"])
+                for m in self._matches(_WARN)]
 
     def delivered(self):
         return [Delivery(m["qid"], m["to"], m["relay"], m["status"])
