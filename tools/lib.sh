@@ -4,7 +4,7 @@
 # Debian 12 packages the build and the tests need. postfix (smtp-source/smtp-sink) and swaks come
 # with the relay's end-to-end tests; exim is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
-  doctest-dev python3 faketime libnss-wrapper postfix swaks)
+  doctest-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl)
 
 install_packages() {
   local missing=()
