@@ -442,7 +442,8 @@ void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view s
 constexpr std::string_view kListenerKeys[] = {
     "role",        "listen",          "upstream",    "allow_clients", "forward_client",
     "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
-    "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name"};
+    "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name", "allow_authenticated",
+    "plaintext_auth_loopback"};
 
 void Loader::load_listener_tls(const toml::table& t, const std::string& path, Listener& l) {
   auto file_key = [&](std::string_view key, std::string& out) {
@@ -450,7 +451,9 @@ void Loader::load_listener_tls(const toml::table& t, const std::string& path, Li
     if (!n) return;
     if (auto v = string_value(*n, path + "." + std::string(key))) {
       if (v->empty()) {
-        error(*n, path + "." + std::string(key), "must not be empty (leave the key out)");
+        // upstream_ca = "" is the documented default (the system store); a certificate or key
+        // path cannot be empty.
+        if (key != "upstream_ca") error(*n, path + "." + std::string(key), "must not be empty (leave the key out)");
         return;
       }
       std::filesystem::path p(*v);
@@ -467,12 +470,14 @@ void Loader::load_listener_tls(const toml::table& t, const std::string& path, Li
   }
   optional_bool(t, "require_tls", path + ".require_tls", l.require_tls);
   optional_bool(t, "implicit_tls", path + ".implicit_tls", l.implicit_tls);
+  optional_bool(t, "allow_authenticated", path + ".allow_authenticated", l.allow_authenticated);
+  optional_bool(t, "plaintext_auth_loopback", path + ".plaintext_auth_loopback", l.plaintext_auth_loopback);
   optional_enum<TlsVersion>(t, "tls_min_version", path + ".tls_min_version", kTlsVersionNames, l.tls_min_version);
   optional_enum<UpstreamTls>(t, "upstream_tls", path + ".upstream_tls", kUpstreamTlsNames, l.upstream_tls);
   if (const toml::node* n = t.get("tls_ciphers"))
     if (auto v = string_value(*n, path + ".tls_ciphers")) l.tls_ciphers = *v;
   if (const toml::node* n = t.get("upstream_tls_name")) {
-    if (auto v = string_value(*n, path + ".upstream_tls_name")) {
+    if (auto v = string_value(*n, path + ".upstream_tls_name"); v && !v->empty()) {
       std::string why;
       if (auto d = normalize_domain(*v, &why)) l.upstream_tls_name = *d;
       else error(*n, path + ".upstream_tls_name", "bad host name " + echo_value(*v) + ": " + why);

@@ -87,6 +87,11 @@ struct Listener {
   UpstreamTls upstream_tls = UpstreamTls::opportunistic;
   std::string upstream_ca;          // PEM CA file for verify; empty = the system store
   std::string upstream_tls_name;    // expected name for verify; empty = the upstream host
+  // AUTH pass-through (outbound): offered when the next hop offers AUTH and the client session
+  // is encrypted, or is on loopback with plaintext_auth_loopback. allow_authenticated admits
+  // clients outside allow_clients, who must then authenticate before MAIL.
+  bool allow_authenticated = false;
+  bool plaintext_auth_loopback = false;
 };
 
 struct Domains {

@@ -34,6 +34,9 @@ inline std::string upstream_unavailable(std::string_view host) {
 inline std::string upstream_tls_unavailable(std::string_view host) {
   return line(421, "4.7.0 " + std::string(host) + " next hop TLS unavailable, try again later");
 }
+inline std::string upstream_tls_failed(std::string_view host) {
+  return line(421, "4.4.2 " + std::string(host) + " next hop TLS handshake failed, try again later");
+}
 inline std::string upstream_lost_closing(std::string_view host) {
   return line(421, "4.4.2 " + std::string(host) + " Next hop connection lost, closing");
 }
@@ -65,6 +68,13 @@ inline std::string vrfy_cannot() {
 }
 inline std::string vrfy_disabled() { return line(502, "5.5.1 VRFY and EXPN are disabled"); }
 inline std::string ready_for_tls() { return line(220, "2.0.0 Ready to start TLS"); }
+inline std::string auth_required() { return line(530, "5.7.0 Authentication required"); }
+inline std::string auth_already() { return line(503, "5.5.1 Already authenticated"); }
+inline std::string auth_in_transaction() { return line(503, "5.5.1 AUTH not permitted during a mail transaction"); }
+inline std::string auth_cancelled() { return line(501, "5.7.0 Authentication cancelled"); }
+inline std::string auth_encryption_required() {
+  return line(538, "5.7.11 Encryption required for requested authentication mechanism");
+}
 inline std::string tls_required() { return line(530, "5.7.0 Must issue a STARTTLS command first"); }
 inline std::string start_data() { return line(354, "End data with <CR><LF>.<CR><LF>"); }
 

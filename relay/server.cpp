@@ -110,7 +110,10 @@ void Server::start_session(tcp::socket sock, std::size_t listener) {
   for (const auto& net : l.allow_clients)
     if (net.contains(std::string_view(ctx.client_ip))) allowed = true;
   bool counted = false;
-  if (!allowed) {
+  // Outside the allowed networks: refused, unless the listener lets authenticated clients relay
+  // (they are admitted, and MAIL needs AUTH first).
+  if (!allowed && l.allow_authenticated) ctx.needs_auth = true;
+  if (!allowed && !l.allow_authenticated) {
     ctx.admission = SessionContext::Admission::denied;
   } else {
     std::lock_guard lock(registry_.mu);

@@ -126,9 +126,15 @@ awaitable<void> Session::serve() {
   }
   if (!co_await open_upstream()) {
     end_ = End::upstream_unavailable;
+    // required/verify: TLS policy not met (4.7.0); opportunistic: a broken handshake is just a
+    // next hop we could not talk to (4.4.2).
+    const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
+                        listener_.upstream_tls == conf::UpstreamTls::verify;
     const bool tls_trouble = up_.failure() == Upstream::Failure::tls;
     // Named, not a ?: temporary inside co_await (g++ 12 destroys such a temporary twice).
-    const std::string reply = tls_trouble ? replies::upstream_tls_unavailable(host) : replies::upstream_unavailable(host);
+    const std::string reply = !tls_trouble ? replies::upstream_unavailable(host)
+                              : strict     ? replies::upstream_tls_unavailable(host)
+                                           : replies::upstream_tls_failed(host);
     co_await write_client(reply);
     co_return;
   }
@@ -322,7 +328,11 @@ awaitable<bool> Session::open_upstream() {
     co_return false;
   }
   if (up_.encrypted())
-    log(Level::info, "upstream_tls").kv("sid", ctx_.id).kv("result", "ok").kv("protocol", up_.tls_protocol());
+    log(Level::info, "upstream_tls")
+        .kv("sid", ctx_.id)
+        .kv("result", "ok")
+        .kv("protocol", up_.tls_protocol())
+        .kv("cipher", up_.tls_cipher());
   if (client_.tls() && !up_.encrypted()) log_downgrade();
   co_return true;
 }
@@ -364,9 +374,86 @@ awaitable<bool> Session::start_tls(std::string_view args) {
   helo_seen_ = false;
   esmtp_ = false;
   client_helo_.clear();
+  authenticated_ = false;
   log(Level::info, "tls").kv("sid", ctx_.id).kv("protocol", client_.protocol()).kv("cipher", client_.cipher());
   if (up_.connected() && !up_.encrypted()) log_downgrade();
   co_return true;
+}
+
+bool Session::auth_offered() const {
+  if (listener_.role != conf::Role::outbound || up_.caps().auth.empty()) return false;
+  if (client_.tls()) return true;
+  const bool loopback = ctx_.client_ip.rfind("127.", 0) == 0 || ctx_.client_ip == "::1";
+  return listener_.plaintext_auth_loopback && loopback;
+}
+
+// AUTH (RFC 4954), relayed to the next hop byte for byte: the mechanism and initial response
+// go up, each 334 challenge comes down, each client response goes up, until the next hop gives
+// its final reply. Whatever the mechanism, nothing of the exchange is logged but the mechanism
+// name and the outcome.
+awaitable<bool> Session::do_auth(std::string_view args) {
+  if (!auth_offered()) {
+    refuse(up_.caps().auth.empty() || listener_.role != conf::Role::outbound ? replies::not_implemented("AUTH")
+                                                                           : replies::auth_encryption_required());
+    co_return true;
+  }
+  if (authenticated_) {
+    refuse(replies::auth_already());
+    co_return true;
+  }
+  if (tx_.active) {
+    refuse(replies::auth_in_transaction());
+    co_return true;
+  }
+  const std::string mechanism = upper(args.substr(0, args.find(' ')));
+  if (mechanism.empty()) {
+    refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
+    co_return true;
+  }
+  if (!co_await ensure_upstream()) {
+    refuse(upstream_failure_reply());
+    co_return true;
+  }
+  std::string up_line = "AUTH " + std::string(args) + "\r\n";
+  constexpr int max_rounds = 16;  // no real mechanism needs more challenges than this
+  std::optional<smtp::Reply> r;
+  for (int round = 0; round < max_rounds; ++round) {
+    const bool sent = co_await up_.send(up_line);
+    explicit_bzero(up_line.data(), up_line.size());
+    if (!sent || !(r = co_await up_.read_reply())) break;
+    if (r->code != 334) break;
+    if (!co_await write_client(smtp::format_reply(r->code, r->lines))) co_return false;
+    std::string response;
+    command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
+    const LineStatus st = co_await read_line(response);
+    if (st != LineStatus::ok) {
+      explicit_bzero(response.data(), response.size());
+      up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
+      end_ = st == LineStatus::timeout ? End::idle_timeout : st == LineStatus::stopped ? End::shutdown : End::client_closed;
+      co_return false;
+    }
+    up_line = response + "\r\n";
+    explicit_bzero(response.data(), response.size());
+    r.reset();
+  }
+  std::string reply;
+  if (!r) {
+    reply = upstream_failure_reply();
+    up_.close();
+  } else if (r->code == 334) {
+    reply = replies::auth_cancelled();  // too many rounds
+    up_.close();
+  } else {
+    reply = relay_reply(*r);
+  }
+  authenticated_ = !reply.empty() && reply[0] == '2';
+  log(authenticated_ ? Level::info : Level::warning, "auth")
+      .kv("sid", ctx_.id)
+      .kv("mechanism", mechanism)
+      .kv("result", authenticated_ ? "ok" : "failed")
+      .kv("reply", reply.substr(0, 3));
+  if (reply_is_error(reply)) ++errors_;
+  co_return co_await write_client(reply);
 }
 
 awaitable<bool> Session::ensure_upstream() {
@@ -535,11 +622,17 @@ awaitable<bool> Session::process(const std::string& line) {
       if (adv_chunking_) lines.emplace_back("CHUNKING");
       if (rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls)
         lines.emplace_back("STARTTLS");
+      if (auth_offered()) {
+        std::string auth = "AUTH";
+        for (const auto& m : up_.caps().auth) auth += " " + m;
+        lines.push_back(std::move(auth));
+      }
       queue_local(smtp::format_reply(250, lines));
       co_return true;
     }
     case Verb::mail:
       if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
+      else if (ctx_.needs_auth && !authenticated_) refuse(replies::auth_required());
       else if (!helo_seen_) refuse(replies::need_helo());
       else if (tx_.active) refuse(replies::nested_mail());
       else handle_mail(cmd.args);
@@ -580,8 +673,8 @@ awaitable<bool> Session::process(const std::string& line) {
       if (!co_await flush()) co_return false;
       co_return co_await start_tls(cmd.args);
     case Verb::auth:
-      refuse(replies::not_implemented("AUTH"));
-      co_return true;
+      if (!co_await flush()) co_return false;
+      co_return co_await do_auth(cmd.args);
     case Verb::unknown:
       refuse(replies::unknown_command());
       co_return true;
@@ -620,6 +713,17 @@ void Session::handle_mail(std::string_view args) {
       advertised = adv_smtputf8_;
     } else if (kw == "RET" || kw == "ENVID") {
       advertised = adv_dsn_;
+    } else if (kw == "AUTH") {
+      // RFC 4954 5: AUTH=<> or AUTH=xtext, passed on when the next hop does AUTH.
+      if (!auth_offered()) {
+        refuse(replies::param_unsupported(kw));
+        return;
+      }
+      if (!p.value || (*p.value != "<>" && !smtp::decode_xtext(*p.value))) {
+        refuse(replies::param_invalid(kw));
+        return;
+      }
+      continue;
     }
     if (auto bad = check_param(kw, p, advertised)) {
       refuse(std::move(*bad));

@@ -34,6 +34,7 @@ struct SessionContext {
   std::string client;       // "ip:port"
   std::string client_ip;
   enum class Admission { ok, denied, too_many, too_many_from_client } admission = Admission::ok;
+  bool needs_auth = false;  // outside allow_clients, admitted by allow_authenticated
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -106,6 +107,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> forward_client_identity();
   awaitable<bool> open_upstream();
   awaitable<bool> start_tls(std::string_view args);  // the STARTTLS command
+  awaitable<bool> do_auth(std::string_view args);    // the AUTH command, relayed to the next hop
+  bool auth_offered() const;
   UpstreamTlsPolicy upstream_tls_policy() const;
   void log_downgrade();
   awaitable<std::string> confirmed_client_name();
@@ -161,6 +164,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string preamble_;         // PROXY header for every next-hop connection
   std::uint16_t client_port_ = 0;
   std::string tls_error_;
+  bool authenticated_ = false;
   std::string upstream_detail_;
 };
 

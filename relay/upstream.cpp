@@ -113,7 +113,12 @@ awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_
   const IoResult h = co_await sock_.handshake(*tls.ctx, boost::asio::ssl::stream_base::client,
                                               timeouts_.upstream_reply, tls.name, verify);
   if (!h) {
-    fail(Failure::tls, h.timed_out ? std::string("TLS handshake timed out") : "TLS handshake: " + h.ec.message());
+    std::string why = h.timed_out ? std::string("TLS handshake timed out") : "TLS handshake: " + h.ec.message();
+    if (auto* t = sock_.tls_stream()) {
+      const long v = SSL_get_verify_result(t->native_handle());
+      if (v != X509_V_OK) why += std::string(" (") + X509_verify_cert_error_string(v) + ")";
+    }
+    fail(Failure::tls, why);
     co_return false;
   }
   // RFC 3207 4.2: forget what was learned before TLS and ask again.

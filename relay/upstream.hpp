@@ -49,6 +49,7 @@ class Upstream {
   [[nodiscard]] bool connected() const { return sock_.is_open() && failure_ == Failure::none; }
   [[nodiscard]] bool encrypted() const { return sock_.tls(); }
   [[nodiscard]] std::string tls_protocol() const { return sock_.protocol(); }
+  [[nodiscard]] std::string tls_cipher() const { return sock_.cipher(); }
   [[nodiscard]] Failure failure() const { return failure_; }
   [[nodiscard]] const std::string& detail() const { return detail_; }
   [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }

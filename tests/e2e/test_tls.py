@@ -17,7 +17,6 @@ import argparse
 import os
 import re
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
