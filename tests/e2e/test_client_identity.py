@@ -188,6 +188,45 @@ class ClientIdentityTest(unittest.TestCase):
         counts = self.relay_connection_counts(pf)
         self.assertTrue(any("xclient=" in c for c in counts), counts)
 
+    def test_verified_tls_to_a_real_postfix(self):
+        """upstream_tls = verify against a real Postfix smtpd with a certificate from a test CA:
+        the relay checks the chain and the name, and Postfix logs the TLS session; XCLIENT still
+        works inside TLS."""
+        import tlsutil
+        os.makedirs(os.path.join(self.dir, "certs"), exist_ok=True)
+        certs = tlsutil.Certs(os.path.join(self.dir, "certs"))
+        os.chmod(certs.dir, 0o755)
+        for f in (certs.mx_cert, certs.mx_key, certs.ca):
+            os.chmod(f, 0o644)
+        pf = self.postfix(xclient_hosts="127.0.0.1", main_cf_extra={
+            "smtpd_tls_cert_file": certs.mx_cert, "smtpd_tls_key_file": certs.mx_key,
+            "smtpd_tls_security_level": "may", "smtpd_tls_loglevel": "1"})
+        li = {"upstream": pf.port, "role": "inbound", "forward_client": "xclient",
+              "upstream_tls": "verify", "upstream_ca": certs.ca, "upstream_tls_name": "mx.test"}
+        r = Relay(RELAY, self.dir, self.keys, listeners=[li], start=False, config_name="tls.toml")
+        self.addCleanup(self._show_relay_log, r)
+        self.addCleanup(r.close)
+        r.start()
+        port = self.send(r, "verified-tls")
+        w = self.seen(pf, "verified-tls")
+        self.assertEqual((w.addr, w.port), (CLIENT_IP, port), w)
+        rec = r.wait_log(lambda x: x.get("event") == "upstream_tls", 5)
+        self.assertIsNotNone(rec)
+        self.assertEqual(rec.get("result"), "ok", rec["_raw"])
+        self.assertTrue(rec.get("protocol", "").startswith("TLSv1."), rec["_raw"])
+        self.assertTrue(pf.wait_log(r"(Trusted|Anonymous|Untrusted) TLS connection established from", 10),
+                        "Postfix did not log a TLS session")
+        # A wrong expected name: the relay refuses to talk to this next hop at all.
+        li2 = dict(li, upstream_tls_name="other.test")
+        r2 = Relay(RELAY, self.dir, self.keys, listeners=[li2], start=False, config_name="tls2.toml")
+        self.addCleanup(r2.close)
+        r2.start()
+        c = BoundClient(r2.port(), CLIENT_IP)
+        self.addCleanup(c.close)
+        g = c.read_reply()
+        self.assertEqual(g.code, 421, g)
+        self.assertTrue(g.text.startswith("4.7.0"), g)
+
     def test_xclient_helo_command(self):
         """HELO (not EHLO) from the client: XCLIENT PROTO=SMTP, and Postfix sees the HELO name.
         (Postfix itself then logs proto=ESMTP: the EHLO the relay must send after XCLIENT
