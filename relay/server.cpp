@@ -1,14 +1,60 @@
 #include "relay/server.hpp"
 
 #include <openssl/rand.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "relay/log.hpp"
 #include "relay/session.hpp"
 
 namespace batv::relay {
+
+namespace {
+
+// systemd's readiness protocol (sd_notify(3)) without libsystemd: one datagram to
+// $NOTIFY_SOCKET ("@name" is the abstract namespace). A no-op outside systemd.
+void notify_systemd(std::string_view state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || path[0] == '\0') return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::size_t len = std::strlen(path);
+  if (len >= sizeof addr.sun_path) return;
+  std::memcpy(addr.sun_path, path, len);
+  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
+  ::close(fd);
+}
+
+// What identifies the key file's content on disk: rewrites in place change mtime/size,
+// batv-keys' atomic rename changes the inode, delete-then-create changes both.
+struct FileStamp {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  std::int64_t mtime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
+
+FileStamp stamp_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {true, st.st_dev, st.st_ino, st.st_size,
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+}  // namespace
 
 Server::Server(RuntimeHolder& runtime) : runtime_(runtime) {
   // A random prefix keeps session ids unique across restarts and relays sharing one log.
@@ -55,6 +101,8 @@ int Server::run() {
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
+  asio::co_spawn(main, watch_key_file(), asio::detached);
+  notify_systemd("READY=1");
   log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", rt->keyring.signing_id());
 
   std::vector<std::thread> pool;
@@ -147,7 +195,30 @@ void Server::release(std::uint64_t id, const std::string& ip) {
   registry_.live.erase(id);
 }
 
+// Polls the key file (bounded work: one stat(2) per period) and reloads when it changed, so a
+// `batv-keys rotate` on a shared key file reaches every relay without a signal. A file that is
+// missing or half-written makes the reload fail and the old keys stay; the next change retries.
+awaitable<void> Server::watch_key_file() {
+  constexpr auto period = std::chrono::seconds(2);
+  asio::steady_timer timer(*contexts_[0]);
+  FileStamp last = stamp_of(runtime_.get()->config.key_file);
+  while (!stopping_) {
+    timer.expires_after(period);
+    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec || stopping_) co_return;
+    const FileStamp now = stamp_of(runtime_.get()->config.key_file);
+    if (now == last || !now.exists) continue;
+    last = now;
+    log(Level::info, "key_file_changed").kv("file", runtime_.get()->config.key_file);
+    reload();
+  }
+}
+
 void Server::reload() {
+  notify_systemd("RELOADING=1");
+  struct Ready {
+    ~Ready() { notify_systemd("READY=1"); }
+  } ready;
   const auto current = runtime_.get();
   std::vector<std::string> errors;
   auto next = reload_keys(*current, errors);
@@ -177,6 +248,7 @@ awaitable<void> Server::signal_loop() {
 
 awaitable<void> Server::shutdown() {
   stopping_ = true;
+  notify_systemd("STOPPING=1");
   for (auto& acc : acceptors_) {
     boost::system::error_code ignored;
     acc->close(ignored);

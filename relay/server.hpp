@@ -40,6 +40,7 @@ class Server {
   awaitable<void> accept_loop(std::size_t index);
   awaitable<void> signal_loop();
   awaitable<void> shutdown();
+  awaitable<void> watch_key_file();
   void start_session(tcp::socket sock, std::size_t listener);
   void release(std::uint64_t id, const std::string& ip);
   void reload();

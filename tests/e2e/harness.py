@@ -356,10 +356,11 @@ class Relay:
         return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
     # -- process --
-    def start(self, ready_timeout=10):
+    def start(self, ready_timeout=10, env=None):
         self.proc = subprocess.Popen([self.bin, "--config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE,
+                                     env=dict(os.environ, **env) if env else None)
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         n = len(self.listeners)

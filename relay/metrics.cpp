@@ -1,0 +1,348 @@
+#include "relay/metrics.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+
+namespace batv::relay {
+
+namespace {
+
+constexpr auto relaxed = std::memory_order_relaxed;
+
+constexpr std::array<std::string_view, Metrics::session_ends> session_end_names{
+    "quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors", "too_many_commands",
+    "too_many_invalid_recipients", "session_timeout", "tls_failed", "upstream_lost",
+    "upstream_unavailable", "shutdown", "access_denied", "too_many_sessions", "io_error", "other"};
+constexpr std::array<std::string_view, Metrics::rcpt_actions> rcpt_action_names{
+    "accepted", "exempt", "refused", "monitored", "stripped", "kept", "passed", "relayed", "other"};
+constexpr std::array<std::string_view, Metrics::not_signed_reasons> not_signed_names{
+    "null_sender", "malformed_address", "already_tagged", "quoted_local_part", "too_long",
+    "not_our_domain", "exempt_sender", "exempt_destination", "other"};
+constexpr std::array<std::string_view, Metrics::verdicts> verdict_names{
+    "valid", "bad_signature", "expired", "unknown_key", "malformed", "untagged", "other"};
+constexpr std::array<std::string_view, Metrics::upstream_stages> stage_names{
+    "connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "dot", "bdat", "reply", "other"};
+constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "inbound"};
+// The `le` label of each bucket, as Prometheus clients write them.
+constexpr std::array<std::string_view, Metrics::latency_bounds.size() + 1> bucket_labels{
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf"};
+
+// The index of `text` in `names`, or the last index ("other") when absent.
+template <std::size_t N>
+std::size_t lookup(const std::array<std::string_view, N>& names, std::string_view text) {
+  for (std::size_t i = 0; i + 1 < N; ++i)
+    if (names[i] == text) return i;
+  return N - 1;
+}
+
+std::size_t role_index(conf::Role r) {
+  const auto i = static_cast<std::size_t>(r);
+  return i < Metrics::roles ? i : 0;
+}
+
+char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
+
+bool iequal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
+
+void inc(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, relaxed); }
+
+// --- rendering helpers ---
+
+// A label value: backslash, double quote and line feed escaped (exposition format 0.0.4).
+void append_label_value(std::string& out, std::string_view v) {
+  for (char c : v) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      case '\n': out += "\\n"; break;
+      default: out += c;
+    }
+  }
+}
+
+void append_number(std::string& out, std::uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void append_number(std::string& out, std::int64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void append_number(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "NaN";
+    return;
+  }
+  if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+    return;
+  }
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void family(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+  out.append("# HELP ").append(name).append(" ").append(help).append("\n");
+  out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+}
+
+using Labels = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+
+template <class V>
+void sample(std::string& out, std::string_view name, Labels labels, V value) {
+  out.append(name);
+  if (labels.size() > 0) {
+    out += '{';
+    bool first = true;
+    for (const auto& [k, v] : labels) {
+      if (!first) out += ',';
+      first = false;
+      out.append(k).append("=\"");
+      append_label_value(out, v);
+      out += '"';
+    }
+    out += '}';
+  }
+  out += ' ';
+  append_number(out, value);
+  out += '\n';
+}
+
+std::uint64_t get(const std::atomic<std::uint64_t>& c) { return c.load(relaxed); }
+
+}  // namespace
+
+std::string_view Metrics::name(SessionEnd v) { return session_end_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(RcptAction v) { return rcpt_action_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(NotSigned v) { return not_signed_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(Verdict v) { return verdict_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(UpstreamStage v) { return stage_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(Role r) { return role_names[role_index(r)]; }
+
+Metrics::Metrics() {
+  tables_.push_back(std::make_unique<const DomainTable>());
+  domains_.store(tables_.back().get(), std::memory_order_release);
+}
+
+Metrics::~Metrics() = default;
+
+Metrics& metrics() {
+  static Metrics m;
+  return m;
+}
+
+// --- updates -------------------------------------------------------------------------------------
+
+void Metrics::session_started(Role role) {
+  const std::size_t r = role_index(role);
+  sessions_current_[r].fetch_add(1, relaxed);
+  inc(sessions_total_[r]);
+}
+
+void Metrics::session_ended(Role role, std::string_view reason) {
+  const std::size_t r = role_index(role);
+  sessions_current_[r].fetch_sub(1, relaxed);
+  inc(session_end_[r][lookup(session_end_names, reason)]);
+}
+
+void Metrics::message(Role role, bool accepted) { inc(messages_[role_index(role)][accepted ? 0 : 1]); }
+
+void Metrics::recipient(Role role, std::string_view action) {
+  inc(recipients_[role_index(role)][lookup(rcpt_action_names, action)]);
+}
+
+void Metrics::signed_with(int key_id) {
+  if (key_id >= 0 && static_cast<std::size_t>(key_id) < key_ids) inc(signed_[static_cast<std::size_t>(key_id)]);
+}
+
+void Metrics::not_signed(std::string_view reason) { inc(not_signed_[lookup(not_signed_names, reason)]); }
+
+void Metrics::verdict(std::string_view domain, std::string_view verdict_text) {
+  const std::size_t v = lookup(verdict_names, verdict_text);
+  for (DomainCounters* d : domains()->domains) {
+    if (iequal(d->name, domain)) {
+      inc(d->by_verdict[v]);
+      return;
+    }
+  }
+  inc(verify_other_domain_[v]);
+}
+
+void Metrics::set_domains(std::vector<std::string> list) {
+  std::lock_guard lock(mu_);
+  auto table = std::make_unique<DomainTable>();
+  for (std::string& name : list) {
+    for (char& c : name) c = lower(c);
+    if (name.empty() || name == "other") continue;  // "other" is the label of unknown domains
+    bool dup = false;
+    for (const DomainCounters* d : table->domains) dup = dup || d->name == name;
+    if (dup) continue;
+    DomainCounters* found = nullptr;
+    for (const auto& d : all_domains_)
+      if (d->name == name) found = d.get();
+    if (!found) {
+      all_domains_.push_back(std::make_unique<DomainCounters>());
+      all_domains_.back()->name = name;
+      found = all_domains_.back().get();
+    }
+    table->domains.push_back(found);
+  }
+  tables_.push_back(std::move(table));
+  domains_.store(tables_.back().get(), std::memory_order_release);
+}
+
+void Metrics::upstream_error(std::string_view stage) { inc(upstream_errors_[lookup(stage_names, stage)]); }
+
+void Metrics::bytes(Role role, std::uint64_t n) { inc(bytes_[role_index(role)], n); }
+
+void Metrics::latency(double seconds) {
+  if (!(seconds >= 0)) seconds = 0;  // negative or NaN: a clock oddity, counted as zero
+  std::size_t i = 0;
+  while (i < latency_bounds.size() && seconds > latency_bounds[i]) ++i;
+  inc(latency_buckets_[i]);
+  constexpr double max_ns = 1e15;  // one sample adds at most ~11.6 days to the sum
+  const double ns = std::min(seconds * 1e9, max_ns);
+  inc(latency_sum_ns_, static_cast<std::uint64_t>(ns + 0.5));
+}
+
+void Metrics::reload(bool ok) { inc(reloads_[ok ? 0 : 1]); }
+
+void Metrics::set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys) {
+  std::lock_guard lock(mu_);
+  active_key_ = active_key_id;
+  keys_ = std::move(keys);
+  keys_set_ = true;
+}
+
+void Metrics::reset_for_tests() {
+  std::lock_guard lock(mu_);
+  for (auto& g : sessions_current_) g.store(0, relaxed);
+  auto zero = [](auto& arr) {
+    for (auto& c : arr) c.store(0, relaxed);
+  };
+  zero(sessions_total_);
+  for (auto& a : session_end_) zero(a);
+  for (auto& a : messages_) zero(a);
+  for (auto& a : recipients_) zero(a);
+  zero(signed_);
+  zero(not_signed_);
+  zero(verify_other_domain_);
+  zero(upstream_errors_);
+  zero(bytes_);
+  zero(latency_buckets_);
+  latency_sum_ns_.store(0, relaxed);
+  zero(reloads_);
+  for (auto& d : all_domains_) zero(d->by_verdict);
+  tables_.push_back(std::make_unique<const DomainTable>());
+  domains_.store(tables_.back().get(), std::memory_order_release);
+  active_key_ = -1;
+  keys_.clear();
+  keys_set_ = false;
+}
+
+// --- rendering -----------------------------------------------------------------------------------
+
+std::string Metrics::render_prometheus(std::int64_t now_unix) const {
+  std::lock_guard lock(mu_);
+  std::string out;
+  out.reserve(16384);
+
+  family(out, "batv_sessions_current", "gauge", "Client sessions open now, by listener role.");
+  for (std::size_t r = 0; r < roles; ++r)
+    sample(out, "batv_sessions_current", {{"role", role_names[r]}}, sessions_current_[r].load(relaxed));
+
+  family(out, "batv_sessions_total", "counter", "Client sessions started, by listener role.");
+  for (std::size_t r = 0; r < roles; ++r)
+    sample(out, "batv_sessions_total", {{"role", role_names[r]}}, get(sessions_total_[r]));
+
+  family(out, "batv_session_end_total", "counter", "Client sessions ended, by listener role and end reason.");
+  for (std::size_t r = 0; r < roles; ++r)
+    for (std::size_t i = 0; i < session_ends; ++i)
+      sample(out, "batv_session_end_total", {{"role", role_names[r]}, {"reason", session_end_names[i]}},
+             get(session_end_[r][i]));
+
+  family(out, "batv_messages_total", "counter",
+         "Transactions that reached the end of data, by role and outcome (the next hop's answer).");
+  for (std::size_t r = 0; r < roles; ++r) {
+    sample(out, "batv_messages_total", {{"role", role_names[r]}, {"outcome", "accepted"}}, get(messages_[r][0]));
+    sample(out, "batv_messages_total", {{"role", role_names[r]}, {"outcome", "rejected"}}, get(messages_[r][1]));
+  }
+
+  family(out, "batv_recipients_total", "counter", "Recipients, by role and action.");
+  for (std::size_t r = 0; r < roles; ++r)
+    for (std::size_t i = 0; i < rcpt_actions; ++i)
+      sample(out, "batv_recipients_total", {{"role", role_names[r]}, {"action", rcpt_action_names[i]}},
+             get(recipients_[r][i]));
+
+  family(out, "batv_signing_total", "counter",
+         "Outbound signing decisions: signed per key id, or not signed per reason.");
+  for (std::size_t k = 0; k < key_ids; ++k) {
+    bool known = false;
+    for (const auto& key : keys_) known = known || key.first == static_cast<int>(k);
+    const std::uint64_t n = get(signed_[k]);
+    if (!known && n == 0) continue;
+    const char digit[2] = {static_cast<char>('0' + k), '\0'};
+    sample(out, "batv_signing_total", {{"decision", "signed"}, {"key", digit}}, n);
+  }
+  for (std::size_t i = 0; i < not_signed_reasons; ++i)
+    sample(out, "batv_signing_total", {{"decision", "not_signed"}, {"reason", not_signed_names[i]}},
+           get(not_signed_[i]));
+
+  family(out, "batv_verify_total", "counter",
+         "Inbound tag verifications, by verify domain (other: outside the configured set) and verdict.");
+  for (const DomainCounters* d : domains()->domains)
+    for (std::size_t v = 0; v < verdicts; ++v)
+      sample(out, "batv_verify_total", {{"domain", d->name}, {"verdict", verdict_names[v]}}, get(d->by_verdict[v]));
+  for (std::size_t v = 0; v < verdicts; ++v)
+    sample(out, "batv_verify_total", {{"domain", "other"}, {"verdict", verdict_names[v]}},
+           get(verify_other_domain_[v]));
+
+  family(out, "batv_upstream_errors_total", "counter", "Next-hop failures, by the stage they happened at.");
+  for (std::size_t i = 0; i < upstream_stages; ++i)
+    sample(out, "batv_upstream_errors_total", {{"stage", stage_names[i]}}, get(upstream_errors_[i]));
+
+  family(out, "batv_bytes_total", "counter", "Message bytes relayed to the next hop, by role.");
+  for (std::size_t r = 0; r < roles; ++r)
+    sample(out, "batv_bytes_total", {{"role", role_names[r]}}, get(bytes_[r]));
+
+  family(out, "batv_added_latency_seconds", "histogram",
+         "Latency the relay added to a transaction, in seconds.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < latency_buckets_.size(); ++i) {
+    cumulative += get(latency_buckets_[i]);
+    sample(out, "batv_added_latency_seconds_bucket", {{"le", bucket_labels[i]}}, cumulative);
+  }
+  sample(out, "batv_added_latency_seconds_sum", {}, static_cast<double>(get(latency_sum_ns_)) / 1e9);
+  sample(out, "batv_added_latency_seconds_count", {}, cumulative);
+
+  family(out, "batv_reloads_total", "counter", "Configuration reloads, by result.");
+  sample(out, "batv_reloads_total", {{"result", "ok"}}, get(reloads_[0]));
+  sample(out, "batv_reloads_total", {{"result", "failed"}}, get(reloads_[1]));
+
+  if (keys_set_ && active_key_ >= 0) {
+    family(out, "batv_active_key_id", "gauge", "The id of the key that signs.");
+    sample(out, "batv_active_key_id", {}, static_cast<std::int64_t>(active_key_));
+  }
+  bool any_age = false;
+  for (const auto& [id, created] : keys_) {
+    if (created <= 0 || id < 0 || id > 9) continue;
+    if (!any_age) family(out, "batv_key_age_seconds", "gauge", "Seconds since each key was created.");
+    any_age = true;
+    const char digit[2] = {static_cast<char>('0' + id), '\0'};
+    sample(out, "batv_key_age_seconds", {{"key", digit}}, now_unix > created ? now_unix - created : std::int64_t{0});
+  }
+  return out;
+}
+
+}  // namespace batv::relay

@@ -1,0 +1,149 @@
+// metrics: the process-wide registry of counters behind GET /metrics (relay/http.hpp), rendered in
+// the Prometheus text exposition format 0.0.4, every name prefixed batv_.
+//
+// Hot path: every update is one relaxed std::atomic<uint64_t> increment on a fixed slot. Label
+// sets are known at compile time (roles, reasons, actions, stages, key ids 0-9, verdicts): slots
+// live in arrays indexed by enums, and a label given as text is looked up by a linear scan of a
+// small constant table (no map, no allocation, no lock). A label outside the table counts under
+// "other". The one runtime-defined label, the verification domain, is a small configured set
+// published by set_domains() with a copy-on-write pointer swap: readers load one atomic pointer
+// and never lock; tables are never freed while the registry lives, and a domain keeps its
+// counters across reloads. Keys (set_keys) and rendering take a mutex: neither is on the hot path.
+//
+// Thread-safe throughout. Counters are monotonic for the life of the process (reset_for_tests
+// aside); sessions_current is a gauge.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "conf/config.hpp"
+
+namespace batv::relay {
+
+class Metrics {
+ public:
+  using Role = conf::Role;
+
+  // Fixed label sets. Each list ends with `other` (where text can fall outside the set).
+  enum class SessionEnd {
+    quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
+    too_many_invalid_recipients, session_timeout, tls_failed, upstream_lost, upstream_unavailable,
+    shutdown, access_denied, too_many_sessions, io_error, other
+  };
+  enum class RcptAction { accepted, exempt, refused, monitored, stripped, kept, passed, relayed, other };
+  enum class NotSigned {
+    null_sender, malformed_address, already_tagged, quoted_local_part, too_long, not_our_domain,
+    exempt_sender, exempt_destination, other
+  };
+  enum class Verdict { valid, bad_signature, expired, unknown_key, malformed, untagged, other };
+  enum class UpstreamStage { connect, greeting, ehlo, tls, mail, rcpt, data, dot, bdat, reply, other };
+
+  static constexpr std::size_t roles = 2;  // conf::Role: outbound, inbound
+  static constexpr std::size_t session_ends = static_cast<std::size_t>(SessionEnd::other) + 1;
+  static constexpr std::size_t rcpt_actions = static_cast<std::size_t>(RcptAction::other) + 1;
+  static constexpr std::size_t not_signed_reasons = static_cast<std::size_t>(NotSigned::other) + 1;
+  static constexpr std::size_t verdicts = static_cast<std::size_t>(Verdict::other) + 1;
+  static constexpr std::size_t upstream_stages = static_cast<std::size_t>(UpstreamStage::other) + 1;
+  static constexpr std::size_t key_ids = 10;  // the K digit of a prvs tag
+  // Upper bounds (seconds, inclusive) of the latency histogram; +Inf follows.
+  static constexpr std::array<double, 12> latency_bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                         0.05,   0.1,   0.25,   0.5,   1,    2.5};
+
+  Metrics();
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // --- sessions ---
+  void session_started(Role role);
+  // `reason`: the session's end reason (Session::end_name()); unknown text counts as "other".
+  void session_ended(Role role, std::string_view reason);
+
+  // --- transactions and recipients ---
+  void message(Role role, bool accepted);
+  // `action`: accepted, exempt, refused, monitored, stripped, kept, passed, relayed.
+  void recipient(Role role, std::string_view action);
+
+  // --- signing (outbound) ---
+  void signed_with(int key_id);                // 0-9; anything else is ignored
+  void not_signed(std::string_view reason);    // crypto::to_string(NoSignReason)
+
+  // --- verification (inbound) ---
+  // `domain` is matched case-insensitively against set_domains(); unknown -> domain="other".
+  // `verdict`: crypto::to_string(Verdict).
+  void verdict(std::string_view domain, std::string_view verdict);
+  // The verify domains (lowercase); call at start-up and on every reload.
+  void set_domains(std::vector<std::string> domains);
+
+  // --- next hop, volume, latency ---
+  void upstream_error(std::string_view stage);  // connect greeting ehlo tls mail rcpt data dot bdat reply
+  void bytes(Role role, std::uint64_t n);
+  void latency(double seconds);                 // added latency of one transaction
+
+  // --- configuration ---
+  void reload(bool ok);
+  // The signing key id (-1: none) and every key with its creation time (unix seconds, 0 = unknown:
+  // no age is exported for it). Ages are computed when rendering.
+  void set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys);
+
+  // The whole registry in the text exposition format 0.0.4 (# HELP and # TYPE per family).
+  [[nodiscard]] std::string render_prometheus(std::int64_t now_unix) const;
+
+  // Zeroes every counter and forgets domains and keys. Tests only: not atomic as a whole.
+  void reset_for_tests();
+
+  // Label text of the fixed sets (for tests and the renderer).
+  static std::string_view name(SessionEnd v);
+  static std::string_view name(RcptAction v);
+  static std::string_view name(NotSigned v);
+  static std::string_view name(Verdict v);
+  static std::string_view name(UpstreamStage v);
+  static std::string_view name(Role r);
+
+ private:
+  using Counter = std::atomic<std::uint64_t>;
+  struct DomainCounters {
+    std::string name;
+    std::array<Counter, verdicts> by_verdict{};
+  };
+  struct DomainTable {
+    std::vector<DomainCounters*> domains;  // the configured set, in configuration order
+  };
+
+  const DomainTable* domains() const { return domains_.load(std::memory_order_acquire); }
+
+  std::array<std::atomic<std::int64_t>, roles> sessions_current_{};
+  std::array<Counter, roles> sessions_total_{};
+  std::array<std::array<Counter, session_ends>, roles> session_end_{};
+  std::array<std::array<Counter, 2>, roles> messages_{};  // [role][0 = accepted, 1 = rejected]
+  std::array<std::array<Counter, rcpt_actions>, roles> recipients_{};
+  std::array<Counter, key_ids> signed_{};
+  std::array<Counter, not_signed_reasons> not_signed_{};
+  std::array<Counter, verdicts> verify_other_domain_{};
+  std::array<Counter, upstream_stages> upstream_errors_{};
+  std::array<Counter, roles> bytes_{};
+  std::array<Counter, latency_bounds.size() + 1> latency_buckets_{};  // not cumulative; last: +Inf
+  Counter latency_sum_ns_{0};
+  std::array<Counter, 2> reloads_{};  // [0 = ok, 1 = failed]
+
+  std::atomic<const DomainTable*> domains_;
+  mutable std::mutex mu_;  // writers of domains_; keys; rendering
+  std::vector<std::unique_ptr<DomainCounters>> all_domains_;   // every domain ever configured
+  std::vector<std::unique_ptr<const DomainTable>> tables_;     // every table ever published
+  int active_key_ = -1;
+  bool keys_set_ = false;
+  std::vector<std::pair<int, std::int64_t>> keys_;
+};
+
+// The process-wide registry.
+Metrics& metrics();
+
+}  // namespace batv::relay

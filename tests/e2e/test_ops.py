@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Running batv-relay for real: the key file watched for changes, systemd readiness, and
+graceful shutdown, through the real binary.
+
+Usage: test_ops.py --relay PATH/batv-relay --keys PATH/batv-keys
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import smtplib
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import KeyFile, Relay, ScriptedUpstream, SmtpClient  # noqa: E402
+
+RELAY = KEYS = None
+
+
+class OpsTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="batv-ops-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        self.mx = ScriptedUpstream()
+        self.addCleanup(self.mx.close)
+
+    def relay(self, **kw):
+        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False, **kw)
+        self.addCleanup(r.close)
+        return r
+
+    def signed_key(self, r):
+        """Send one message; return the key id digit of the tag the next hop received."""
+        before = len(self.mx.transactions())
+        with smtplib.SMTP("127.0.0.1", r.port(), timeout=10) as s:
+            s.sendmail("homer@example.com", ["bart@elsewhere.org"], b"Subject: k\r\n\r\nx\r\n")
+        deadline = time.monotonic() + 5
+        while len(self.mx.transactions()) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mail = self.mx.transactions()[-1].mail
+        self.assertIn("prvs=", mail)
+        return int(mail.split("prvs=")[1][0])
+
+    def wait_reload(self, r, n, timeout=8):
+        ok = r.wait_logs(lambda rec: rec.get("event") == "reload", n, timeout)
+        self.assertTrue(ok, "no %d reload lines; log:\n%s" % (n, "\n".join(x["_raw"] for x in r.logs())))
+        return r.logs("reload")[n - 1]
+
+    def test_key_file_changes_are_picked_up_without_a_signal(self):
+        r = self.relay()
+        r.start()
+        self.assertEqual(self.signed_key(r), 3)
+        # 1. batv-keys rotate: atomic rename over the file.
+        new_id = self.keys.rotate()
+        rec = self.wait_reload(r, 1)
+        self.assertEqual((rec.get("result"), rec.get("signing_key")), ("ok", str(new_id)), rec["_raw"])
+        self.assertEqual(self.signed_key(r), new_id)
+        # 2. A broken file written in place: the reload fails, the old keys stay.
+        with open(self.keys.path, "a") as f:
+            f.write("\n[[key]]\nid = 12\n")
+        rec = self.wait_reload(r, 2)
+        self.assertEqual(rec.get("result"), "failed", rec["_raw"])
+        self.assertIn("out of range", rec.get("error", ""))
+        self.assertEqual(self.signed_key(r), new_id)
+        # 3. Delete, then create anew: a fresh file with key 3 signing again.
+        os.unlink(self.keys.path)
+        KeyFile(KEYS, self.keys.path)
+        rec = self.wait_reload(r, 3)
+        self.assertEqual((rec.get("result"), rec.get("signing_key")), ("ok", "3"), rec["_raw"])
+        self.assertEqual(self.signed_key(r), 3)
+
+    def test_systemd_readiness(self):
+        path = os.path.join(self.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.addCleanup(sock.close)
+        sock.settimeout(10)
+        r = self.relay()
+        r.start(env={"NOTIFY_SOCKET": path})
+        self.assertEqual(sock.recv(256), b"READY=1")
+        r.send_signal(signal.SIGHUP)
+        self.assertEqual(sock.recv(256), b"RELOADING=1")
+        self.assertEqual(sock.recv(256), b"READY=1")
+        self.assertEqual(r.stop(signal.SIGTERM, 10), 0)
+        self.assertEqual(sock.recv(256), b"STOPPING=1")
+
+    def test_sigterm_lets_a_session_finish_then_closes_with_421(self):
+        r = self.relay(timeouts={"shutdown_grace": 2})
+        r.start()
+        c = SmtpClient(r.port())
+        self.addCleanup(c.close)
+        self.assertEqual(c.read_reply().code, 220)
+        self.assertEqual(c.cmd("EHLO x").code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<homer@example.com>").code, 250)
+        started = time.monotonic()
+        r.send_signal(signal.SIGTERM)
+        # New connections are refused at once; the open session may go on during the grace.
+        time.sleep(0.3)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", r.port()), timeout=2).recv(1)
+        self.assertEqual(c.cmd("RCPT TO:<bart@elsewhere.org>").code, 250)
+        reply = c.read_reply(timeout=10)
+        self.assertEqual((reply.code, reply.text.split(" ")[0]), (421, "4.3.2"))
+        self.assertGreaterEqual(time.monotonic() - started, 1.5)
+        self.assertEqual(r.proc.wait(10), 0)
+        self.assertTrue(r.logs("shutdown_complete"))
+        # The message was never acknowledged, so nothing was half-delivered upstream.
+        self.assertFalse(any(t.completed for t in self.mx.transactions()))
+
+
+def main():
+    global RELAY, KEYS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--relay", required=True)
+    ap.add_argument("--keys", required=True)
+    args, rest = ap.parse_known_args()
+    RELAY, KEYS = args.relay, args.keys
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()
