@@ -390,6 +390,12 @@ bool write_keyfile_atomic(const std::string& path, const KeyFile& file, std::str
     return false;
   }
   bool ok = ::fchmod(fd, 0600) == 0;
+  // Keep the owner of the file being replaced: root rotating a key file that belongs to the
+  // relay's own user must not leave the relay unable to read the new one. (EPERM when not root
+  // and the owner differs: then the file keeps ours, as any other write would.)
+  struct stat old {};
+  if (ok && ::stat(path.c_str(), &old) == 0 && (old.st_uid != ::geteuid() || old.st_gid != ::getegid()))
+    (void)::fchown(fd, old.st_uid, old.st_gid);
   std::size_t done = 0;
   while (ok && done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);

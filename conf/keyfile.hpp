@@ -9,9 +9,9 @@
 //
 // Contract: parse_keyfile is pure (text in, records or errors out). load_keyfile opens the file,
 // refuses one that group or others can access (like ssh with private keys) and parses it.
-// write_keyfile_atomic writes a temp file in the same directory (mode 0600), fsyncs it, renames it
-// over the target and fsyncs the directory, so readers see the old file or the new one, never a
-// torn one. Errors name the file, line, column and key; they never contain secret bytes.
+// write_keyfile_atomic writes a temp file in the same directory (mode 0600, the replaced file's
+// owner and group kept), fsyncs it, renames it over the target and fsyncs the directory, so
+// readers see the old file or the new one, never a torn one. Errors name the file, line, column and key; they never contain secret bytes.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // The key file: parsing, every error with its position, permissions, atomic writes, base64.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -171,6 +172,22 @@ TEST_CASE("write_keyfile_atomic: 0600, round trip, no temp file left, replaces a
   // A directory we cannot write to gives an error, not a crash.
   CHECK_FALSE(write_keyfile_atomic("/nonexistent-dir/keys.toml", *parsed.file, err));
   CHECK(err.find("/nonexistent-dir/keys.toml") != std::string::npos);
+}
+
+TEST_CASE("write_keyfile_atomic keeps the owner of the file it replaces") {
+  if (::geteuid() != 0) return;  // only root can give a file away
+  batv::test::TempDir dir;
+  auto parsed = parse_keyfile(good, "k");
+  REQUIRE(parsed.file);
+  const std::string path = dir.write("keys.toml", good);
+  REQUIRE(::chown(path.c_str(), 65534, 65534) == 0);  // the relay's own user, say
+  std::string err;
+  REQUIRE_MESSAGE(write_keyfile_atomic(path, *parsed.file, err), err);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK(st.st_uid == 65534u);
+  CHECK(st.st_gid == 65534u);
+  CHECK((st.st_mode & 0777) == 0600);
 }
 
 TEST_CASE("base64: RFC 4648 vectors and strict decoding") {
