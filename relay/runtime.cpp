@@ -18,7 +18,8 @@ std::string system_hostname() {
 }
 
 std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& count,
-                                         std::vector<std::string>& errors) {
+                                         std::vector<std::string>& errors,
+                                         std::vector<std::pair<int, std::int64_t>>* created = nullptr) {
   auto keys = conf::load_keyfile(cfg.key_file);
   if (!keys.file) {
     for (const auto& e : keys.errors)
@@ -28,6 +29,8 @@ std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& c
   std::vector<crypto::KeyMaterial> mats;
   for (const auto& k : keys.file->keys)
     mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone()});
+  if (created)
+    for (const auto& k : keys.file->keys) created->emplace_back(k.id, k.created);
   std::string err;
   auto ring = crypto::Keyring::build(mats, err);
   if (!ring) errors.push_back(cfg.key_file + ": " + err);
@@ -45,22 +48,24 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
     return nullptr;
   }
   std::size_t count = 0;
-  auto ring = load_keys(*loaded.config, count, errors);
+  std::vector<std::pair<int, std::int64_t>> created;
+  auto ring = load_keys(*loaded.config, count, errors, &created);
   auto tls = build_tls(*loaded.config, errors);
   if (!ring || !errors.empty()) return nullptr;
   const conf::Config& cfg = *loaded.config;
   const crypto::PrvsParams params = prvs_params(cfg);
   std::string host = cfg.smtp.hostname.empty() ? system_hostname() : cfg.smtp.hostname;
   return std::make_shared<const Runtime>(
-      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(tls)});
+      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(created), std::move(tls)});
 }
 
 std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors) {
   std::size_t count = 0;
-  auto ring = load_keys(current.config, count, errors);
+  std::vector<std::pair<int, std::int64_t>> created;
+  auto ring = load_keys(current.config, count, errors, &created);
   if (!ring) return nullptr;
   return std::make_shared<const Runtime>(
-      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count, current.tls});
+      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count, std::move(created), current.tls});
 }
 
 }  // namespace batv::relay

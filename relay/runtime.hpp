@@ -23,6 +23,7 @@ struct Runtime {
   crypto::PrvsParams prvs;
   std::string hostname;  // config smtp.hostname, or the system host name
   std::size_t key_count = 0;
+  std::vector<std::pair<int, std::int64_t>> key_created;  // (key id, created unix seconds), for metrics
   std::vector<ListenerTls> tls;  // one per listener, same order as config.listeners
 };
 

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "relay/log.hpp"
+#include "relay/metrics.hpp"
 #include "relay/session.hpp"
 
 namespace batv::relay {
@@ -96,6 +97,22 @@ int Server::run() {
         .kv("address", to_string(acc->local_endpoint()))
         .kv("upstream", l.upstream.to_string());
     acceptors_.push_back(std::move(acc));
+  }
+  metrics().set_domains(cfg.domains.verify);
+  metrics().set_keys(rt->keyring.signing_id(), rt->key_created);
+  if (cfg.metrics.listen) {
+    boost::system::error_code ec;
+    const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
+    if (!ec) {
+      metrics_server_ = std::make_unique<MetricsServer>(main, tcp::endpoint(addr, cfg.metrics.listen->port),
+                                                        [this] { return !stopping_; });
+      ec = metrics_server_->start();
+    }
+    if (ec) {
+      log(Level::error, "listen_failed").kv("listener", "metrics").kv("address", cfg.metrics.listen->to_string()).kv("error", ec.message());
+      return 71;
+    }
+    log(Level::info, "metrics_listening").kv("address", to_string(metrics_server_->local_endpoint()));
   }
   for (std::size_t i = 0; i < acceptors_.size(); ++i) asio::co_spawn(main, accept_loop(i), asio::detached);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
@@ -225,10 +242,14 @@ void Server::reload() {
   if (!next) {
     std::string joined;
     for (const auto& e : errors) joined += (joined.empty() ? "" : "; ") + e;
+    metrics().reload(false);
     log(Level::error, "reload").kv("result", "failed").kv("error", joined);
     return;
   }
   runtime_.set(next);
+  metrics().set_domains(next->config.domains.verify);
+  metrics().set_keys(next->keyring.signing_id(), next->key_created);
+  metrics().reload(true);
   log(Level::info, "reload").kv("result", "ok").kv("keys", next->key_count).kv("signing_key", next->keyring.signing_id());
 }
 
@@ -281,6 +302,7 @@ awaitable<void> Server::shutdown() {
       co_await timer.async_wait(asio::use_awaitable);
     }
   }
+  if (metrics_server_) metrics_server_->stop();
   for (auto& c : contexts_) c->stop();
 }
 

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "relay/http.hpp"
 #include "relay/io.hpp"
 #include "relay/runtime.hpp"
 
@@ -54,6 +55,7 @@ class Server {
   std::uint32_t id_prefix_ = 0;
   Registry registry_;
   bool stopping_ = false;
+  std::unique_ptr<MetricsServer> metrics_server_;  // after contexts_: destroyed before them
 };
 
 }  // namespace batv::relay

@@ -8,6 +8,7 @@
 
 #include "relay/client_identity.hpp"
 #include "relay/log.hpp"
+#include "relay/metrics.hpp"
 #include "relay/replies.hpp"
 #include "relay/smtp/data.hpp"
 
@@ -57,6 +58,7 @@ void Session::stop() {
 }
 
 awaitable<void> Session::run() {
+  metrics().session_started(listener_.role);
   try {
     co_await serve();
   } catch (const std::exception& e) {
@@ -65,6 +67,7 @@ awaitable<void> Session::run() {
   }
   up_.close();
   client_.close();
+  metrics().session_ended(listener_.role, end_name());
   auto line = log(Level::info, "session_end");
   line.kv("sid", ctx_.id)
       .kv("client", ctx_.client)
@@ -320,6 +323,7 @@ awaitable<bool> Session::open_upstream() {
   const UpstreamTlsPolicy tls = upstream_tls_policy();
   const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
   if (!ok) {
+    metrics().upstream_error(up_.stage());
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
     if (up_.failure() == Upstream::Failure::tls)
       log(Level::warning, "upstream_tls").kv("sid", ctx_.id).kv("result", "failed").kv("error", up_.detail());
@@ -564,6 +568,7 @@ awaitable<bool> Session::flush() {
   out_.clear();
   if (!co_await write_client(text)) co_return false;
   if (lost) {
+    metrics().upstream_error(phase_ == Phase::mail || phase_ == Phase::rcpt ? phase_name() : "reply");
     if (stop_requested_) {
       end_ = End::shutdown;
       co_await write_client(replies::shutting_down(rt_->hostname));
@@ -809,6 +814,9 @@ void Session::handle_rcpt(std::string_view args) {
     line.kv("domain", at == std::string::npos ? std::string("-") : lower(path.address.substr(at + 1)));
     if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
     line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
+    if (rd.ours && at != std::string::npos)
+      metrics().verdict(lower(path.address.substr(at + 1)), crypto::to_string(rd.verdict));
+    metrics().recipient(listener_.role, to_string(rd.action));
     if (rd.action == RcptAction::refused) {
       ++refused_;
       ++invalid_recipients_;
@@ -826,6 +834,7 @@ void Session::handle_rcpt(std::string_view args) {
   rcpt_cmd += "\r\n";
 
   auto rcpt_result = [this, shared](const smtp::Reply& r) {
+    if (listener_.role == conf::Role::outbound) metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? "relayed" : "refused");
     if (r.code / 100 == 2) {
       ++shared->rcpt_accepted;
       ++recipients_;
@@ -850,6 +859,8 @@ void Session::handle_rcpt(std::string_view args) {
       line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
       if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
       else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
+      if (tx_.decision.sign) metrics().signed_with(tx_.decision.key_id);
+      else metrics().not_signed(crypto::to_string(tx_.decision.reason));
     }
 
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
@@ -927,6 +938,8 @@ std::optional<std::string> Session::data_precondition(bool bdat) {
 
 void Session::count_message(const std::string& reply, std::uint64_t size) {
   const bool accepted = !reply.empty() && reply[0] == '2';
+  metrics().message(listener_.role, accepted);
+  if (accepted) metrics().bytes(listener_.role, size);
   if (accepted) {
     ++messages_;
     if (listener_.role == conf::Role::outbound) ++(tx_.decision.sign ? signed_ : unsigned_);
@@ -955,6 +968,7 @@ awaitable<bool> Session::do_data() {
   std::optional<smtp::Reply> r;
   if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
   if (!r) {
+    metrics().upstream_error("data");
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
     end_ = End::upstream_lost;
     co_await write_client(upstream_failure_reply());
@@ -1019,16 +1033,22 @@ awaitable<bool> Session::do_data() {
     in_begin_ += n;
   }
 
+  const auto t_end_of_data = Clock::now();
+  Clock::duration upstream_wait{};
   std::string reply;
   if (scanner.bare_newline) {
     reply = replies::bare_newline();
   } else if (too_big) {
     reply = replies::size_exceeded();
   } else if (upstream_broke) {
+    metrics().upstream_error("data");
     reply = upstream_failure_reply();
   } else {
+    const auto t_wait = Clock::now();
     auto fin = co_await up_.read_reply(/*final_dot=*/true);
+    upstream_wait = Clock::now() - t_wait;
     if (!fin) {
+      metrics().upstream_error("dot");
       reply = upstream_failure_reply();
       up_.close();
     } else {
@@ -1038,6 +1058,7 @@ awaitable<bool> Session::do_data() {
   }
   if (!up_.connected() && upstream_detail_.empty() && up_.failure() != Upstream::Failure::none)
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+  metrics().latency(std::chrono::duration<double>(Clock::now() - t_end_of_data - upstream_wait).count());
   count_message(reply, size);
   reset_transaction();
   co_return co_await write_client(reply);
@@ -1114,6 +1135,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   std::optional<smtp::Reply> r;
   if (ok) r = co_await up_.read_reply(bdat->last);
   if (!r) {
+    metrics().upstream_error("bdat");
     reply = upstream_failure_reply();
     up_.close();
   } else {

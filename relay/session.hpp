@@ -5,8 +5,9 @@
 // reply of the next hop, sanitised. A message is acknowledged with 250 only after the next hop
 // acknowledged it; every failure on the way gives the client a 4xx or 5xx (relay/replies.hpp).
 // Pipelined commands are relayed as one batch in both directions, replies in order.
-// Memory per session is bounded: one input buffer (max(64 KiB, limits.line_length)), the reply
-// reader's limits, and a bounded queue of pipelined commands.
+// Memory per session is bounded: one input buffer (4 KiB or limits.line_length while reading
+// commands, 64 KiB while a body streams), the reply reader's limits, and a bounded queue of
+// pipelined commands.
 // Every session ends in one place (Session::run) with one `event=session_end` log line.
 #pragma once
 
@@ -114,6 +115,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<std::string> confirmed_client_name();
   std::string monitor_header() const;
   void queue_local(std::string reply);
+  void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
   void refuse(std::string reply);  // a local error reply: queued and counted
   std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
   void handle_mail(std::string_view args);

@@ -44,6 +44,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
                               static_cast<std::size_t>(limits_.reply_lines));
   caps_ = {};
   sock_.reset();
+  stage_ = "connect";
   const IoResult c = co_await connect_for(sock_.socket(), hop.host, hop.port, timeouts_.upstream_connect);
   if (!c) {
     fail(c.timed_out ? Failure::timeout : Failure::unreachable,
@@ -53,6 +54,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   boost::system::error_code ec;
   const auto remote = sock_.socket().remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
+  stage_ = "greeting";
   if (!preamble.empty() && !co_await send(preamble)) co_return false;
   auto greeting = co_await read_reply();
   if (!greeting) co_return false;
@@ -63,6 +65,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   if (!co_await ehlo(our_name)) co_return false;
   if (tls.mode == conf::UpstreamTls::none || tls.ctx == nullptr) co_return true;
   if (!caps_.starttls) {
+    stage_ = "tls";
     if (tls.mode == conf::UpstreamTls::opportunistic) co_return true;
     fail(Failure::tls, "next hop offers no STARTTLS");
     co_return false;
@@ -71,6 +74,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
 }
 
 awaitable<bool> Upstream::ehlo(const std::string& our_name) {
+  stage_ = "ehlo";
   if (!co_await send("EHLO " + our_name + "\r\n")) co_return false;
   auto ehlo = co_await read_reply();
   if (!ehlo) co_return false;
@@ -95,6 +99,7 @@ awaitable<bool> Upstream::ehlo(const std::string& our_name) {
 }
 
 awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_name) {
+  stage_ = "tls";
   if (!co_await send("STARTTLS\r\n")) co_return false;
   auto r = co_await read_reply();
   if (!r) co_return false;
@@ -129,8 +134,9 @@ awaitable<std::optional<smtp::Reply>> Upstream::xclient(const std::string& attri
                                                          const std::string& ehlo_name) {
   if (!co_await send("XCLIENT " + attributes + "\r\n")) co_return std::nullopt;
   auto r = co_await read_reply();
-  if (!r || r->code != 220) co_return r;
-  // XCLIENT_README: the server restarts the session with a new greeting; say EHLO again.
+  // XCLIENT_README: Postfix answers 220 and restarts the session with a new greeting; other
+  // implementations (smtp-sink) answer 250. Either way, say EHLO again.
+  if (!r || r->code / 100 != 2) co_return r;
   if (!co_await send("EHLO " + ehlo_name + "\r\n")) co_return std::nullopt;
   auto ehlo = co_await read_reply();
   if (!ehlo) co_return std::nullopt;

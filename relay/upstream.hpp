@@ -54,6 +54,8 @@ class Upstream {
   [[nodiscard]] const std::string& detail() const { return detail_; }
   [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }
   [[nodiscard]] const std::string& peer() const { return peer_; }
+  // The step open() was at when it failed: connect, greeting, ehlo or tls (for metrics).
+  [[nodiscard]] std::string_view stage() const { return stage_; }
 
  private:
   void fail(Failure f, std::string detail);
@@ -70,6 +72,7 @@ class Upstream {
   Failure failure_ = Failure::none;
   std::string detail_;
   std::string peer_;
+  std::string_view stage_ = "connect";
 };
 
 std::string_view to_string(Upstream::Failure f);
