@@ -602,7 +602,8 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
 constexpr std::string_view kTopKeys[] = {"key_file", "lifetime_days", "hash",     "threads",
                                          "domains",  "listener",      "signing",  "inbound",
                                          "limits",   "timeouts",      "logging",  "metrics",
-                                         "smtp"};
+                                         "smtp",     "process"};
+constexpr std::string_view kProcessKeys[] = {"user", "group", "run_as_root"};
 constexpr std::string_view kSmtpKeys[] = {"hostname", "vrfy"};
 constexpr std::string_view kDomainsKeys[] = {"sign", "verify"};
 constexpr std::string_view kSigningKeys[] = {"exempt_senders", "exempt_destinations"};
@@ -757,6 +758,25 @@ Config Loader::load(const toml::table& root) {
       }
     }
     optional_enum<VrfyReply>(*sm, "vrfy", "smtp.vrfy", kVrfyNames, cfg.smtp.vrfy);
+  }
+
+  // [process]
+  if (const toml::table* pr = sub_table(root, "process", "process")) {
+    check_keys(*pr, "process", kProcessKeys);
+    for (std::string_view key : {std::string_view("user"), std::string_view("group")}) {
+      const toml::node* n = pr->get(key);
+      if (!n) continue;
+      const std::string path = "process." + std::string(key);
+      if (auto v = string_value(*n, path)) {
+        const bool ok = !v->empty() && v->size() <= 32 && std::all_of(v->begin(), v->end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                 c == '-' || c == '.';
+        });
+        if (!ok) error(*n, path, "bad name " + echo_value(*v) + ": 1-32 of letters, digits, '_', '-', '.'");
+        else (key == "user" ? cfg.process.user : cfg.process.group) = *v;
+      }
+    }
+    optional_bool(*pr, "run_as_root", "process.run_as_root", cfg.process.run_as_root);
   }
 
   // [metrics]

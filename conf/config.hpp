@@ -132,6 +132,13 @@ struct Smtp {
   // VRFY and EXPN: 252 ("cannot verify, will attempt delivery", RFC 5321 3.5.3) or 502 (disabled).
   VrfyReply vrfy = VrfyReply::cannot_verify;
 };
+struct Process {
+  // After binding listeners and reading keys and certificates as root, switch to this user (and
+  // group: default the user's primary group). Empty = stay who we are.
+  std::string user, group;
+  // Still root after start-up (no user set, started as root): refused unless this is true.
+  bool run_as_root = false;
+};
 struct Metrics {
   std::optional<HostPort> listen;   // absent = metrics off; IP literal only
 };
@@ -150,6 +157,7 @@ struct Config {
   Timeouts timeouts;
   Logging logging;
   Smtp smtp;
+  Process process;
   Metrics metrics;
 };
 

@@ -3,6 +3,8 @@
 #include <openssl/rand.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -53,6 +55,34 @@ FileStamp stamp_of(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) return {};
   return {true, st.st_dev, st.st_ino, st.st_size,
           static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+// Drops root after the privileged start-up work (binding port 25, reading keys and
+// certificates). Returns an error text, or "" on success.
+std::string drop_privileges(const conf::Process& p) {
+  if (p.user.empty()) {
+    if (::geteuid() == 0 && !p.run_as_root)
+      return "refusing to run as root: set [process] user (or run_as_root = true to insist)";
+    return "";
+  }
+  errno = 0;
+  const passwd* pw = ::getpwnam(p.user.c_str());
+  if (pw == nullptr) return "[process] user: no such user '" + p.user + "'";
+  const uid_t uid = pw->pw_uid;
+  gid_t gid = pw->pw_gid;
+  if (!p.group.empty()) {
+    const group* gr = ::getgrnam(p.group.c_str());
+    if (gr == nullptr) return "[process] group: no such group '" + p.group + "'";
+    gid = gr->gr_gid;
+  }
+  if (::geteuid() != 0) {
+    if (::geteuid() == uid) return "";  // already that user (started by systemd as it)
+    return "[process] user = '" + p.user + "' needs start-up as root";
+  }
+  if (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)
+    return std::string("cannot switch to user '") + p.user + "': " + std::strerror(errno);
+  if (::setuid(0) == 0) return "privileges could be regained after the switch: refusing to run";
+  return "";
 }
 
 }  // namespace
@@ -114,6 +144,13 @@ int Server::run() {
     }
     log(Level::info, "metrics_listening").kv("address", to_string(metrics_server_->local_endpoint()));
   }
+  if (const std::string err = drop_privileges(cfg.process); !err.empty()) {
+    log(Level::error, "privileges").kv("result", "failed").kv("error", err);
+    return 78;  // EX_CONFIG
+  }
+  if (!cfg.process.user.empty())
+    log(Level::info, "privileges").kv("result", "ok").kv("uid", static_cast<std::int64_t>(::getuid()))
+        .kv("gid", static_cast<std::int64_t>(::getgid()));
   for (std::size_t i = 0; i < acceptors_.size(); ++i) asio::co_spawn(main, accept_loop(i), asio::detached);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);

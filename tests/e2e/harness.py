@@ -342,6 +342,9 @@ class Relay:
             out.append(_toml_table("inbound", self.inbound))
         if self.domain_mode is not None:
             out.append(_toml_table("inbound.domain_mode", self.domain_mode))
+        if "[process]" not in self.extra_toml:
+            # The tests run as root (CI) and need the relay to stay able to reread root's key file.
+            out.append("[process]\nrun_as_root = true\n")
         out.append(self.extra_toml)
         return "\n".join(out)
 

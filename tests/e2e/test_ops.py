@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import smtplib
 import sys
 import tempfile
@@ -111,6 +112,54 @@ class OpsTest(unittest.TestCase):
         self.assertTrue(r.logs("shutdown_complete"))
         # The message was never acknowledged, so nothing was half-delivered upstream.
         self.assertFalse(any(t.completed for t in self.mx.transactions()))
+
+
+class PrivilegesTest(unittest.TestCase):
+    """Started as root: the relay drops to [process] user, or refuses to stay root."""
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root")
+        self.dir = tempfile.mkdtemp(prefix="batv-priv-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o711)  # the relay's user must reach the key file in here
+        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        self.mx = ScriptedUpstream()
+        self.addCleanup(self.mx.close)
+
+    def test_refuses_to_stay_root_unless_told(self):
+        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
+                  extra_toml="[process]\nrun_as_root = false\n")
+        r.write_config()
+        p = subprocess.run([RELAY, "--config", r.config_path], capture_output=True, timeout=20)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn(b"refusing to run as root", p.stderr)
+        self.assertNotIn(b"event=ready", p.stderr)
+
+    def test_drops_to_the_configured_user_and_still_reloads_keys(self):
+        os.chown(self.keys.path, 65534, 65534)
+        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
+                  extra_toml='[process]\nuser = "nobody"\n')
+        self.addCleanup(r.close)
+        r.start()
+        rec = r.wait_log(lambda x: x.get("event") == "privileges", 5)
+        self.assertEqual((rec.get("result"), rec.get("uid")), ("ok", "65534"), rec["_raw"])
+        with open("/proc/%d/status" % r.proc.pid) as f:
+            uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
+        self.assertEqual(set(uids), {"65534"})
+        # root rotates; the rewritten file keeps its owner, so the relay (nobody) rereads it.
+        new_id = self.keys.rotate()
+        self.assertEqual(os.stat(self.keys.path).st_uid, 65534)
+        ok = r.wait_logs(lambda x: x.get("event") == "reload", 1, 8)
+        self.assertTrue(ok)
+        rec = r.logs("reload")[0]
+        self.assertEqual((rec.get("result"), rec.get("signing_key")), ("ok", str(new_id)), rec["_raw"])
+        with smtplib.SMTP("127.0.0.1", r.port(), timeout=10) as s:
+            s.sendmail("homer@example.com", ["bart@elsewhere.org"], b"Subject: p\r\n\r\nx\r\n")
+        deadline = time.monotonic() + 5
+        while not self.mx.transactions() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("prvs=%d" % new_id, self.mx.transactions()[-1].mail)
 
 
 def main():
