@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
     relay::configure_logging(rt->config.logging);
     std::signal(SIGPIPE, SIG_IGN);  // a vanished peer is an error code, not a signal
     relay::RuntimeHolder holder(std::move(rt));
-    relay::Server server(holder);
+    relay::Server server(holder, args[1]);
     return server.run();
   }
   std::cerr << usage_text;

@@ -59,13 +59,5 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
       Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(created), std::move(tls)});
 }
 
-std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors) {
-  std::size_t count = 0;
-  std::vector<std::pair<int, std::int64_t>> created;
-  auto ring = load_keys(current.config, count, errors, &created);
-  if (!ring) return nullptr;
-  return std::make_shared<const Runtime>(
-      Runtime{current.config, std::move(*ring), current.prvs, current.hostname, count, std::move(created), current.tls});
-}
 
 }  // namespace batv::relay

@@ -32,8 +32,6 @@ struct Runtime {
 std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
                                             std::vector<std::string>& errors);
 
-// A new Runtime with the same config and a freshly loaded key file (SIGHUP).
-std::shared_ptr<const Runtime> reload_keys(const Runtime& current, std::vector<std::string>& errors);
 
 // The current runtime, swapped atomically.
 class RuntimeHolder {

@@ -87,7 +87,8 @@ std::string drop_privileges(const conf::Process& p) {
 
 }  // namespace
 
-Server::Server(RuntimeHolder& runtime) : runtime_(runtime) {
+Server::Server(RuntimeHolder& runtime, std::string config_path)
+    : runtime_(runtime), config_path_(std::move(config_path)) {
   // A random prefix keeps session ids unique across restarts and relays sharing one log.
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&id_prefix_), sizeof id_prefix_) != 1) id_prefix_ = 0;
 }
@@ -103,30 +104,13 @@ int Server::run() {
   asio::io_context& main = *contexts_[0];
 
   for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
-    const conf::Listener& l = cfg.listeners[i];
-    boost::system::error_code ec;
-    const auto addr = asio::ip::make_address(l.listen.host, ec);
-    if (ec) {
-      log(Level::error, "listen_failed").kv("listener", i).kv("address", l.listen.to_string()).kv("error", ec.message());
-      return 71;
-    }
-    auto acc = std::make_unique<tcp::acceptor>(main);
-    const tcp::endpoint ep(addr, l.listen.port);
-    acc->open(ep.protocol(), ec);
-    if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
-    if (!ec) acc->bind(ep, ec);
-    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-      log(Level::error, "listen_failed").kv("listener", i).kv("address", l.listen.to_string()).kv("error", ec.message());
+    std::string err;
+    auto listening = bind_listener(cfg.listeners[i], i, err);
+    if (!listening) {
+      log(Level::error, "listen_failed").kv("listener", i).kv("address", cfg.listeners[i].listen.to_string()).kv("error", err);
       return 71;  // EX_OSERR
     }
-    log(Level::info, "listening")
-        .kv("listener", i)
-        .kv("role", conf::to_string(l.role))
-        .kv("address", to_string(acc->local_endpoint()))
-        .kv("upstream", l.upstream.to_string());
-    acceptors_.push_back(std::move(acc));
+    acceptors_.push_back(std::move(listening));
   }
   metrics().set_domains(cfg.domains.verify);
   metrics().set_keys(rt->keyring.signing_id(), rt->key_created);
@@ -151,7 +135,7 @@ int Server::run() {
   if (!cfg.process.user.empty())
     log(Level::info, "privileges").kv("result", "ok").kv("uid", static_cast<std::int64_t>(::getuid()))
         .kv("gid", static_cast<std::int64_t>(::getgid()));
-  for (std::size_t i = 0; i < acceptors_.size(); ++i) asio::co_spawn(main, accept_loop(i), asio::detached);
+  for (auto& a : acceptors_) asio::co_spawn(main, accept_loop(a), asio::detached);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
@@ -171,21 +155,48 @@ int Server::run() {
   return 0;
 }
 
-awaitable<void> Server::accept_loop(std::size_t index) {
-  tcp::acceptor& acc = *acceptors_[index];
+std::shared_ptr<Server::Listening> Server::bind_listener(const conf::Listener& l, std::size_t index,
+                                                        std::string& error) {
+  boost::system::error_code ec;
+  const auto addr = asio::ip::make_address(l.listen.host, ec);
+  auto acc = std::make_unique<tcp::acceptor>(*contexts_[0]);
+  const tcp::endpoint ep(addr, l.listen.port);
+  if (!ec) acc->open(ep.protocol(), ec);
+  if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+  if (!ec) acc->bind(ep, ec);
+  if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    error = ec.message();
+    return nullptr;
+  }
+  log(Level::info, "listening")
+      .kv("listener", index)
+      .kv("role", conf::to_string(l.role))
+      .kv("address", to_string(acc->local_endpoint()))
+      .kv("upstream", l.upstream.to_string());
+  auto out = std::make_shared<Listening>();
+  out->acc = std::move(acc);
+  out->address = l.listen.to_string();
+  out->index = index;
+  return out;
+}
+
+awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
+  tcp::acceptor& acc = *listening->acc;
   for (;;) {
     asio::io_context& target = *contexts_[next_context_++ % contexts_.size()];
     auto [ec, sock] = co_await acc.async_accept(target, asio::as_tuple(asio::use_awaitable));
-    if (stopping_ || ec == asio::error::operation_aborted) co_return;
+    if (stopping_ || ec == asio::error::operation_aborted || !acc.is_open()) co_return;
     if (ec) {
       // EMFILE and friends: log, pause briefly so a descriptor shortage does not spin the loop.
-      log(Level::warning, "accept_failed").kv("listener", index).kv("error", ec.message());
+      log(Level::warning, "accept_failed").kv("listener", listening->index).kv("error", ec.message());
       asio::steady_timer t(acc.get_executor());
       t.expires_after(std::chrono::milliseconds(100));
       co_await t.async_wait(asio::use_awaitable);
       continue;
     }
-    start_session(std::move(sock), index);
+    start_session(std::move(sock), listening->index);
   }
 }
 
@@ -268,6 +279,10 @@ awaitable<void> Server::watch_key_file() {
   }
 }
 
+// A complete new runtime (config, key file, keyring, TLS contexts) built off to the side; on any
+// error the old one stays and the log says why. Listeners whose address is unchanged keep their
+// socket; new addresses are bound before anything is committed, so a failed bind (say, port 25
+// after dropping root) fails the whole reload. Sessions keep the runtime they started with.
 void Server::reload() {
   notify_systemd("RELOADING=1");
   struct Ready {
@@ -275,19 +290,66 @@ void Server::reload() {
   } ready;
   const auto current = runtime_.get();
   std::vector<std::string> errors;
-  auto next = reload_keys(*current, errors);
+  auto next = load_runtime(config_path_, errors);
+  auto fail = [&](const std::string& why) {
+    metrics().reload(false);
+    log(Level::error, "reload").kv("result", "failed").kv("error", why);
+  };
   if (!next) {
     std::string joined;
     for (const auto& e : errors) joined += (joined.empty() ? "" : "; ") + e;
-    metrics().reload(false);
-    log(Level::error, "reload").kv("result", "failed").kv("error", joined);
+    fail(joined);
     return;
   }
+  const conf::Config& cfg = next->config;
+  std::vector<std::shared_ptr<Listening>> bound(cfg.listeners.size());
+  std::vector<bool> kept(acceptors_.size(), false);
+  std::vector<std::shared_ptr<Listening>> fresh;
+  for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const std::string address = cfg.listeners[i].listen.to_string();
+    for (std::size_t j = 0; j < acceptors_.size() && !bound[i]; ++j) {
+      if (!kept[j] && acceptors_[j]->address == address) {
+        kept[j] = true;
+        bound[i] = acceptors_[j];
+      }
+    }
+    if (bound[i]) continue;
+    std::string err;
+    bound[i] = bind_listener(cfg.listeners[i], i, err);
+    if (!bound[i]) {
+      for (auto& f : fresh) f->acc->close();
+      fail("listener[" + std::to_string(i) + "].listen " + address + ": " + err);
+      return;
+    }
+    fresh.push_back(bound[i]);
+  }
+  // Commit: the swap, then sockets that are no longer configured close (their loops end).
   runtime_.set(next);
-  metrics().set_domains(next->config.domains.verify);
+  for (std::size_t j = 0; j < acceptors_.size(); ++j) {
+    if (kept[j]) continue;
+    boost::system::error_code ignored;
+    acceptors_[j]->acc->close(ignored);
+    log(Level::info, "listener_closed").kv("address", acceptors_[j]->address);
+  }
+  for (std::size_t i = 0; i < bound.size(); ++i) bound[i]->index = i;
+  acceptors_ = std::move(bound);
+  for (auto& f : fresh) asio::co_spawn(*contexts_[0], accept_loop(f), asio::detached);
+  configure_logging(cfg.logging);
+  // What only a restart changes.
+  if (cfg.threads != current->config.threads) log(Level::warning, "reload_restart_needed").kv("key", "threads");
+  if (cfg.process.user != current->config.process.user || cfg.process.group != current->config.process.group)
+    log(Level::warning, "reload_restart_needed").kv("key", "process");
+  if (cfg.metrics.listen.has_value() != current->config.metrics.listen.has_value() ||
+      (cfg.metrics.listen && cfg.metrics.listen->to_string() != current->config.metrics.listen->to_string()))
+    log(Level::warning, "reload_restart_needed").kv("key", "metrics.listen");
+  metrics().set_domains(cfg.domains.verify);
   metrics().set_keys(next->keyring.signing_id(), next->key_created);
   metrics().reload(true);
-  log(Level::info, "reload").kv("result", "ok").kv("keys", next->key_count).kv("signing_key", next->keyring.signing_id());
+  log(Level::info, "reload")
+      .kv("result", "ok")
+      .kv("keys", next->key_count)
+      .kv("signing_key", next->keyring.signing_id())
+      .kv("listeners", static_cast<std::int64_t>(acceptors_.size()));
 }
 
 awaitable<void> Server::signal_loop() {
@@ -307,9 +369,9 @@ awaitable<void> Server::signal_loop() {
 awaitable<void> Server::shutdown() {
   stopping_ = true;
   notify_systemd("STOPPING=1");
-  for (auto& acc : acceptors_) {
+  for (auto& a : acceptors_) {
     boost::system::error_code ignored;
-    acc->close(ignored);
+    a->acc->close(ignored);
   }
   const auto rt = runtime_.get();
   asio::steady_timer timer(*contexts_[0]);

@@ -25,7 +25,7 @@ class Session;
 
 class Server {
  public:
-  explicit Server(RuntimeHolder& runtime);
+  Server(RuntimeHolder& runtime, std::string config_path);
   ~Server();
   // Binds every listener and serves until SIGTERM/SIGINT. Returns the process exit code.
   int run();
@@ -38,7 +38,15 @@ class Server {
     std::unordered_map<std::uint64_t, std::weak_ptr<Session>> live;
   };
 
-  awaitable<void> accept_loop(std::size_t index);
+  // One bound listening socket. `index` is its listener's position in the current runtime's
+  // config; a reload may renumber it (all on the main context, between accepts).
+  struct Listening {
+    std::unique_ptr<tcp::acceptor> acc;
+    std::string address;  // as configured ("127.0.0.1:10025"): the identity kept across reloads
+    std::size_t index = 0;
+  };
+  std::shared_ptr<Listening> bind_listener(const conf::Listener& l, std::size_t index, std::string& error);
+  awaitable<void> accept_loop(std::shared_ptr<Listening> listening);
   awaitable<void> signal_loop();
   awaitable<void> shutdown();
   awaitable<void> watch_key_file();
@@ -48,7 +56,8 @@ class Server {
 
   RuntimeHolder& runtime_;
   std::vector<std::unique_ptr<asio::io_context>> contexts_;
-  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::string config_path_;
+  std::vector<std::shared_ptr<Listening>> acceptors_;
   std::unique_ptr<asio::signal_set> signals_;
   std::size_t next_context_ = 0;
   std::uint64_t next_id_ = 1;

@@ -114,6 +114,118 @@ class OpsTest(unittest.TestCase):
         self.assertFalse(any(t.completed for t in self.mx.transactions()))
 
 
+class ReloadTest(unittest.TestCase):
+    """SIGHUP builds a whole new runtime (config, keys, TLS) off to the side and swaps it in."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="batv-reload-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        self.mx = ScriptedUpstream()
+        self.addCleanup(self.mx.close)
+        self.r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False)
+        self.addCleanup(self.r.close)
+        self.r.start()
+
+    def reload(self, n):
+        self.r.send_signal(signal.SIGHUP)
+        self.assertTrue(self.r.wait_logs(lambda x: x.get("event") == "reload", n, 8))
+        return self.r.logs("reload")[n - 1]
+
+    def send(self, port=None, sender="homer@example.com"):
+        before = len(self.mx.transactions())
+        with smtplib.SMTP("127.0.0.1", port or self.r.port(), timeout=10) as s:
+            s.sendmail(sender, ["bart@elsewhere.org"], b"Subject: r\r\n\r\nx\r\n")
+        deadline = time.monotonic() + 5
+        while len(self.mx.transactions()) <= before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.mx.transactions()[-1].mail
+
+    def test_config_change_applies_to_new_sessions_only(self):
+        self.assertIn("prvs=", self.send())
+        old = SmtpClient(self.r.port())  # a session that starts before the reload
+        self.addCleanup(old.close)
+        self.assertEqual(old.read_reply().code, 220)
+        self.r.signing = {"exempt_senders": ["homer@example.com"]}
+        self.r.write_config()
+        rec = self.reload(1)
+        self.assertEqual(rec.get("result"), "ok", rec["_raw"])
+        self.assertNotIn("prvs=", self.send())  # new session: the new config
+        before = len(self.mx.transactions())
+        self.assertEqual(old.cmd("EHLO x").code, 250)  # old session: its own snapshot
+        self.assertEqual(old.cmd("MAIL FROM:<homer@example.com>").code, 250)
+        self.assertEqual(old.cmd("RCPT TO:<bart@elsewhere.org>").code, 250)
+        deadline = time.monotonic() + 5
+        while len(self.mx.transactions()) <= before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The old session's transaction (MAIL+RCPT, no DATA yet) was signed by the old config.
+        pending = [t.mail for t in self.mx.transactions() if not t.completed]
+        self.assertEqual(len(pending), 1, pending)
+        self.assertIn("prvs=", pending[0])
+
+    def test_broken_config_keeps_the_old_runtime(self):
+        with open(self.r.config_path, "a") as f:
+            f.write("\nlifetime_days = 99\n")
+        rec = self.reload(1)
+        self.assertEqual(rec.get("result"), "failed", rec["_raw"])
+        self.assertIn("lifetime_days", rec.get("error", ""))
+        self.assertIn("prvs=", self.send())
+
+    def test_listeners_are_rebound_only_when_their_address_changes(self):
+        first = self.r.port()
+        self.r.listeners.append({"upstream": self.mx.port, "role": "outbound"})
+        self.r.write_config()
+        # Both listeners now say 127.0.0.1:0; give the second its own loopback address.
+        with open(self.r.config_path) as f:
+            text = f.read()
+        idx = text.rfind('listen = "127.0.0.1:0"')
+        text = text[:idx] + 'listen = "127.0.0.2:0"' + text[idx + len('listen = "127.0.0.1:0"'):]
+        with open(self.r.config_path, "w") as f:
+            f.write(text)
+        rec = self.reload(1)
+        self.assertEqual((rec.get("result"), rec.get("listeners")), ("ok", "2"), rec["_raw"])
+        new = [x for x in self.r.logs("listening") if x.get("address", "").startswith("127.0.0.2:")]
+        self.assertEqual(len(new), 1)
+        port2 = int(new[0]["address"].rsplit(":", 1)[1])
+        self.assertIn("prvs=", self.send(first))  # the first socket was kept, same port
+        with smtplib.SMTP("127.0.0.2", port2, timeout=10) as s:
+            s.sendmail("homer@example.com", ["bart@elsewhere.org"], b"Subject: r\r\n\r\nx\r\n")
+        # Drop the second listener again: its socket closes.
+        with open(self.r.config_path, "w") as f:
+            f.write(text[:text.rfind("[[listener]]")] + text[text.find("\n[", text.rfind("[[listener]]") + 1):])
+        rec = self.reload(2)
+        self.assertEqual((rec.get("result"), rec.get("listeners")), ("ok", "1"), rec["_raw"])
+        self.assertTrue(self.r.wait_log(lambda x: x.get("event") == "listener_closed", 5))
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.2", port2), timeout=2)
+        self.assertIn("prvs=", self.send(first))
+
+    def test_reload_under_load_loses_no_transaction(self):
+        import threading
+        results = []
+
+        def load():
+            for _ in range(40):
+                try:
+                    with smtplib.SMTP("127.0.0.1", self.r.port(), timeout=10) as s:
+                        s.sendmail("homer@example.com", ["bart@elsewhere.org"], b"Subject: l\r\n\r\nx\r\n")
+                    results.append(True)
+                except Exception as e:  # noqa: BLE001 - any failure is the finding
+                    results.append(repr(e))
+
+        t = threading.Thread(target=load)
+        t.start()
+        for n in range(1, 9):
+            time.sleep(0.1)
+            self.assertEqual(self.reload(n).get("result"), "ok")
+        t.join(60)
+        self.assertEqual(results, [True] * 40)
+        deadline = time.monotonic() + 5
+        while sum(1 for x in self.mx.transactions() if x.completed) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(sum(1 for x in self.mx.transactions() if x.completed), 40)
+
+
 class PrivilegesTest(unittest.TestCase):
     """Started as root: the relay drops to [process] user, or refuses to stay root."""
 
