@@ -16,7 +16,10 @@ namespace batv::relay {
 
 namespace {
 
-constexpr std::size_t min_input_buffer = 64 * 1024;  // streaming chunk; lines are bounded separately
+// The input buffer is small while the session reads commands and grows for a message body only:
+// held-open sessions then cost a few KiB each, and a body still streams in 64 KiB reads.
+constexpr std::size_t command_buffer = 4 * 1024;
+constexpr std::size_t stream_buffer = 64 * 1024;
 constexpr std::size_t max_pending = 100;             // pipelined commands held before a forced flush
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
@@ -44,7 +47,7 @@ Session::Session(tcp::socket client, SessionContext ctx)
       cfg_(rt_->config),
       listener_(cfg_.listeners.at(ctx_.listener)),
       up_(client_.get_executor(), cfg_.limits, cfg_.timeouts),
-      in_(std::max<std::size_t>(min_input_buffer, static_cast<std::size_t>(cfg_.limits.line_length) + 2)) {
+      in_(std::max<std::size_t>(command_buffer, static_cast<std::size_t>(cfg_.limits.line_length) + 2)) {
   tx_.shared = std::make_shared<TxShared>();
 }
 
@@ -273,6 +276,18 @@ awaitable<bool> Session::write_client(std::string_view text) {
     co_return false;
   }
   co_return true;
+}
+
+void Session::resize_input(std::size_t n) {
+  if (in_begin_ > 0) {
+    std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+    in_end_ -= in_begin_;
+    in_begin_ = 0;
+  }
+  n = std::max({n, in_end_, static_cast<std::size_t>(cfg_.limits.line_length) + 2});
+  if (n == in_.size()) return;
+  in_.resize(n);
+  in_.shrink_to_fit();
 }
 
 void Session::queue_local(std::string reply) {
@@ -518,9 +533,11 @@ awaitable<bool> Session::forward_client_identity() {
   if (attributes.empty()) co_return true;
   auto r = co_await up_.xclient(attributes, client_helo_);
   if (!r) co_return false;
-  auto line = log(r->code == 220 ? Level::info : Level::warning, "xclient");
-  line.kv("sid", ctx_.id).kv("result", r->code == 220 ? "ok" : "failed").kv("attributes", attributes);
-  if (r->code != 220) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, 200));
+  // Postfix answers 220 (a new greeting), smtp-sink 250: any 2xx took.
+  const bool ok = r->code / 100 == 2;
+  auto line = log(ok ? Level::info : Level::warning, "xclient");
+  line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed").kv("attributes", attributes);
+  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, 200));
   co_return true;
 }
 
@@ -990,6 +1007,7 @@ awaitable<bool> Session::do_data() {
   }
 
   // Stream the body: constant memory, bytes forwarded exactly as received.
+  resize_input(stream_buffer);
   const auto data_deadline = Clock::now() + cfg_.timeouts.data;
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
   smtp::DataScanner scanner;
@@ -1061,6 +1079,7 @@ awaitable<bool> Session::do_data() {
   metrics().latency(std::chrono::duration<double>(Clock::now() - t_end_of_data - upstream_wait).count());
   count_message(reply, size);
   reset_transaction();
+  resize_input(command_buffer);
   co_return co_await write_client(reply);
 }
 
@@ -1104,6 +1123,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   }
   phase_ = Phase::bdat;
   tx_.bdat_used = true;
+  resize_input(stream_buffer);
   tx_.bdat_bytes += bdat->size;
 
   // Inbound monitor mode: the X-BATV-Status line travels in front of the first chunk.
@@ -1146,6 +1166,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (bdat->last) {
     count_message(reply, tx_.bdat_bytes);
     reset_transaction();
+    resize_input(command_buffer);
   } else if (reply_is_error(reply)) {
     ++errors_;
   }
