@@ -40,6 +40,7 @@ pipelined after the STARTTLS line, discarded).
 import hashlib
 import hmac
 import os
+import sys
 import re
 import select
 import shutil
@@ -1343,3 +1344,35 @@ def smtp_dialogue(port, items, pipelined=False, timeout=10.0, greeting=True, hos
 
 def tmpdir(prefix="batv-e2e-"):
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+class RelayLogMixin:
+    """For unittest.TestCase subclasses: a relay that died by itself fails the test, and a failed
+    test prints the relay's log tail (all of it with BATV_E2E_LOGS=1). Register both with
+    watch_relay(relay) right after creating the Relay."""
+
+    def watch_relay(self, relay):
+        self.addCleanup(self._show_logs, relay)   # runs after close (cleanups are LIFO)
+        self.addCleanup(relay.close)
+        self.addCleanup(self._check_alive, relay)  # runs before close
+
+    def _check_alive(self, relay):
+        """A relay that died by itself (crash, abort, sanitizer) fails the test."""
+        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
+            relay.close()
+            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
+                                 % (relay.proc.returncode,
+                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
+
+    def _show_logs(self, relay):
+        # Cleanups run inside unittest's own bookkeeping, where _outcome.success reads True;
+        # the result object already lists this test when it failed.
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        failed = result is not None and any(
+            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
+        if failed or os.environ.get("BATV_E2E_LOGS"):
+            lines = relay.stderr_text().splitlines()
+            if not os.environ.get("BATV_E2E_LOGS"):
+                lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
+            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
+                             % (self.id(), "\n".join(lines)))

@@ -33,7 +33,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DAY, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
+from harness import (RelayLogMixin, DAY, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
                      dot_stuff, expected_tag, tag_matches, tmpdir, wait_until)
 
 RELAY = KEYS = None
@@ -92,7 +92,7 @@ def local_for(verdict, domain="example.com"):
 
 
 # =============================================================================================
-class InboundTestCase(unittest.TestCase):
+class InboundTestCase(RelayLogMixin, unittest.TestCase):
     """Per test: a temporary directory, a key file, and helpers that register every process,
     thread and socket for cleanup (run even when setUp or the test fails half way)."""
 
@@ -122,32 +122,11 @@ class InboundTestCase(unittest.TestCase):
         r = Relay(RELAY, self.dir, self.keys, listeners=listeners, start=False,
                   verify_domains=kw.pop("verify_domains", VERIFY_DOMAINS), inbound=inbound,
                   domain_mode=domain_mode, config_name=config_name, **kw)
-        self.addCleanup(self._show_logs, r)   # runs after close (cleanups are LIFO)
-        self.addCleanup(r.close)
-        self.addCleanup(self._check_alive, r)  # runs before close
+        self.watch_relay(r)
         rc, out = r.check_config()
         self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
         r.start()
         return r
-
-    def _check_alive(self, relay):
-        """A relay that died by itself (crash, abort, sanitizer) fails the test."""
-        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
-            relay.close()
-            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
-                                 % (relay.proc.returncode,
-                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
-
-    def _show_logs(self, relay):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-        if failed or os.environ.get("BATV_E2E_LOGS"):
-            lines = relay.stderr_text().splitlines()
-            if not os.environ.get("BATV_E2E_LOGS"):
-                lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
-            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
-                             % (self.id(), "\n".join(lines)))
 
     def client(self, relay, listener=0, timeout=10.0):
         c = SmtpClient(relay.port(listener), timeout)

@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
+from harness import (RelayLogMixin, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
                      expected_tag, tmpdir, wait_until)
 
 RELAY = KEYS = None
@@ -154,7 +154,7 @@ class Exposition:
 
 
 # ---------------------------------------------------------------------------------------------
-class MetricsTestCase(unittest.TestCase):
+class MetricsTestCase(RelayLogMixin, unittest.TestCase):
 
     def setUp(self):
         self._tmp = tmpdir()
@@ -177,9 +177,7 @@ class MetricsTestCase(unittest.TestCase):
                   listeners=[{"role": "outbound", "upstream": smarthost.port},
                              {"role": "inbound", "upstream": mx.port}],
                   verify_domains=["example.com"], extra_toml=METRICS_TOML, start=False)
-        self.addCleanup(self._show_logs, r)   # runs after close (cleanups are LIFO)
-        self.addCleanup(r.close)
-        self.addCleanup(self._check_alive, r)  # runs before close
+        self.watch_relay(r)
         rc, out = r.check_config()
         self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
         r.start()
@@ -191,25 +189,6 @@ class MetricsTestCase(unittest.TestCase):
         self.assertNotEqual(self.metrics_port, 0, rec["_raw"])
         return r, smarthost, mx
 
-    def _check_alive(self, relay):
-        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
-            relay.close()
-            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
-                                 % (relay.proc.returncode,
-                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
-
-    def _show_logs(self, relay):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-        if failed or os.environ.get("BATV_E2E_LOGS"):
-            lines = relay.stderr_text().splitlines()
-            if not os.environ.get("BATV_E2E_LOGS"):
-                lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
-            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
-                             % (self.id(), "\n".join(lines)))
-
-    # -- HTTP --
     def http(self, path, method="GET"):
         """(status, headers, body text) of one request to the metrics listener."""
         req = urllib.request.Request("http://%s:%d%s" % (HOST, self.metrics_port, path),

@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_CAPS, HOST, MiB, SMTP_SINK, SMTP_SOURCE, KeyFile,  # noqa: E402
+from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, MiB, SMTP_SINK, SMTP_SOURCE, KeyFile,  # noqa: E402
                      Relay, ScriptedUpstream, SmtpClient, SmtpSink, closed_port, dot_stuff,
                      expected_tag, smtp_dialogue, tag_matches, tmpdir, wait_until)
 
@@ -40,7 +40,7 @@ FAST = {"idle": 5, "command": 5, "upstream_connect": 2, "upstream_reply": 2,
         "upstream_data_reply": 2, "shutdown_grace": 1}
 
 
-class RelayTestCase(unittest.TestCase):
+class RelayTestCase(RelayLogMixin, unittest.TestCase):
     """Per test: a temporary directory, a key file, and helpers that register every process,
     thread and socket for cleanup (run even when setUp or the test fails half way)."""
 
@@ -58,32 +58,9 @@ class RelayTestCase(unittest.TestCase):
 
     def relay(self, upstream_port, **kw):
         r = Relay(RELAY, self.dir, self.keys, upstream_port, start=False, **kw)
-        self.addCleanup(self._show_logs, r)   # runs after close (cleanups are LIFO)
-        self.addCleanup(r.close)
-        self.addCleanup(self._check_alive, r)  # runs before close
+        self.watch_relay(r)
         r.start()
         return r
-
-    def _check_alive(self, relay):
-        """A relay that died by itself (crash, abort, sanitizer) fails the test."""
-        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
-            relay.close()
-            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
-                                 % (relay.proc.returncode,
-                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
-
-    def _show_logs(self, relay):
-        # Cleanups run inside unittest's own bookkeeping, where _outcome.success reads True;
-        # the result object already lists this test when it failed.
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-        if failed or os.environ.get("BATV_E2E_LOGS"):
-            lines = relay.stderr_text().splitlines()
-            if not os.environ.get("BATV_E2E_LOGS"):
-                lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
-            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
-                             % (self.id(), "\n".join(lines)))
 
     def client(self, relay_or_port, timeout=10.0):
         port = relay_or_port if isinstance(relay_or_port, int) else relay_or_port.port()

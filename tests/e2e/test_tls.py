@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_CAPS, HOST, KeyFile, Relay, ScriptedUpstream,  # noqa: E402
+from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, KeyFile, Relay, ScriptedUpstream,  # noqa: E402
                      SmtpClient, tmpdir, wait_until)
 import tlsutil  # noqa: E402
 
@@ -41,7 +41,7 @@ FAST = {"idle": 5, "command": 5, "upstream_connect": 2, "upstream_reply": 2,
 NEXT_HOP_TLS_UNAVAILABLE = "4.7.0 relay.test next hop TLS unavailable, try again later"
 
 
-class TlsTestCase(unittest.TestCase):
+class TlsTestCase(RelayLogMixin, unittest.TestCase):
     """Per test: a temporary directory with a key file and the test certificates, and helpers
     that register every process, thread and socket for cleanup."""
 
@@ -74,33 +74,12 @@ class TlsTestCase(unittest.TestCase):
     def relay(self, listeners, timeouts=FAST, **kw):
         r = Relay(RELAY, self.dir, self.keys, listeners=listeners, start=False,
                   timeouts=timeouts, **kw)
-        self.addCleanup(self._show_logs, r)   # runs after close (cleanups are LIFO)
-        self.addCleanup(r.close)
-        self.addCleanup(self._check_alive, r)  # runs before close
+        self.watch_relay(r)
         rc, out = r.check_config()
         self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
         r.start()
         return r
 
-    def _check_alive(self, relay):
-        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
-            relay.close()
-            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
-                                 % (relay.proc.returncode,
-                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
-
-    def _show_logs(self, relay):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-        if failed or os.environ.get("BATV_E2E_LOGS"):
-            lines = relay.stderr_text().splitlines()
-            if not os.environ.get("BATV_E2E_LOGS"):
-                lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
-            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
-                             % (self.id(), "\n".join(lines)))
-
-    # -- clients --
     def client(self, port, timeout=10.0):
         c = SmtpClient(port, timeout)
         self.addCleanup(c.close)
