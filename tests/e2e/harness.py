@@ -1376,3 +1376,17 @@ class RelayLogMixin:
                 lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
             sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
                              % (self.id(), "\n".join(lines)))
+
+
+def run_tests(module_globals):
+    """The shared main() of the e2e files: `--relay PATH --keys PATH` set the module's RELAY and
+    KEYS (absolute paths); every other argument goes to unittest."""
+    import argparse
+    import unittest
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--relay", required=True)
+    ap.add_argument("--keys", required=True)
+    args, rest = ap.parse_known_args()
+    module_globals["RELAY"] = os.path.abspath(args.relay)
+    module_globals["KEYS"] = os.path.abspath(args.keys)
+    unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest, verbosity=2)

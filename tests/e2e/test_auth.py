@@ -9,7 +9,6 @@ let authenticated clients relay from outside allow_clients when allow_authentica
 
 Usage: test_auth.py --relay PATH/batv-relay --keys PATH/batv-keys
 """
-import argparse
 import base64
 import os
 import smtplib
@@ -22,6 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import KeyFile, Relay, SmtpClient  # noqa: E402
 import tlsutil  # noqa: E402
 
@@ -254,13 +254,7 @@ class AuthTest(unittest.TestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = args.relay, args.keys
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

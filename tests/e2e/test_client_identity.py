@@ -20,13 +20,13 @@ saw for the accepted message (spec "Client identity to the next hop"):
 
 Set BATV_E2E_LOGS=1 to print every relay and Postfix log; failed tests print their tails.
 """
-import argparse
 import os
 import socket
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import HOST, KeyFile, Relay, SmtpClient, tmpdir  # noqa: E402
 from postfix import PostfixInstance  # noqa: E402
 
@@ -334,13 +334,7 @@ class ClientIdentityTest(unittest.TestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = os.path.abspath(args.relay), os.path.abspath(args.keys)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ untagged = the plain address.
 
 Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is always printed.
 """
-import argparse
 import os
 import signal
 import smtplib
@@ -33,6 +32,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import (RelayLogMixin, DAY, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
                      dot_stuff, expected_tag, tag_matches, tmpdir, wait_until)
 
@@ -1020,13 +1020,7 @@ class LogTest(InboundTestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = os.path.abspath(args.relay), os.path.abspath(args.keys)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ The contract checked (issue 6, relay/metrics.hpp):
 
 Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is always printed.
 """
-import argparse
 import math
 import os
 import re
@@ -41,6 +40,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import (RelayLogMixin, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
                      expected_tag, tmpdir, wait_until)
 
@@ -426,13 +426,7 @@ class MetricsTestCase(RelayLogMixin, unittest.TestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = os.path.abspath(args.relay), os.path.abspath(args.keys)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

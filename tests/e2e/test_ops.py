@@ -4,7 +4,6 @@ graceful shutdown, through the real binary.
 
 Usage: test_ops.py --relay PATH/batv-relay --keys PATH/batv-keys
 """
-import argparse
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import KeyFile, Relay, ScriptedUpstream, SmtpClient  # noqa: E402
 
 RELAY = KEYS = None
@@ -275,13 +275,7 @@ class PrivilegesTest(unittest.TestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = args.relay, args.keys
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ faults, client input errors and limits, timeouts, session_end accounting, SIGTER
 
 Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is always printed.
 """
-import argparse
 import hashlib
 import os
 import signal
@@ -24,6 +23,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, MiB, SMTP_SINK, SMTP_SOURCE, KeyFile,  # noqa: E402
                      Relay, ScriptedUpstream, SmtpClient, SmtpSink, closed_port, dot_stuff,
                      expected_tag, smtp_dialogue, tag_matches, tmpdir, wait_until)
@@ -1143,13 +1143,7 @@ class SignalTest(RelayTestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = os.path.abspath(args.relay), os.path.abspath(args.keys)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ harness.ScriptedUpstream, which can offer STARTTLS with a given certificate.
 
 Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is always printed.
 """
-import argparse
 import os
 import re
 import smtplib
@@ -24,6 +23,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, KeyFile, Relay, ScriptedUpstream,  # noqa: E402
                      SmtpClient, tmpdir, wait_until)
 import tlsutil  # noqa: E402
@@ -781,13 +781,7 @@ class TlsConfigTest(TlsTestCase):
 
 
 def main():
-    global RELAY, KEYS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--keys", required=True)
-    args, rest = ap.parse_known_args()
-    RELAY, KEYS = os.path.abspath(args.relay), os.path.abspath(args.keys)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    harness.run_tests(globals())
 
 
 if __name__ == "__main__":

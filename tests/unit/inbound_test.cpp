@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "conf/config.hpp"
+#include "tests/unit/fixtures.hpp"
 #include "relay/client_identity.hpp"
 #include "relay/policy.hpp"
 
@@ -12,22 +13,10 @@ using relay::RcptAction;
 namespace {
 
 conf::Config config_from(const std::string& extra) {
-  const std::string text = "key_file = \"k\"\n[domains]\nsign = [\"example.com\", \"example.org\"]\n"
-                           "[[listener]]\nrole = \"inbound\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n" +
-                           extra;
-  auto r = conf::load_config_string(text, "t.toml", "");
-  REQUIRE_MESSAGE(r.config.has_value(), (r.errors.empty() ? "" : conf::format(r.errors[0])));
-  return std::move(*r.config);
+  return test::config_from("inbound", "[\"example.com\", \"example.org\"]", extra);
 }
-
-crypto::Keyring ring() {
-  std::vector<crypto::KeyMaterial> m;
-  m.push_back({3, true, crypto::Secret(std::string_view("secretkey"))});
-  std::string err;
-  return std::move(*crypto::Keyring::build(m, err));
-}
-
-constexpr std::int64_t T1 = 1700000000;
+crypto::Keyring ring() { return test::spec_ring(); }
+using test::T1;
 const char* const kValid = "prvs=368291fcbb=user@example.com";
 const char* const kBadSig = "prvs=368291fcbc=user@example.com";
 const char* const kUnknown = "prvs=468291fcbb=user@example.com";

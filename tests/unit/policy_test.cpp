@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include "conf/config.hpp"
+#include "tests/unit/fixtures.hpp"
 #include "relay/log.hpp"
 #include "relay/policy.hpp"
 
@@ -10,22 +11,10 @@ using namespace batv;
 namespace {
 
 conf::Config config_from(const std::string& extra) {
-  const std::string text = "key_file = \"k\"\n[domains]\nsign = [\"example.com\", \"Example.NET\"]\n"
-                           "[[listener]]\nrole = \"outbound\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n" +
-                           extra;
-  auto r = conf::load_config_string(text, "t.toml", "");
-  REQUIRE_MESSAGE(r.config.has_value(), (r.errors.empty() ? "" : conf::format(r.errors[0])));
-  return std::move(*r.config);
+  return test::config_from("outbound", "[\"example.com\", \"Example.NET\"]", extra);
 }
-
-crypto::Keyring ring() {
-  std::vector<crypto::KeyMaterial> m;
-  m.push_back({3, true, crypto::Secret(std::string_view("secretkey"))});
-  std::string err;
-  return std::move(*crypto::Keyring::build(m, err));
-}
-
-constexpr std::int64_t T1 = 1700000000;
+crypto::Keyring ring() { return test::spec_ring(); }
+using test::T1;
 
 }  // namespace
 
