@@ -11,42 +11,96 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 Clock::duration at_least_zero(Clock::duration d) { return d < Clock::duration::zero() ? Clock::duration::zero() : d; }
 }  // namespace
 
+// --- The watchdog -----------------------------------------------------------------------------------
+
+struct Stream::Watchdog {
+  explicit Watchdog(tcp::socket& s) : timer(s.get_executor()), sock(&s) {}
+  asio::steady_timer timer;
+  tcp::socket* sock;
+  Clock::time_point deadline = Clock::time_point::max();  // of the operation in progress
+  Clock::time_point armed_for{};                          // expiry of the pending wait
+  std::uint64_t generation = 0;                           // a re-armed wait supersedes the old one
+  bool active = false;                                    // an operation is in progress
+  bool waiting = false;                                   // a wait is pending
+  bool fired = false;                                     // the watchdog cancelled the operation
+};
+
+namespace {
+// The handler holds a weak_ptr: a Stream destroyed with a wait pending destroys the timer, whose
+// cancelled handler then finds nothing to do.
+void arm(const std::shared_ptr<Stream::Watchdog>& dog) {
+  Stream::Watchdog& w = *dog;
+  w.timer.expires_at(w.deadline);  // cancels a pending wait; its handler sees an old generation
+  w.armed_for = w.deadline;
+  w.waiting = true;
+  const std::uint64_t generation = ++w.generation;
+  w.timer.async_wait([weak = std::weak_ptr<Stream::Watchdog>(dog), generation](const boost::system::error_code&) {
+    const auto d = weak.lock();
+    if (!d || d->generation != generation) return;
+    d->waiting = false;
+    if (!d->active) return;  // armed again by the next operation
+    if (Clock::now() >= d->deadline) {
+      d->fired = true;
+      boost::system::error_code ignored;
+      d->sock->cancel(ignored);
+    } else {
+      arm(d);  // the deadline moved on since this wait was armed
+    }
+  });
+}
+}  // namespace
+
+Stream::Stream(tcp::socket s) : sock_(std::move(s)), dog_(std::make_shared<Watchdog>(sock_)) {}
+Stream::Stream(asio::any_io_executor ex) : sock_(ex), dog_(std::make_shared<Watchdog>(sock_)) {}
+Stream::~Stream() = default;
+
+void Stream::begin_op(Clock::duration limit) {
+  Watchdog& d = *dog_;
+  const auto now = Clock::now();
+  d.active = true;
+  d.fired = false;
+  limit = at_least_zero(limit);
+  d.deadline = limit >= Clock::time_point::max() - now ? Clock::time_point::max() : now + limit;
+  if (d.deadline == Clock::time_point::max()) return;
+  if (!d.waiting || d.armed_for > d.deadline) arm(dog_);
+}
+
+bool Stream::end_op() {
+  Watchdog& d = *dog_;
+  d.active = false;
+  const bool fired = d.fired;
+  d.fired = false;
+  return fired;
+}
+
 namespace {
 template <class AsyncStream>
-awaitable<IoResult> read_some_on(AsyncStream& s, asio::any_io_executor ex, asio::mutable_buffer buf,
-                                 Clock::duration limit) {
-  asio::steady_timer timer(ex);
-  timer.expires_after(at_least_zero(limit));
-  auto r = co_await (s.async_read_some(buf, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
-  if (r.index() == 0) {
-    auto [ec, n] = std::get<0>(r);
-    co_return IoResult{ec, n, false};
-  }
-  co_return IoResult{asio::error::timed_out, 0, true};
+awaitable<IoResult> read_some_on(AsyncStream& s, Stream& st, asio::mutable_buffer buf, Clock::duration limit) {
+  st.begin_op(limit);
+  std::tuple<boost::system::error_code, std::size_t> r = co_await s.async_read_some(buf, as_tuple_awaitable);
+  const bool fired = st.end_op();
+  if (std::get<0>(r) && fired) co_return IoResult{asio::error::timed_out, 0, true};
+  co_return IoResult{std::get<0>(r), std::get<1>(r), false};
 }
 
 template <class AsyncStream>
-awaitable<IoResult> write_all_on(AsyncStream& s, asio::any_io_executor ex, asio::const_buffer buf,
-                                 Clock::duration limit) {
-  asio::steady_timer timer(ex);
-  timer.expires_after(at_least_zero(limit));
-  auto r = co_await (asio::async_write(s, buf, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
-  if (r.index() == 0) {
-    auto [ec, n] = std::get<0>(r);
-    co_return IoResult{ec, n, false};
-  }
-  co_return IoResult{asio::error::timed_out, 0, true};
+awaitable<IoResult> write_all_on(AsyncStream& s, Stream& st, asio::const_buffer buf, Clock::duration limit) {
+  st.begin_op(limit);
+  std::tuple<boost::system::error_code, std::size_t> r = co_await asio::async_write(s, buf, as_tuple_awaitable);
+  const bool fired = st.end_op();
+  if (std::get<0>(r) && fired) co_return IoResult{asio::error::timed_out, 0, true};
+  co_return IoResult{std::get<0>(r), std::get<1>(r), false};
 }
 }  // namespace
 
 awaitable<IoResult> read_some_for(Stream& s, asio::mutable_buffer buf, Clock::duration limit) {
-  if (auto* t = s.tls_stream()) co_return co_await read_some_on(*t, s.get_executor(), buf, limit);
-  co_return co_await read_some_on(s.socket(), s.get_executor(), buf, limit);
+  if (auto* t = s.tls_stream()) co_return co_await read_some_on(*t, s, buf, limit);
+  co_return co_await read_some_on(s.socket(), s, buf, limit);
 }
 
 awaitable<IoResult> write_all_for(Stream& s, asio::const_buffer buf, Clock::duration limit) {
-  if (auto* t = s.tls_stream()) co_return co_await write_all_on(*t, s.get_executor(), buf, limit);
-  co_return co_await write_all_on(s.socket(), s.get_executor(), buf, limit);
+  if (auto* t = s.tls_stream()) co_return co_await write_all_on(*t, s, buf, limit);
+  co_return co_await write_all_on(s.socket(), s, buf, limit);
 }
 
 awaitable<IoResult> Stream::handshake(asio::ssl::context& ctx, asio::ssl::stream_base::handshake_type type,
@@ -104,20 +158,30 @@ void Stream::reset() {
 awaitable<IoResult> connect_for(tcp::socket& s, const std::string& host, std::uint16_t port,
                                 Clock::duration limit) {
   const auto deadline = Clock::now() + limit;
-  tcp::resolver resolver(s.get_executor());
   asio::steady_timer timer(s.get_executor());
   timer.expires_at(deadline);
-  auto rr = co_await (resolver.async_resolve(host, std::to_string(port), as_tuple_awaitable) ||
-                      timer.async_wait(as_tuple_awaitable));
-  if (rr.index() != 0) co_return IoResult{asio::error::timed_out, 0, true};
-  auto [rec, endpoints] = std::get<0>(rr);
-  if (rec) co_return IoResult{rec, 0, false};
-  timer.expires_at(deadline);
-  auto cr = co_await (asio::async_connect(s, endpoints, as_tuple_awaitable) ||
-                      timer.async_wait(as_tuple_awaitable));
-  if (cr.index() != 0) co_return IoResult{asio::error::timed_out, 0, true};
-  auto [cec, ep] = std::get<0>(cr);
-  (void)ep;
+  boost::system::error_code cec;
+  boost::system::error_code literal;
+  const auto address = asio::ip::make_address(host, literal);
+  if (!literal) {
+    // An IP literal: no resolver, whose helper thread costs two context switches per connection.
+    const tcp::endpoint ep(address, port);
+    auto cr = co_await (s.async_connect(ep, as_tuple_awaitable) || timer.async_wait(as_tuple_awaitable));
+    if (cr.index() != 0) co_return IoResult{asio::error::timed_out, 0, true};
+    cec = std::get<0>(std::get<0>(cr));
+  } else {
+    tcp::resolver resolver(s.get_executor());
+    auto rr = co_await (resolver.async_resolve(host, std::to_string(port), as_tuple_awaitable) ||
+                        timer.async_wait(as_tuple_awaitable));
+    if (rr.index() != 0) co_return IoResult{asio::error::timed_out, 0, true};
+    auto [rec, endpoints] = std::get<0>(rr);
+    if (rec) co_return IoResult{rec, 0, false};
+    timer.expires_at(deadline);
+    auto cr = co_await (asio::async_connect(s, endpoints, as_tuple_awaitable) ||
+                        timer.async_wait(as_tuple_awaitable));
+    if (cr.index() != 0) co_return IoResult{asio::error::timed_out, 0, true};
+    cec = std::get<0>(std::get<0>(cr));
+  }
   if (!cec) {
     boost::system::error_code ignored;
     s.set_option(tcp::no_delay(true), ignored);

@@ -1,7 +1,14 @@
-// io: socket operations with a deadline (Boost 1.81 has no cancel_after): each races the operation
-// against a steady_timer with the awaitable || operator; the loser is cancelled. A timed-out read
-// leaves the socket usable; a timed-out write or connect leaves it in an unknown state, and the
-// callers close it.
+// io: socket operations with a deadline (Boost 1.81 has no cancel_after).
+//
+// Reads and writes are timed by one watchdog timer per Stream instead of a timer per operation:
+// an operation only stores its deadline, and the watchdog, armed lazily, cancels the socket when
+// the deadline of the operation in progress has passed (when it fires early because the deadline
+// moved on, it re-arms). A busy connection therefore costs no timer work, allocation or extra
+// handler per read or write (measured: the per-operation `timer || op` race cost about a third of
+// the relay's user CPU and four epoll_wait calls per read). Connect, resolve and TLS handshakes,
+// once per connection, still race a timer with the awaitable || operator.
+// A timed-out read leaves the socket usable; a timed-out write or connect leaves it in an unknown
+// state, and the callers close it.
 #pragma once
 
 #include <boost/asio.hpp>
@@ -30,8 +37,9 @@ struct IoResult {
 // (implicit TLS). Not movable: the TLS layer refers to the socket member.
 class Stream {
  public:
-  explicit Stream(tcp::socket s) : sock_(std::move(s)) {}
-  explicit Stream(asio::any_io_executor ex) : sock_(ex) {}
+  explicit Stream(tcp::socket s);
+  explicit Stream(asio::any_io_executor ex);
+  ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
@@ -55,14 +63,23 @@ class Stream {
 
   asio::ssl::stream<tcp::socket&>* tls_stream() { return tls_.get(); }
 
+  // The watchdog: begin_op() before an operation (limit from now), end_op() after it; end_op()
+  // says whether the watchdog cancelled it. One operation at a time per Stream.
+  void begin_op(Clock::duration limit);
+  bool end_op();
+
+  struct Watchdog;
+
  private:
   tcp::socket sock_;
   std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  std::shared_ptr<Watchdog> dog_;  // shared with the pending timer handler, which may outlive us
 };
 
 awaitable<IoResult> read_some_for(Stream& s, asio::mutable_buffer buf, Clock::duration limit);
 awaitable<IoResult> write_all_for(Stream& s, asio::const_buffer buf, Clock::duration limit);
 // Resolves `host` (name or IP literal) and connects to the first endpoint that answers.
+// An IP literal is used as is; a name goes through the resolver (a helper thread in Asio).
 awaitable<IoResult> connect_for(tcp::socket& s, const std::string& host, std::uint16_t port,
                                 Clock::duration limit);
 
