@@ -403,6 +403,7 @@ constexpr Binding kBindings[] = {
     {"limits", "commands_before_mail", [](Config& c, std::int64_t v) { c.limits.commands_before_mail = v; }},
     {"limits", "invalid_recipients_per_session",
      [](Config& c, std::int64_t v) { c.limits.invalid_recipients_per_session = v; }},
+    {"limits", "client_names_cached", [](Config& c, std::int64_t v) { c.limits.client_names_cached = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -415,6 +416,8 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.timeouts.upstream_data_reply = std::chrono::seconds(v); }},
     {"timeouts", "shutdown_grace",
      [](Config& c, std::int64_t v) { c.timeouts.shutdown_grace = std::chrono::seconds(v); }},
+    {"timeouts", "client_name_ttl",
+     [](Config& c, std::int64_t v) { c.timeouts.client_name_ttl = std::chrono::seconds(v); }},
 };
 
 // Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).

@@ -72,6 +72,9 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "Rejected RCPTs (bad, expired or missing tag) per session before 421: slows dictionary "
      "probing for valid tags and backscatter floods. Postfix analogue: "
      "smtpd_hard_error_limit."},
+    {"limits", "client_names_cached", 4096, 0, 1000000, "entries",
+     "Forward-confirmed client names (XCLIENT NAME) kept per I/O thread, so a sender that "
+     "reconnects does not cost two more DNS lookups; 0 = no cache. About 300 bytes each."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
     {"timeouts", "idle", 300, 1, 3600, "seconds",
@@ -102,6 +105,9 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "shutdown_grace", 30, 0, 3600, "seconds",
      "On SIGTERM: stop accepting, let open sessions finish for this long, then close them with "
      "421 (RFC 5321 3.8). 0 = close at once."},
+    {"timeouts", "client_name_ttl", 300, 0, 86400, "seconds",
+     "How long a cached client name (or its absence) is reused. DNS PTR records commonly live "
+     "an hour or more; 5 minutes bounds how stale a name the MX sees can be. 0 = no cache."},
 });
 
 // Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
@@ -150,6 +156,7 @@ struct Limits {
   std::int64_t sessions_per_client = limit("limits", "sessions_per_client").def;
   std::int64_t commands_before_mail = limit("limits", "commands_before_mail").def;
   std::int64_t invalid_recipients_per_session = limit("limits", "invalid_recipients_per_session").def;
+  std::int64_t client_names_cached = limit("limits", "client_names_cached").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -163,6 +170,7 @@ struct Timeouts {
   std::chrono::seconds upstream_reply{limit("timeouts", "upstream_reply").def};
   std::chrono::seconds upstream_data_reply{limit("timeouts", "upstream_data_reply").def};
   std::chrono::seconds shutdown_grace{limit("timeouts", "shutdown_grace").def};
+  std::chrono::seconds client_name_ttl{limit("timeouts", "client_name_ttl").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };
 

@@ -90,4 +90,29 @@ std::string clean_helo(std::string_view arg, std::string_view fallback) {
   return std::string(word);
 }
 
+std::optional<std::string> ClientNameCache::find(const std::string& ip, Clock::time_point now) const {
+  const auto it = names_.find(ip);
+  if (it == names_.end() || it->second.expires <= now) return std::nullopt;
+  return it->second.name;
+}
+
+void ClientNameCache::put(const std::string& ip, std::string name, Clock::time_point now,
+                          std::chrono::seconds ttl, std::size_t capacity) {
+  // Drop expired entries and, when full, the oldest: the queue is in expiry order as long as
+  // the TTL does not change; a stale queue entry (its key re-added since) erases nothing.
+  const auto drop_front = [this] {
+    const auto& [key, expires] = order_.front();
+    const auto it = names_.find(key);
+    if (it != names_.end() && it->second.expires == expires) names_.erase(it);
+    order_.pop_front();
+  };
+  while (!order_.empty() && order_.front().second <= now) drop_front();
+  if (capacity == 0 || ttl <= std::chrono::seconds::zero()) return;
+  while (names_.size() >= capacity && !order_.empty()) drop_front();
+  const auto expires = now + ttl;
+  names_[ip] = Entry{std::move(name), expires};
+  order_.emplace_back(ip, expires);
+  while (order_.size() > 2 * capacity + 16) drop_front();  // stale entries never pile up
+}
+
 }  // namespace batv::relay

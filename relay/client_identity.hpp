@@ -5,9 +5,13 @@
 // - Postfix XCLIENT attributes (XCLIENT_README), limited to those the next hop offered.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <deque>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -39,5 +43,25 @@ std::string xclient_attributes(const XclientInfo& info, const std::vector<std::s
 // A HELO/EHLO argument fit to repeat upstream: the first word, printable ASCII only, at most
 // 255 octets; `fallback` when nothing is left.
 std::string clean_helo(std::string_view arg, std::string_view fallback);
+
+// Forward-confirmed client names by client IP (XCLIENT NAME), so that a reconnecting sender costs
+// no DNS lookup: each entry lives `ttl`, at most `capacity` entries (the oldest go first). A
+// negative answer ("[UNAVAILABLE]") is cached like a name. Pure: the caller gives the time.
+class ClientNameCache {
+ public:
+  using Clock = std::chrono::steady_clock;
+  std::optional<std::string> find(const std::string& ip, Clock::time_point now) const;
+  void put(const std::string& ip, std::string name, Clock::time_point now, std::chrono::seconds ttl,
+           std::size_t capacity);
+  [[nodiscard]] std::size_t size() const { return names_.size(); }
+
+ private:
+  struct Entry {
+    std::string name;
+    Clock::time_point expires;
+  };
+  std::unordered_map<std::string, Entry> names_;
+  std::deque<std::pair<std::string, Clock::time_point>> order_;  // insertion = expiry order
+};
 
 }  // namespace batv::relay

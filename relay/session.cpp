@@ -487,18 +487,33 @@ awaitable<bool> Session::ensure_upstream() {
 
 awaitable<std::string> Session::confirmed_client_name() {
   // Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it
-  // resolves back to the client's address. Bounded by timeouts.upstream_connect.
+  // resolves back to the client's address. Bounded by timeouts.upstream_connect; answers are
+  // cached per client address (timeouts.client_name_ttl, limits.client_names_cached).
   boost::system::error_code ec;
   const auto remote = client_.socket().remote_endpoint(ec);
   if (ec) co_return "[UNAVAILABLE]";
+  // Per I/O thread, like the session itself: no lock.
+  thread_local ClientNameCache cache;
+  if (auto cached = cache.find(ctx_.client_ip, Clock::now())) co_return std::move(*cached);
+  std::string name = co_await lookup_client_name(remote);
+  if (name != "[TEMPUNAVAIL]")  // a failure for now is asked again next time
+    cache.put(ctx_.client_ip, name, Clock::now(), cfg_.timeouts.client_name_ttl,
+            static_cast<std::size_t>(cfg_.limits.client_names_cached));
+  co_return name;
+}
+
+awaitable<std::string> Session::lookup_client_name(const tcp::endpoint& remote) {
   tcp::resolver resolver(client_.get_executor());
   asio::steady_timer timer(client_.get_executor());
   timer.expires_after(cfg_.timeouts.upstream_connect);
   using namespace asio::experimental::awaitable_operators;
   auto rev = co_await (resolver.async_resolve(remote, asio::as_tuple(asio::use_awaitable)) ||
                        timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (rev.index() != 0) co_return "[UNAVAILABLE]";
+  // XCLIENT_README: [TEMPUNAVAIL] for a lookup that failed for now (the MX may defer),
+  // [UNAVAILABLE] for no name.
+  if (rev.index() != 0) co_return "[TEMPUNAVAIL]";
   auto [rec, names] = std::get<0>(rev);
+  if (rec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
   if (rec || names.empty()) co_return "[UNAVAILABLE]";
   const std::string name = names.begin()->host_name();
   boost::system::error_code numeric;
@@ -506,8 +521,9 @@ awaitable<std::string> Session::confirmed_client_name() {
   if (!numeric) co_return "[UNAVAILABLE]";  // getnameinfo fell back to the number: no PTR
   auto fwd = co_await (resolver.async_resolve(name, "", asio::as_tuple(asio::use_awaitable)) ||
                        timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (fwd.index() != 0) co_return "[UNAVAILABLE]";
+  if (fwd.index() != 0) co_return "[TEMPUNAVAIL]";
   auto [fec, addrs] = std::get<0>(fwd);
+  if (fec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
   if (fec) co_return "[UNAVAILABLE]";
   for (const auto& a : addrs)
     if (a.endpoint().address() == remote.address()) co_return name;

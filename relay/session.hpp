@@ -113,6 +113,7 @@ class Session : public std::enable_shared_from_this<Session> {
   UpstreamTlsPolicy upstream_tls_policy() const;
   void log_downgrade();
   awaitable<std::string> confirmed_client_name();
+  awaitable<std::string> lookup_client_name(const tcp::endpoint& remote);
   std::string monitor_header() const;
   void queue_local(std::string reply);
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length

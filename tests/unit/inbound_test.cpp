@@ -185,3 +185,32 @@ TEST_CASE("XCLIENT attributes: only the offered ones, xtext-encoded") {
   CHECK(relay::clean_helo("bad\x01name", "relay") == "relay");
   CHECK(relay::clean_helo("", "relay") == "relay");
 }
+
+TEST_CASE("client name cache: TTL, capacity, negative answers, TTL 0 and capacity 0 disable") {
+  using relay::ClientNameCache;
+  using std::chrono::seconds;
+  const auto t0 = ClientNameCache::Clock::time_point{} + seconds(1000);
+  ClientNameCache c;
+  c.put("192.0.2.1", "mx.example.net", t0, seconds(300), 3);
+  CHECK(c.find("192.0.2.1", t0 + seconds(299)) == std::optional<std::string>("mx.example.net"));
+  CHECK_FALSE(c.find("192.0.2.1", t0 + seconds(300)).has_value());  // expired exactly at the TTL
+  CHECK_FALSE(c.find("192.0.2.2", t0).has_value());
+  c.put("192.0.2.2", "[UNAVAILABLE]", t0 + seconds(1), seconds(300), 3);
+  CHECK(c.find("192.0.2.2", t0 + seconds(2)) == std::optional<std::string>("[UNAVAILABLE]"));
+  // Full: the oldest entry goes first.
+  c.put("192.0.2.3", "c.example", t0 + seconds(2), seconds(300), 3);
+  c.put("192.0.2.4", "d.example", t0 + seconds(3), seconds(300), 3);
+  CHECK(c.size() == 3);
+  CHECK_FALSE(c.find("192.0.2.1", t0 + seconds(4)).has_value());
+  CHECK(c.find("192.0.2.2", t0 + seconds(4)).has_value());
+  CHECK(c.find("192.0.2.4", t0 + seconds(4)).has_value());
+  // Expired entries are dropped when the next name is added, and a re-added address keeps its new entry.
+  c.put("192.0.2.2", "b2.example", t0 + seconds(400), seconds(300), 3);
+  CHECK(c.size() == 1);
+  CHECK(c.find("192.0.2.2", t0 + seconds(401)) == std::optional<std::string>("b2.example"));
+  // TTL 0 or capacity 0: nothing is kept.
+  ClientNameCache off;
+  off.put("192.0.2.9", "x.example", t0, seconds(0), 10);
+  off.put("192.0.2.9", "x.example", t0, seconds(60), 0);
+  CHECK(off.size() == 0);
+}
