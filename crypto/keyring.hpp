@@ -1,11 +1,9 @@
 // Keyring: up to ten BATV keys (ids 0-9), exactly one of which signs; the rest only verify.
 //
 // Contract: built once from key material and immutable afterwards, so one Keyring can be shared by
-// every thread of the relay (the HMAC templates are only read; each use works on a duplicate).
-// Each key is set up once as a keyed OpenSSL EVP_MAC context (HMAC-SHA1, ipad/opad already
-// absorbed); a MAC is computed on a duplicate of it (kept in a small per-thread cache and reset
-// between uses, so the hot path neither sets up the key, allocates nor locks).
-// hmac_sha1 is thread-safe.
+// every thread of the relay. Each key is set up once as the two SHA-1 states of HMAC-SHA1 with
+// key^ipad and key^opad absorbed; a MAC works on stack copies of them (no key setup, allocation,
+// lock or per-thread state on the hot path). hmac_sha1 is thread-safe.
 // Never prints, logs or returns secret bytes: errors name the key id only.
 #pragma once
 
