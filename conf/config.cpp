@@ -404,6 +404,8 @@ constexpr Binding kBindings[] = {
     {"limits", "invalid_recipients_per_session",
      [](Config& c, std::int64_t v) { c.limits.invalid_recipients_per_session = v; }},
     {"limits", "client_names_cached", [](Config& c, std::int64_t v) { c.limits.client_names_cached = v; }},
+    {"limits", "upstream_idle_connections",
+     [](Config& c, std::int64_t v) { c.limits.upstream_idle_connections = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -416,6 +418,8 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.timeouts.upstream_data_reply = std::chrono::seconds(v); }},
     {"timeouts", "shutdown_grace",
      [](Config& c, std::int64_t v) { c.timeouts.shutdown_grace = std::chrono::seconds(v); }},
+    {"timeouts", "upstream_idle",
+     [](Config& c, std::int64_t v) { c.timeouts.upstream_idle = std::chrono::seconds(v); }},
     {"timeouts", "client_name_ttl",
      [](Config& c, std::int64_t v) { c.timeouts.client_name_ttl = std::chrono::seconds(v); }},
 };

@@ -75,6 +75,10 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"limits", "client_names_cached", 4096, 0, 1000000, "entries",
      "Forward-confirmed client names (XCLIENT NAME) kept per I/O thread, so a sender that "
      "reconnects does not cost two more DNS lookups; 0 = no cache. About 300 bytes each."},
+    {"limits", "upstream_idle_connections", 32, 0, 10000, "connections",
+     "Idle next-hop connections kept per I/O thread for the next session of the same listener "
+     "(Postfix scache), on listeners with forward_client = \"none\"; 0 = never reuse. Each "
+     "is one socket (plus its TLS state) on both sides."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
     {"timeouts", "idle", 300, 1, 3600, "seconds",
@@ -105,6 +109,10 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "shutdown_grace", 30, 0, 3600, "seconds",
      "On SIGTERM: stop accepting, let open sessions finish for this long, then close them with "
      "421 (RFC 5321 3.8). 0 = close at once."},
+    {"timeouts", "upstream_idle", 2, 0, 300, "seconds",
+     "How long an idle next-hop connection waits for the next session before it is closed. "
+     "2 = Postfix smtp_connection_cache_time_limit: long enough to catch a client that sends "
+     "one message per connection, far below any server's idle timeout. 0 = never reuse."},
     {"timeouts", "client_name_ttl", 300, 0, 86400, "seconds",
      "How long a cached client name (or its absence) is reused. DNS PTR records commonly live "
      "an hour or more; 5 minutes bounds how stale a name the MX sees can be. 0 = no cache."},
@@ -157,6 +165,7 @@ struct Limits {
   std::int64_t commands_before_mail = limit("limits", "commands_before_mail").def;
   std::int64_t invalid_recipients_per_session = limit("limits", "invalid_recipients_per_session").def;
   std::int64_t client_names_cached = limit("limits", "client_names_cached").def;
+  std::int64_t upstream_idle_connections = limit("limits", "upstream_idle_connections").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -170,6 +179,7 @@ struct Timeouts {
   std::chrono::seconds upstream_reply{limit("timeouts", "upstream_reply").def};
   std::chrono::seconds upstream_data_reply{limit("timeouts", "upstream_data_reply").def};
   std::chrono::seconds shutdown_grace{limit("timeouts", "shutdown_grace").def};
+  std::chrono::seconds upstream_idle{limit("timeouts", "upstream_idle").def};
   std::chrono::seconds client_name_ttl{limit("timeouts", "client_name_ttl").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };

@@ -146,8 +146,14 @@ int Server::run() {
   std::vector<std::thread> pool;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& c : contexts_) guards.emplace_back(c->get_executor());
-  for (std::size_t i = 1; i < contexts_.size(); ++i) pool.emplace_back([&c = *contexts_[i]] { c.run(); });
+  // Each thread closes its idle next-hop connections itself, while its io_context still exists.
+  for (std::size_t i = 1; i < contexts_.size(); ++i)
+    pool.emplace_back([&c = *contexts_[i]] {
+      c.run();
+      UpstreamCache::local().clear();
+    });
   main.run();
+  UpstreamCache::local().clear();
   guards.clear();
   for (auto& c : contexts_) c->stop();
   for (auto& t : pool) t.join();

@@ -334,7 +334,20 @@ UpstreamTlsPolicy Session::upstream_tls_policy() const {
 
 // Connects to the next hop (PROXY header, greeting, EHLO, STARTTLS per upstream_tls) and logs
 // the outcome; the failure detail goes to session_end.
+bool Session::upstream_reusable() const {
+  return listener_.forward_client == conf::ForwardClient::none && preamble_.empty() &&
+         cfg_.timeouts.upstream_idle.count() > 0 && cfg_.limits.upstream_idle_connections > 0;
+}
+
 awaitable<bool> Session::open_upstream() {
+  if (upstream_reusable()) {
+    while (auto idle = UpstreamCache::local().take(rt_.get(), ctx_.listener)) {
+      if (!up_.adopt(std::move(*idle))) continue;  // closed meanwhile: try the next, then connect
+      log(Level::debug, "upstream_reuse").kv("sid", ctx_.id).kv("upstream", up_.peer());
+      if (client_.tls() && !up_.encrypted()) log_downgrade();
+      co_return true;
+    }
+  }
   const UpstreamTlsPolicy tls = upstream_tls_policy();
   const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
   if (!ok) {
@@ -425,6 +438,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     co_return true;
   }
   const std::string mechanism = upper(args.substr(0, args.find(' ')));
+  auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
   if (mechanism.empty()) {
     refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
     co_return true;
@@ -704,7 +718,15 @@ awaitable<bool> Session::process(const std::string& line) {
       if (!co_await flush()) co_return false;
       end_ = End::quit;
       co_await write_client(replies::bye());
-      if (up_.connected()) co_await up_.send("QUIT\r\n");
+      // A clean next hop (no transaction open, never authenticated as this client) waits for
+      // the next session instead of being closed.
+      const bool clean = pending_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
+      if (up_.connected() && clean && upstream_reusable()) {
+        UpstreamCache::local().put(rt_.get(), ctx_.listener, rt_, up_.release(), cfg_.timeouts.upstream_idle,
+                                   static_cast<std::size_t>(cfg_.limits.upstream_idle_connections));
+      } else if (up_.connected()) {
+        co_await up_.send("QUIT\r\n");
+      }
       co_return false;
     }
     case Verb::starttls:

@@ -107,6 +107,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> ensure_upstream();
   awaitable<bool> forward_client_identity();
   awaitable<bool> open_upstream();
+  bool upstream_reusable() const;  // listener and limits allow an idle next-hop connection cache
   awaitable<bool> start_tls(std::string_view args);  // the STARTTLS command
   awaitable<bool> do_auth(std::string_view args);    // the AUTH command, relayed to the next hop
   bool auth_offered() const;
@@ -168,6 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint16_t client_port_ = 0;
   std::string tls_error_;
   bool authenticated_ = false;
+  bool auth_attempted_ = false;
   std::string upstream_detail_;
 };
 

@@ -1,6 +1,9 @@
 #include "relay/upstream.hpp"
 
 #include <algorithm>
+#include <cerrno>
+
+#include <sys/socket.h>
 
 namespace batv::relay {
 
@@ -18,7 +21,8 @@ std::string_view to_string(Upstream::Failure f) {
 }
 
 Upstream::Upstream(asio::any_io_executor ex, const conf::Limits& limits, const conf::Timeouts& timeouts)
-    : sock_(ex),
+    : ex_(ex),
+      sock_(std::make_unique<Stream>(ex)),
       limits_(limits),
       timeouts_(timeouts),
       reader_(static_cast<std::size_t>(limits.reply_line_length), static_cast<std::size_t>(limits.reply_lines)) {}
@@ -31,9 +35,39 @@ void Upstream::fail(Failure f, std::string detail) {
   close();
 }
 
-void Upstream::close() { sock_.close(); }
+void Upstream::close() { sock_->close(); }
 
-void Upstream::cancel() { sock_.cancel(); }
+void Upstream::cancel() { sock_->cancel(); }
+
+IdleUpstream Upstream::release() {
+  IdleUpstream idle{std::move(sock_), std::move(caps_), std::move(peer_)};
+  sock_ = std::make_unique<Stream>(ex_);
+  caps_ = {};
+  peer_.clear();
+  return idle;
+}
+
+bool Upstream::adopt(IdleUpstream idle) {
+  // Anything readable on an idle SMTP connection means it is over: EOF, a reset, or a reply
+  // nobody asked for (421 after the next hop's own timeout).
+  char byte;
+  const ssize_t n = ::recv(idle.sock->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+    idle.sock->close();
+    return false;
+  }
+  sock_->close();
+  sock_ = std::move(idle.sock);
+  caps_ = std::move(idle.caps);
+  peer_ = std::move(idle.peer);
+  failure_ = Failure::none;
+  detail_.clear();
+  buf_.clear();
+  reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
+                              static_cast<std::size_t>(limits_.reply_lines));
+  stage_ = "reuse";
+  return true;
+}
 
 awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our_name,
                                const std::string& preamble, const TlsPolicy& tls) {
@@ -43,16 +77,16 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
                               static_cast<std::size_t>(limits_.reply_lines));
   caps_ = {};
-  sock_.reset();
+  sock_->reset();
   stage_ = "connect";
-  const IoResult c = co_await connect_for(sock_.socket(), hop.host, hop.port, timeouts_.upstream_connect);
+  const IoResult c = co_await connect_for(sock_->socket(), hop.host, hop.port, timeouts_.upstream_connect);
   if (!c) {
     fail(c.timed_out ? Failure::timeout : Failure::unreachable,
          hop.to_string() + ": " + (c.timed_out ? std::string("connect timed out") : c.ec.message()));
     co_return false;
   }
   boost::system::error_code ec;
-  const auto remote = sock_.socket().remote_endpoint(ec);
+  const auto remote = sock_->socket().remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
   stage_ = "greeting";
   if (!preamble.empty() && !co_await send(preamble)) co_return false;
@@ -115,11 +149,11 @@ awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_
     co_return false;
   }
   const bool verify = tls.mode == conf::UpstreamTls::verify;
-  const IoResult h = co_await sock_.handshake(*tls.ctx, boost::asio::ssl::stream_base::client,
+  const IoResult h = co_await sock_->handshake(*tls.ctx, boost::asio::ssl::stream_base::client,
                                               timeouts_.upstream_reply, tls.name, verify);
   if (!h) {
     std::string why = h.timed_out ? std::string("TLS handshake timed out") : "TLS handshake: " + h.ec.message();
-    if (auto* t = sock_.tls_stream()) {
+    if (auto* t = sock_->tls_stream()) {
       const long v = SSL_get_verify_result(t->native_handle());
       if (v != X509_V_OK) why += std::string(" (") + X509_verify_cert_error_string(v) + ")";
     }
@@ -150,7 +184,7 @@ awaitable<std::optional<smtp::Reply>> Upstream::xclient(const std::string& attri
 
 awaitable<bool> Upstream::send(std::string_view data) {
   if (!connected()) co_return false;
-  const IoResult r = co_await write_all_for(sock_, asio::buffer(data.data(), data.size()), timeouts_.upstream_reply);
+  const IoResult r = co_await write_all_for(*sock_, asio::buffer(data.data(), data.size()), timeouts_.upstream_reply);
   if (!r) {
     fail(r.timed_out ? Failure::timeout : Failure::io,
          r.timed_out ? std::string("write timed out") : "write: " + r.ec.message());
@@ -190,7 +224,7 @@ awaitable<std::optional<smtp::Reply>> Upstream::read_reply(bool final_dot) {
     }
     char tmp[4096];
     const std::size_t room = std::min(sizeof tmp, max_line - buf_.size());
-    const IoResult r = co_await read_some_for(sock_, asio::buffer(tmp, room), deadline - Clock::now());
+    const IoResult r = co_await read_some_for(*sock_, asio::buffer(tmp, room), deadline - Clock::now());
     if (!r) {
       if (r.timed_out) fail(Failure::timeout, "no reply within " + std::to_string(limit.count()) + "s");
       else if (r.ec == asio::error::eof || r.ec == asio::error::connection_reset)
@@ -200,6 +234,93 @@ awaitable<std::optional<smtp::Reply>> Upstream::read_reply(bool final_dot) {
     }
     buf_.append(tmp, r.n);
   }
+}
+
+// --- The idle connection cache ---------------------------------------------------------------------
+
+namespace {
+// An idle connection leaves politely: QUIT without waiting for the 221 (a 6-byte write to an
+// idle socket does not block; if it would, it is skipped), then close.
+void quit_and_close(Stream& s) {
+  boost::system::error_code ec;
+  if (s.is_open()) {
+    s.socket().non_blocking(true, ec);
+    constexpr std::string_view quit = "QUIT\r\n";
+    if (auto* t = s.tls_stream()) asio::write(*t, asio::buffer(quit.data(), quit.size()), ec);
+    else asio::write(s.socket(), asio::buffer(quit.data(), quit.size()), ec);
+  }
+  s.close();
+}
+}  // namespace
+
+UpstreamCache& UpstreamCache::local() {
+  thread_local UpstreamCache cache;
+  return cache;
+}
+
+void UpstreamCache::put(const void* runtime, std::size_t listener, std::shared_ptr<const void> keep_alive,
+                        IdleUpstream idle, Clock::duration max_idle, std::size_t capacity) {
+  sweep();
+  if (capacity == 0 || max_idle <= Clock::duration::zero() || !idle.sock) {
+    if (idle.sock) quit_and_close(*idle.sock);
+    return;
+  }
+  while (entries_.size() >= capacity) {
+    quit_and_close(*entries_.front().idle.sock);
+    entries_.pop_front();
+  }
+  const auto ex = idle.sock->get_executor();
+  entries_.push_back(Entry{runtime, listener, std::move(keep_alive), std::move(idle), Clock::now() + max_idle});
+  schedule(ex);
+}
+
+std::optional<IdleUpstream> UpstreamCache::take(const void* runtime, std::size_t listener) {
+  sweep();
+  // Newest first: the most recently used connection is the least likely to have been closed.
+  for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
+    if (it->runtime != runtime || it->listener != listener) continue;
+    IdleUpstream idle = std::move(it->idle);
+    entries_.erase(std::next(it).base());
+    return idle;
+  }
+  return std::nullopt;
+}
+
+
+void UpstreamCache::sweep() {
+  const auto now = Clock::now();
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->expires <= now) {
+      quit_and_close(*it->idle.sock);
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// One timer per thread, pending only while entries wait: it wakes at the earliest expiry.
+void UpstreamCache::schedule(asio::any_io_executor ex) {
+  if (timer_pending_ || entries_.empty()) return;
+  if (!timer_) timer_ = std::make_unique<asio::steady_timer>(ex);
+  Clock::time_point first = Clock::time_point::max();
+  for (const Entry& e : entries_) first = std::min(first, e.expires);
+  timer_->expires_at(first);
+  timer_pending_ = true;
+  timer_->async_wait([this, ex](const boost::system::error_code& ec) {
+    if (ec == asio::error::operation_aborted) return;  // clear(): this thread is finishing
+    timer_pending_ = false;
+    sweep();
+    schedule(ex);
+  });
+}
+
+void UpstreamCache::clear() {
+  for (Entry& e : entries_) quit_and_close(*e.idle.sock);
+  entries_.clear();
+  if (timer_) timer_->cancel();
+  timer_.reset();
+  timer_pending_ = false;
 }
 
 }  // namespace batv::relay

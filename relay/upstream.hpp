@@ -5,6 +5,9 @@
 // deadline, and any failure leaves the connection closed with a reason for the log. Never throws.
 #pragma once
 
+#include <cstddef>
+#include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +23,14 @@ struct UpstreamTlsPolicy {
   conf::UpstreamTls mode = conf::UpstreamTls::none;
   boost::asio::ssl::context* ctx = nullptr;
   std::string name;  // SNI and, for verify, the expected certificate name
+};
+
+// A next-hop connection between two client sessions (relay/upstream.cpp, UpstreamCache): idle,
+// greeted, EHLO done (and TLS, when the policy asked for it), no transaction open.
+struct IdleUpstream {
+  std::unique_ptr<Stream> sock;
+  smtp::Capabilities caps;
+  std::string peer;
 };
 
 class Upstream {
@@ -46,10 +57,16 @@ class Upstream {
 
   void close();
   void cancel();
-  [[nodiscard]] bool connected() const { return sock_.is_open() && failure_ == Failure::none; }
-  [[nodiscard]] bool encrypted() const { return sock_.tls(); }
-  [[nodiscard]] std::string tls_protocol() const { return sock_.protocol(); }
-  [[nodiscard]] std::string tls_cipher() const { return sock_.cipher(); }
+  // Hands the connection over for reuse by a later session, leaving this object closed. Only for
+  // a connected next hop with nothing unread and no transaction open.
+  IdleUpstream release();
+  // Takes over an idle connection; false (and closed) when the next hop has closed it or sent
+  // anything meanwhile (a 421 timeout, say): the caller then opens a fresh one.
+  bool adopt(IdleUpstream idle);
+  [[nodiscard]] bool connected() const { return sock_->is_open() && failure_ == Failure::none; }
+  [[nodiscard]] bool encrypted() const { return sock_->tls(); }
+  [[nodiscard]] std::string tls_protocol() const { return sock_->protocol(); }
+  [[nodiscard]] std::string tls_cipher() const { return sock_->cipher(); }
   [[nodiscard]] Failure failure() const { return failure_; }
   [[nodiscard]] const std::string& detail() const { return detail_; }
   [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }
@@ -63,7 +80,8 @@ class Upstream {
   awaitable<bool> ehlo(const std::string& our_name);
   awaitable<bool> starttls(const TlsPolicy& tls, const std::string& our_name);
 
-  Stream sock_;
+  asio::any_io_executor ex_;
+  std::unique_ptr<Stream> sock_;  // a pointer so that a connection can move between sessions
   const conf::Limits& limits_;
   const conf::Timeouts& timeouts_;
   std::string buf_;          // unread reply bytes, bounded by reply_line_length
@@ -76,5 +94,36 @@ class Upstream {
 };
 
 std::string_view to_string(Upstream::Failure f);
+
+// Idle next-hop connections kept between client sessions, like Postfix's connection cache
+// (scache): a client that sends one message per connection then costs no next-hop connect,
+// greeting, EHLO, TLS handshake or QUIT. One cache per I/O thread (no lock); an entry is reused
+// only by a session of the same listener under the same runtime (a reload starts afresh), and
+// only for listeners that forward no client identity (XCLIENT and PROXY describe one client).
+// Entries older than timeouts.upstream_idle are closed by a sweep timer; at most
+// limits.upstream_idle_connections per thread (the oldest is closed first).
+class UpstreamCache {
+ public:
+  static UpstreamCache& local();  // this thread's
+  void put(const void* runtime, std::size_t listener, std::shared_ptr<const void> keep_alive,
+           IdleUpstream idle, Clock::duration max_idle, std::size_t capacity);
+  std::optional<IdleUpstream> take(const void* runtime, std::size_t listener);
+  void clear();  // closes everything; call on the owning thread before its io_context goes
+  [[nodiscard]] std::size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    const void* runtime;
+    std::size_t listener;
+    std::shared_ptr<const void> keep_alive;  // the runtime stays (and its address stays unique)
+    IdleUpstream idle;
+    Clock::time_point expires;
+  };
+  void sweep();
+  void schedule(asio::any_io_executor ex);
+  std::deque<Entry> entries_;  // oldest first
+  std::unique_ptr<asio::steady_timer> timer_;
+  bool timer_pending_ = false;
+};
 
 }  // namespace batv::relay

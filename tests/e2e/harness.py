@@ -516,7 +516,10 @@ class Transaction:
     all body bytes (DATA or BDAT); completed: the final dot or BDAT LAST arrived; final_reply:
     what we answered to it (None when we did not answer); reset: ended by RSET."""
 
+    _seq = iter(range(1 << 62))  # creation order across connections (the relay reuses them)
+
     def __init__(self, mail):
+        self.seq = next(Transaction._seq)
         self.mail = mail
         self.mail_reply = None
         self.rcpts = []
@@ -670,7 +673,9 @@ class ScriptedUpstream:
             return list(self.conns)
 
     def transactions(self):
-        return [t for c in self.connections() for t in c.transactions]
+        """Every transaction, in the order they began (one connection may serve several
+        client sessions: the relay keeps idle next-hop connections, timeouts.upstream_idle)."""
+        return sorted((t for c in self.connections() for t in c.transactions), key=lambda t: t.seq)
 
     def accepted(self):
         return [t for t in self.transactions() if t.accepted]

@@ -1073,6 +1073,76 @@ class SessionEndTest(RelayTestCase):
 
 
 # =============================================================================================
+class UpstreamReuseTest(RelayTestCase):
+    """Idle next-hop connections kept between sessions (timeouts.upstream_idle,
+    limits.upstream_idle_connections; one cache per I/O thread, so threads = 1 here)."""
+
+    def test_sessions_share_one_next_hop_connection_then_it_quits(self):
+        up = self.upstream()
+        r = self.relay(up.port, threads=1, timeouts={"upstream_idle": 1})
+        t0 = time.time()
+        for _ in range(3):
+            self.assertCode(self.deliver(r), 250)
+        txs = up.wait_transactions(3)
+        self.assertEqual(len(up.connections()), 1, "three sessions, want one next-hop connection")
+        for tx in txs:
+            self.assertSigned(tx.sender, HOMER, t0, time.time())
+        conn = up.connections()[0]
+        self.assertEqual([c.line.split()[0].upper() for c in conn.commands].count("EHLO"), 1)
+        # Idle for upstream_idle: QUIT, then closed.
+        self.assertTrue(conn.closed.wait(5), "idle next-hop connection never closed")
+        self.assertEqual(conn.commands[-1].line.upper(), "QUIT")
+        # The next session connects afresh.
+        self.assertCode(self.deliver(r), 250)
+        up.wait_transactions(4)
+        self.assertEqual(len(up.connections()), 2)
+
+    def test_next_hop_closing_an_idle_connection_costs_nothing(self):
+        up = self.upstream()
+        r = self.relay(up.port, threads=1, timeouts={"upstream_idle": 30})
+        self.assertCode(self.deliver(r), 250)
+        conn = up.wait_connections(1)[0]
+        up.wait_transactions(1)
+        conn.sock.shutdown(socket.SHUT_RDWR)  # the next hop's own idle timeout, say
+        time.sleep(0.2)
+        self.assertCode(self.deliver(r), 250)
+        up.wait_transactions(2)
+        self.assertEqual(len(up.connections()), 2)
+
+    def test_not_reused_when_disabled_or_unclean_or_forwarding_the_client(self):
+        # upstream_idle = 0: every session has its own connection and QUITs it.
+        up = self.upstream()
+        r = self.relay(up.port, threads=1, timeouts={"upstream_idle": 0})
+        self.assertCode(self.deliver(r), 250)
+        self.assertCode(self.deliver(r), 250)
+        up.wait_transactions(2)
+        conns = up.wait_connections(2)
+        self.assertEqual(len(conns), 2)
+        for conn in conns:
+            self.assertTrue(conn.closed.wait(5))
+            self.assertEqual(conn.commands[-1].line.upper(), "QUIT")
+        # A session that QUITs with a transaction open upstream: that connection is not kept.
+        up2 = self.upstream()
+        r2 = self.relay(up2.port, threads=1, timeouts={"upstream_idle": 30})
+        c = self.session(r2)
+        self.assertCode(c.cmd("MAIL FROM:<%s>" % HOMER), 250)
+        self.assertCode(c.cmd("RCPT TO:<%s>" % BART), 250)
+        self.assertCode(c.cmd("QUIT"), 221)
+        first = up2.wait_connections(1)[0]
+        self.assertTrue(first.closed.wait(5), "a connection with a transaction open was kept")
+        self.assertCode(self.deliver(r2), 250)
+        self.assertEqual(len(up2.wait_connections(2)), 2)
+        # A listener that forwards the client (XCLIENT, PROXY) never shares a connection.
+        up3 = self.upstream()
+        r3 = self.relay(up3.port, threads=1, timeouts={"upstream_idle": 30},
+                        listeners=[{"upstream": up3.port, "forward_client": "xclient"}])
+        self.assertCode(self.deliver(r3), 250)
+        self.assertCode(self.deliver(r3), 250)
+        up3.wait_transactions(2)
+        self.assertEqual(len(up3.connections()), 2)
+
+
+# =============================================================================================
 class SignalTest(RelayTestCase):
     def test_sigterm_while_idle(self):
         up = self.upstream()

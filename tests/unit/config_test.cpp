@@ -114,6 +114,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.commands_before_mail", c.limits.commands_before_mail},
       {"limits.invalid_recipients_per_session", c.limits.invalid_recipients_per_session},
       {"limits.client_names_cached", c.limits.client_names_cached},
+      {"limits.upstream_idle_connections", c.limits.upstream_idle_connections},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
       {"timeouts.session", c.timeouts.session.count()},
@@ -122,6 +123,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"timeouts.upstream_reply", c.timeouts.upstream_reply.count()},
       {"timeouts.upstream_data_reply", c.timeouts.upstream_data_reply.count()},
       {"timeouts.shutdown_grace", c.timeouts.shutdown_grace.count()},
+      {"timeouts.upstream_idle", c.timeouts.upstream_idle.count()},
       {"timeouts.client_name_ttl", c.timeouts.client_name_ttl.count()},
   };
   const std::string name = std::string(section) + "." + std::string(key);
