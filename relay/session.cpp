@@ -213,9 +213,7 @@ awaitable<void> Session::serve() {
 // --- Client input ------------------------------------------------------------------------------------
 
 bool Session::has_complete_line() const {
-  return std::find(in_.begin() + static_cast<std::ptrdiff_t>(in_begin_),
-                   in_.begin() + static_cast<std::ptrdiff_t>(in_end_), '\n') !=
-         in_.begin() + static_cast<std::ptrdiff_t>(in_end_);
+  return std::memchr(in_.data() + in_begin_, '\n', in_end_ - in_begin_) != nullptr;
 }
 
 awaitable<bool> Session::fill(Clock::time_point deadline) {
@@ -245,7 +243,8 @@ awaitable<Session::LineStatus> Session::read_line(std::string& line) {
   for (;;) {
     const char* b = in_.data() + in_begin_;
     const char* e = in_.data() + in_end_;
-    const char* nl = std::find(b, e, '\n');
+    const char* found = static_cast<const char*>(std::memchr(b, '\n', static_cast<std::size_t>(e - b)));
+    const char* nl = found ? found : e;
     if (nl != e) {
       const std::size_t len = static_cast<std::size_t>(nl - b);
       in_begin_ += len + 1;
@@ -286,8 +285,7 @@ void Session::resize_input(std::size_t n) {
   }
   n = std::max({n, in_end_, static_cast<std::size_t>(cfg_.limits.line_length) + 2});
   if (n == in_.size()) return;
-  in_.resize(n);
-  in_.shrink_to_fit();
+  in_.reallocate(n, in_end_);
 }
 
 void Session::queue_local(std::string reply) {

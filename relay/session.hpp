@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -36,6 +37,27 @@ struct SessionContext {
   std::string client_ip;
   enum class Admission { ok, denied, too_many, too_many_from_client } admission = Admission::ok;
   bool needs_auth = false;  // outside allow_clients, admitted by allow_authenticated
+};
+
+// The client input buffer: like std::vector<char> without zeroing what it allocates (a body's
+// 64 KiB buffer is allocated per message, and zero-filling it showed in profiles).
+class InputBuffer {
+ public:
+  explicit InputBuffer(std::size_t n) : p_(new char[n]), n_(n) {}
+  char* data() { return p_.get(); }
+  const char* data() const { return p_.get(); }
+  [[nodiscard]] std::size_t size() const { return n_; }
+  // A new capacity; the first `keep` bytes (keep <= both sizes) are preserved.
+  void reallocate(std::size_t n, std::size_t keep) {
+    std::unique_ptr<char[]> q(new char[n]);
+    std::memcpy(q.get(), p_.get(), keep);
+    p_ = std::move(q);
+    n_ = n;
+  }
+
+ private:
+  std::unique_ptr<char[]> p_;
+  std::size_t n_;
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -139,7 +161,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const conf::Listener& listener_;
   Upstream up_;
 
-  std::vector<char> in_;           // client input, bounded
+  InputBuffer in_;                 // client input, bounded
   std::size_t in_begin_ = 0, in_end_ = 0;
   std::string out_;                // client replies not yet written
   std::vector<Pending> pending_;
