@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""No secret in any log or error: a full mix of relay sessions, reloads and batv-keys commands at
+"""No secret in any log, error or core dump: a full mix of relay sessions, reloads and batv-keys commands at
 debug log level, every byte they print collected, and each key's secret searched for in it.
 
 Usage: test_secrets.py --relay PATH/batv-relay --keys PATH/batv-keys [unittest args]
@@ -24,12 +24,18 @@ ever in a key file (and per secret written into a broken one): its raw bytes, th
 \\xNN escaping of them, lowercase and uppercase hex, base64 (standard and URL-safe, with and without
 padding) and the field as written in the file; for each, every 12-character (raw: 8-byte) window,
 so a partial leak counts too.
+
+CoreDumpTest: the relay started with an unlimited core size has RLIMIT_CORE 0 and is not dumpable
+(its /proc/PID/fd, environ and mem belong to root), and SIGABRT leaves no core file where a control
+process of the same user, limit and directory leaves one.
 """
 import base64
 import json
 import os
 import random
 import re
+import resource
+import select
 import shutil
 import signal
 import smtplib
@@ -358,6 +364,93 @@ class NoSecretsTest(RelayLogMixin, unittest.TestCase):
         leaks = find_leaks(text, self.secrets, self.written)
         self.assertFalse(leaks, "secrets in the output:\n" + "\n".join(
             "%s as %s: ...%r..." % x for x in leaks))
+
+
+class CoreDumpTest(unittest.TestCase):
+    """The relay keeps its keys out of core dumps (RLIMIT_CORE 0) and is not dumpable
+    (PR_SET_DUMPABLE 0: no core, no ptrace or /proc/PID/mem for the same user): a relay started
+    with an unlimited core size and killed by SIGABRT leaves no core where a control process
+    (sleep, same user, same limit, same directory) leaves one."""
+
+    NOBODY = 65534
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="batv-core-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o777)   # the working directory, where core_pattern "core" writes
+        self.uid = None             # run the relay as this uid (None: as we are)
+        if os.geteuid() == 0:
+            probe = subprocess.run([RELAY, "--version"], capture_output=True,
+                                   preexec_fn=self.as_user(self.NOBODY))
+            if probe.returncode == 0:
+                self.uid = self.NOBODY
+        self.key_path = os.path.join(self.dir, "keys.toml")
+        harness.KeyFile(KEYS, self.key_path)
+        if self.uid is not None:
+            os.chown(self.key_path, self.uid, self.uid)
+
+    @staticmethod
+    def as_user(uid):
+        def pre():
+            resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+        return pre
+
+    def cores(self):
+        return [n for n in os.listdir(self.dir) if n.startswith("core")]
+
+    def test_no_core_dump_and_not_dumpable(self):
+        mx = ScriptedUpstream()
+        self.addCleanup(mx.close)
+        relay = Relay(RELAY, self.dir, self.key_path, upstream_port=mx.port, start=False)
+        # Control: a process of the same user with the same limit dumps core here (or the
+        # kernel's core_pattern sends cores elsewhere and that part cannot be checked).
+        ctl = subprocess.Popen(["/bin/sleep", "30"], cwd=self.dir,
+                               preexec_fn=self.as_user(self.uid))
+        time.sleep(0.2)
+        ctl.send_signal(signal.SIGABRT)
+        ctl.wait(10)
+        control_dumped = bool(self.cores())
+        for n in self.cores():
+            os.unlink(os.path.join(self.dir, n))
+
+        p = subprocess.Popen([RELAY, "--config", relay.config_path], cwd=self.dir,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, preexec_fn=self.as_user(self.uid))
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait(5)))
+        self.addCleanup(p.stderr.close)
+        log = b""
+        deadline = time.monotonic() + 15
+        while b"event=ready" not in log and time.monotonic() < deadline and p.poll() is None:
+            if select.select([p.stderr], [], [], 0.5)[0]:
+                chunk = os.read(p.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                log += chunk
+        self.assertIn(b"event=ready", log, log)
+        self.assertNotIn(b"event=core_dumps", log)
+        with open("/proc/%d/limits" % p.pid) as f:
+            core = [l.split()[4:6] for l in f if l.startswith("Max core file size")]
+        self.assertEqual(core, [["0", "0"]])
+        with open("/proc/%d/status" % p.pid) as f:
+            uid = int([l for l in f if l.startswith("Uid:")][0].split()[1])
+        if uid != 0:
+            # A non-dumpable process's private /proc files (fd/, environ, mem) belong to root,
+            # not to its own user (the kernel's task_dump_owner()).
+            for name in ("fd", "environ", "mem"):
+                self.assertEqual(os.stat("/proc/%d/%s" % (p.pid, name)).st_uid, 0, name)
+        p.send_signal(signal.SIGABRT)
+        self.assertEqual(p.wait(10), -signal.SIGABRT)
+        if not control_dumped:
+            self.skipTest("no core file from the control process either (core_pattern %r)"
+                          % open("/proc/sys/kernel/core_pattern").read().strip())
+        self.assertEqual(self.cores(), [])
+        if uid == 0:
+            self.skipTest("dumpable flag unchecked: the relay ran as root (nobody cannot run %s)"
+                          % RELAY)
 
 
 def main():
