@@ -129,6 +129,18 @@ def fd_count(pid):
         return None
 
 
+def settled_fd_count(pid, still=1.0, limit=10.0):
+    """fd_count once it has not changed for `still` seconds (or after `limit` seconds)."""
+    deadline = time.monotonic() + limit
+    last, since = fd_count(pid), time.monotonic()
+    while time.monotonic() - since < still and time.monotonic() < deadline:
+        time.sleep(0.1)
+        n = fd_count(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+    return last
+
+
 def fd_targets(pid):
     out = {}
     if fd_count(pid) is None:
@@ -511,7 +523,7 @@ class SoakTest(RelayLogMixin, unittest.TestCase):
                 c.cmd("EHLO warmup.client.test")
                 c.cmd("QUIT")
                 c.wait_closed()
-        fds_before = fd_count(pid)
+        fds_before = settled_fd_count(pid)   # the warm-up's last sockets may still be closing
         targets_before = fd_targets(pid)
         rss_before = relay.rss_kib()
         cpu_relay0, cpu_sink0 = cpu_seconds(pid), cpu_seconds(self.sink.proc.pid)
