@@ -153,6 +153,24 @@ std::optional<std::int64_t> read_time(const Ctx& c, const toml::node& n, const s
   return t;
 }
 
+// toml++ quotes the input in some parse errors ("'3141...' is not representable in 64 bits",
+// "expected 'true', saw 'tr'"); in a key file that input can be a secret (say, one whose base64
+// is all digits, written without quotes). Every quoted span is replaced by '...': the file, line
+// and column still point at the spot. An unbalanced quote drops the rest of the text.
+std::string without_quoted_input(std::string_view description) {
+  std::string out;
+  bool quoted = false;
+  for (char ch : description) {
+    if (ch == '\'') {
+      if (!quoted) out += "'...'";
+      quoted = !quoted;
+    } else if (!quoted) {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool allow_empty) {
@@ -164,7 +182,7 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
   } catch (const toml::parse_error& e) {
     out.errors.push_back(ConfigError{name, static_cast<int>(e.source().begin.line),
                                      static_cast<int>(e.source().begin.column), "",
-                                     std::string(e.description())});
+                                     without_quoted_input(e.description())});
     return out;
   }
   KeyFile file;

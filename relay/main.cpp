@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
 #include "relay/runtime.hpp"
 #include "relay/server.hpp"
@@ -36,6 +37,9 @@ std::shared_ptr<const relay::Runtime> load(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any key is read: no core dump and no same-user ptrace of the key material.
+  if (const std::string err = crypto::forbid_core_dumps(); !err.empty())
+    relay::log(relay::Level::warning, "core_dumps").kv("result", "failed").kv("error", err);
   const std::vector<std::string> args(argv + 1, argv + argc);
   if (args.size() == 1 && args[0] == "--version") {
     std::cout << "batv-relay " << BATV_VERSION << "\n";

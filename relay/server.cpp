@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/session.hpp"
@@ -82,7 +83,8 @@ std::string drop_privileges(const conf::Process& p) {
   if (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)
     return std::string("cannot switch to user '") + p.user + "': " + std::strerror(errno);
   if (::setuid(0) == 0) return "privileges could be regained after the switch: refusing to run";
-  return "";
+  // The uid change reset the dumpable flag to fs.suid_dumpable (which may be 1): clear it again.
+  return crypto::forbid_core_dumps();
 }
 
 }  // namespace

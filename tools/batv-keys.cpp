@@ -24,6 +24,7 @@
 #include "conf/keyfile.hpp"
 #include "conf/timefmt.hpp"
 #include "crypto/keyring.hpp"
+#include "crypto/no_dump.hpp"
 #include "crypto/prvs.hpp"
 
 namespace {
@@ -450,6 +451,9 @@ int cmd_verify(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any key is read or made: no core dump and no same-user ptrace of the secrets.
+  if (const std::string err = crypto::forbid_core_dumps(); !err.empty())
+    std::cerr << "batv-keys: warning: " << err << "\n";
   const Options o = parse_args(argc, argv);
   if (o.command == "rotate") return cmd_rotate(o);
   if (o.command == "import") return cmd_import(o);

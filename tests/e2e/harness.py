@@ -360,9 +360,10 @@ class Relay:
         return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
     # -- process --
-    def start(self, ready_timeout=10, env=None):
+    def start(self, ready_timeout=10, env=None, stdout=subprocess.DEVNULL):
+        """Run the relay; `stdout` is where its standard output goes (default: nowhere)."""
         self.proc = subprocess.Popen([self.bin, "--config", self.config_path],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, stdout=stdout,
                                      stderr=subprocess.PIPE,
                                      env=dict(os.environ, **env) if env else None)
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)

@@ -116,6 +116,25 @@ TEST_CASE("key file errors name file, line, column and key, never the secret") {
   }
 }
 
+TEST_CASE("key file TOML syntax errors do not quote the input: a bare-number secret stays out") {
+  // toml++ quotes the digits of an integer too large for 64 bits; base64 can be all digits.
+  const std::string digits = "3141592653589793238462643383279502884197";
+  const auto r = parse_keyfile("[[key]]\nid = 3\nstate = \"signing\"\nsecret = " + digits +
+                                   "\ncreated = 2023-11-14T22:13:20Z\n",
+                               "k.toml");
+  REQUIRE(r.errors.size() == 1);
+  const std::string got = format(r.errors.front());
+  CHECK_MESSAGE(got == "k.toml:4:50: Error while parsing decimal integer: '...' is not representable in 64 bits", got);
+  for (const char* text : {"secret = tru3q2+7w==\n", "secret = \"abc\\qdef\"\n", "secret = 0x31415926535897932384626\n"}) {
+    const auto e = parse_keyfile(std::string("[[key]]\n") + text, "k.toml");
+    REQUIRE(e.errors.size() == 1);
+    const std::string msg = format(e.errors.front());
+    CAPTURE(text);
+    CHECK_MESSAGE(msg.find("'...'") != std::string::npos, msg);
+    for (const char* piece : {"tru", "\\q", "31415926"}) CHECK(msg.find(piece) == std::string::npos);
+  }
+}
+
 TEST_CASE("all key file errors are reported together") {
   const auto r = parse_keyfile("[[key]]\nid = 12\nstate = \"x\"\nsecret = 5\ncreated = 1\n", "k.toml");
   CHECK(r.errors.size() == 4);
