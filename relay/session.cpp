@@ -1,6 +1,7 @@
 #include "relay/session.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <ctime>
 
@@ -546,7 +547,15 @@ awaitable<bool> Session::forward_client_identity() {
   if (listener_.forward_client != conf::ForwardClient::xclient) co_return true;
   const smtp::Capabilities& caps = up_.caps();
   if (!caps.xclient) {
-    log(Level::debug, "xclient").kv("sid", ctx_.id).kv("result", "not_offered");
+    // The MX then sees the relay's address, which it may trust (Postfix mynetworks): say so at
+    // warning level once per listener, then at debug level.
+    static std::array<std::atomic<bool>, 64> warned{};
+    const bool first = ctx_.listener >= warned.size() || !warned[ctx_.listener].exchange(true);
+    log(first ? Level::warning : Level::debug, "xclient")
+        .kv("sid", ctx_.id)
+        .kv("result", "not_offered")
+        .kv("listener", ctx_.listener)
+        .kv("upstream", listener_.upstream.to_string());
     co_return true;
   }
   XclientInfo info;

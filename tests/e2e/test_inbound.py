@@ -986,6 +986,20 @@ class KeyRotationTest(InboundTestCase):
 
 # =============================================================================================
 class LogTest(InboundTestCase):
+    def test_xclient_not_offered_is_a_warning_once_per_listener(self):
+        # The MX then sees the relay's address (which Postfix's mynetworks may trust): the admin
+        # must hear about it, but not once per session.
+        mx = self.upstream()  # the scripted MX offers no XCLIENT
+        r = self.relay(mx, forward_client="xclient", extra_toml='[logging]\nlevel = "debug"\n')
+        for _ in range(3):
+            c = self.session(r)
+            self.assertReply(c.cmd("QUIT"), 221)
+        r.wait_logs(lambda x: x.get("event") == "session_end", 3, 10)
+        recs = [x for x in r.logs("xclient") if x.get("result") == "not_offered"]
+        self.assertEqual(len(recs), 3, [x["_raw"] for x in recs])
+        self.assertEqual([x.get("level") for x in recs].count("warning"), 1,
+                         [x["_raw"] for x in recs])
+
     def test_one_rcpt_event_per_recipient_and_refused_in_session_end(self):
         mx = self.upstream()
         r = self.relay(mx, forward_client="none")
