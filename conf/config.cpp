@@ -600,6 +600,18 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     l.forward_client = role && *role == Role::inbound ? ForwardClient::xclient : ForwardClient::none;
     optional_enum<ForwardClient>(*t, "forward_client", path + ".forward_client", kForwardNames, l.forward_client);
     load_listener_tls(*t, path, l);
+    // An outbound listener open to the whole Internet signs for anyone and relays anywhere: an
+    // open relay and a tag oracle. Only with AUTH in front of MAIL may it take everyone.
+    if (role && *role == Role::outbound && !l.allow_authenticated && t->get("allow_clients")) {
+      for (const Cidr& net : l.allow_clients)
+        if (net.prefix == 0) {
+          error(*t->get("allow_clients"), path + ".allow_clients",
+                net.to_string() + " on an outbound listener makes an open relay that signs for anyone: list "
+                "your MTAs' networks, or set allow_authenticated = true");
+          ok = false;
+          break;
+        }
+    }
     if (ok) cfg.listeners.push_back(std::move(l));
   }
 }

@@ -474,6 +474,20 @@ TEST_CASE("config: allow_clients defaults depend on the role") {
   CHECK(c.listeners[2].allow_clients[0].to_string() == "192.0.2.0/24");
 }
 
+TEST_CASE("config: an outbound listener open to everyone needs allow_authenticated") {
+  const std::string head = "key_file = \"k\"\n[domains]\nsign = [\"example.com\"]\n"
+                           "[[listener]]\nrole = \"outbound\"\nlisten = \"0.0.0.0:587\"\nupstream = \"127.0.0.1:25\"\n";
+  for (const char* nets : {"[\"0.0.0.0/0\"]", "[\"10.0.0.0/8\", \"::/0\"]"}) {
+    const LoadResult r = load(head + "allow_clients = " + nets + "\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].key == "listener[0].allow_clients");
+    CHECK(r.errors[0].line == 8);
+    CHECK(r.errors[0].message.find("open relay") != std::string::npos);
+  }
+  require_ok(load(head + "allow_clients = [\"0.0.0.0/0\"]\nallow_authenticated = true\n"));
+  require_ok(load(head + "allow_clients = [\"10.0.0.0/8\"]\n"));
+}
+
 TEST_CASE("config: listen port 0 may repeat; other sections parse") {
   const std::string text = doc(
       "lifetime_days = 10\nhash = \"lowercase-local\"\nthreads = 4\n",
