@@ -1110,7 +1110,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
   else refuse = data_precondition(true);
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  if (!refuse && tx_.bdat_bytes + bdat->size > max_size) {
+  // Subtracted, not added: a chunk size near 2^64 would wrap the sum (bdat_bytes <= max_size).
+  if (!refuse && bdat->size > max_size - tx_.bdat_bytes) {
     refuse = replies::size_exceeded();
     if (tx_.bdat_used) up_.close();  // a partly sent message must not be completed
     tx_.bdat_failed = true;
