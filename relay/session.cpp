@@ -1083,13 +1083,28 @@ awaitable<bool> Session::do_data() {
   co_return co_await write_client(reply);
 }
 
+std::string Session::chunk_read_failed(Clock::time_point deadline) {
+  switch (read_failure_) {
+    case ReadFailure::stopped:
+      end_ = End::shutdown;
+      return replies::shutting_down(rt_->hostname);
+    case ReadFailure::timeout:
+      // The chunk's deadline, or timeouts.idle (shorter) between two reads.
+      end_ = Clock::now() >= deadline ? End::data_timeout : End::idle_timeout;
+      return end_ == End::data_timeout ? replies::data_timeout(rt_->hostname) : replies::idle_timeout(rt_->hostname);
+    case ReadFailure::closed:
+      break;
+  }
+  end_ = End::client_closed;
+  return {};
+}
+
 awaitable<bool> Session::skip_bytes(std::uint64_t n) {
   const auto deadline = Clock::now() + cfg_.timeouts.data;
   while (n > 0) {
     if (in_begin_ == in_end_ && !co_await fill(deadline)) {
-      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
-             : read_failure_ == ReadFailure::timeout ? End::data_timeout
-                                                     : End::client_closed;
+      const std::string reply = chunk_read_failed(deadline);
+      co_await write_client(reply);
       co_return false;
     }
     const std::uint64_t take = std::min<std::uint64_t>(n, in_end_ - in_begin_);
@@ -1140,11 +1155,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   while (left > 0) {
     if (in_begin_ == in_end_ && !co_await fill(deadline)) {
       up_.close();
-      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
-             : read_failure_ == ReadFailure::timeout ? End::data_timeout
-                                                     : End::client_closed;
-      if (end_ == End::shutdown) co_await write_client(replies::shutting_down(rt_->hostname));
-      else if (end_ == End::data_timeout) co_await write_client(replies::data_timeout(rt_->hostname));
+      const std::string reply = chunk_read_failed(deadline);
+      co_await write_client(reply);
       co_return false;
     }
     const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in_end_ - in_begin_));
