@@ -272,7 +272,8 @@ awaitable<bool> Session::write_client(std::string_view text) {
   if (text.empty()) co_return true;
   const IoResult r = co_await write_all_for(client_, asio::buffer(text.data(), text.size()), cfg_.timeouts.idle);
   if (!r) {
-    if (end_ == End::none) end_ = End::client_closed;
+    // A client that stops reading (its window stays shut for timeouts.idle) is not one that left.
+    if (end_ == End::none) end_ = r.timed_out ? End::idle_timeout : End::client_closed;
     co_return false;
   }
   co_return true;
