@@ -765,6 +765,49 @@ class InboundEightBitTest(EightBitTests, HostileCase):
 
 
 # =============================================================================================
+# Junk inside an AUTH exchange (outbound only: the inbound role never offers AUTH)
+
+class AuthJunkTest(HostileCase):
+    ROLE = "outbound"
+
+    def test_overlong_sasl_response(self):
+        """RFC 4954 4: a response longer than the relay takes gets 500 5.5.6 and cancels the
+        exchange; the session goes on and can authenticate afterwards."""
+        import base64
+        import test_auth
+        up = test_auth.AuthUpstream()
+        self.addCleanup(up.close)
+        r = Relay(RELAY, self.dir, self.keys, start=False, listeners=[
+            {"role": "outbound", "upstream": up.port, "plaintext_auth_loopback": True}])
+        self.watch_relay(r)
+        self.addCleanup(self.check_session_ends, r)
+        r.start()
+        c = self.session(r)
+        self.assertIn("AUTH PLAIN LOGIN X-TRIPLE", c.ehlo_reply.text.split("\n"))
+        self.assertEqual(c.cmd("AUTH PLAIN").code, 334)
+        with RssWatch(r) as rss:
+            self.stream_junk(c, 10 * MiB)
+            c.send(b"\r\n")
+            self.assertEqual(c.read_reply(timeout=30),
+                             Reply(500, "5.5.6 Authentication Exchange line is too long"))
+        self.assertMemoryBounded(rss)
+        self.assertEqual(c.cmd("NOOP").code, 250)
+        creds = base64.b64encode(("\0%s\0%s" % (test_auth.USER, test_auth.PASSWORD)).encode())
+        self.assertEqual(c.cmd(b"AUTH PLAIN " + creds).code, 235)
+        self.assertEqual(c.cmd("QUIT").code, 221)
+        end = self.end_of(r, c)
+        self.assertEqual((end.get("reason"), end.get("errors")), ("quit", "1"))
+        self.assertNotIn("QUFB", r.stderr_text())
+
+    @staticmethod
+    def stream_junk(c, total, block=b"QUFB" * 16384):
+        sent = 0
+        while sent < total:
+            c.send(block)
+            sent += len(block)
+
+
+# =============================================================================================
 # Pipelining floods and recipient floods
 
 class PipeliningFloodTests:
