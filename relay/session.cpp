@@ -446,6 +446,14 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     std::string response;
     command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
     const LineStatus st = co_await read_line(response);
+    if (st == LineStatus::too_long) {
+      // RFC 4954 4: the exchange is cancelled, the session goes on. The next hop is mid-exchange:
+      // drop it, a later command reconnects.
+      up_.close();
+      log(Level::warning, "auth").kv("sid", ctx_.id).kv("mechanism", mechanism).kv("result", "failed").kv("reply", "500");
+      refuse(replies::auth_line_too_long());
+      co_return true;
+    }
     if (st != LineStatus::ok) {
       explicit_bzero(response.data(), response.size());
       up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
