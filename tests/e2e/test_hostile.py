@@ -477,6 +477,47 @@ class OutboundFloodTest(FloodTests, HostileCase):
 class InboundFloodTest(FloodTests, HostileCase):
     ROLE = "inbound"
 
+    def test_descriptor_exhaustion(self):
+        """With RLIMIT_NOFILE at 40 a flood of 60 connections runs the relay out of file
+        descriptors before limits.sessions: sessions that get a socket are served, those whose
+        next-hop socket fails get 421 4.4.1, the rest wait in the listen backlog; accept errors
+        are logged at a bounded rate and the relay serves again as soon as the flood leaves."""
+        up = self.upstream()
+        wrapper = os.path.join(self.dir, "relay-nofile.sh")
+        with open(wrapper, "w") as f:
+            f.write('#!/bin/sh\nulimit -n 40 || exit 1\nexec "%s" "$@"\n' % RELAY)
+        os.chmod(wrapper, 0o755)
+        r = Relay(wrapper, self.dir, self.keys, listeners=[{"role": self.ROLE, "upstream": up.port}],
+                  limits={"sessions": 100, "sessions_per_client": 100}, start=False)
+        self.watch_relay(r)
+        self.addCleanup(self.check_session_ends, r)
+        r.start()
+        flood = Flood(r.port(), 60)
+        self.addCleanup(flood.close)
+        t = time.monotonic()
+        conns = flood.collect(3)
+        secs = time.monotonic() - t
+        unavailable = Reply(421, "4.4.1 %s next hop unavailable, try again later" % HOSTNAME)
+        admitted = flood.admitted()
+        waiting = [c for c in conns if not c["data"] and not c["closed"]]
+        refused = [c for c in conns if c not in admitted and c not in waiting]
+        self.assertTrue(admitted, "nobody was served")
+        self.assertTrue(waiting, "the descriptor limit was not reached (test setup)")
+        for c in refused:
+            self.assertEqual((first_reply(c["data"]), c["closed"]), (unavailable, True))
+        self.assertTrue(r.running())
+        failed = r.logs("accept_failed")
+        self.assertTrue(failed)
+        self.assertEqual({x.get("error") for x in failed}, {"Too many open files"})
+        self.assertLess(len(failed), 15 * (secs + 1), "accept errors logged without pause")
+        flood.close()
+        t = time.monotonic()
+        tag = new_tag("after-emfile")
+        with smtplib.SMTP(HOST, r.port(), local_hostname="good.test", timeout=10) as s:
+            s.sendmail(self.sender, [self.rcpt], body_for(tag))
+        self.assertLess(time.monotonic() - t, 3)
+        self.assertDeliveredOnce(up, tag)
+
 
 # =============================================================================================
 # Slowloris
