@@ -520,6 +520,94 @@ class InboundFloodTest(FloodTests, HostileCase):
 
 
 # =============================================================================================
+# Everything at once
+
+class InboundMixedAttackTest(HostileCase):
+    ROLE = "inbound"
+
+    def test_many_hostile_sessions_at_once(self):
+        """30 hostile sessions at the same time (junk streamers, clients that never read,
+        slowloris in commands and in DATA, clients vanishing mid-DATA) next to well-behaved
+        traffic: memory stays bounded, the good messages go through, nothing half-done
+        completes, and every session ends once."""
+        up = self.upstream()
+        r = self.relay(up, timeouts={"idle": 3, "command": 3, "data": 4})
+        clients = [self.session(r) for _ in range(30)]
+        errors = []
+
+        def junk(c):
+            block = b"J" * 65536
+            for _ in range(64):                             # 4 MiB, no newline
+                c.send(block)
+            c.send(b"\r\n")
+            if c.read_reply(timeout=20) != LINE_TOO_LONG:
+                errors.append("junk")
+
+        def never_read(c):
+            pair = b"MAIL FROM:<>\r\nRSET\r\n"
+            c.sock.settimeout(2)
+            try:
+                for _ in range(200):
+                    c.sock.sendall(pair * 4000)
+            except OSError:
+                return
+            errors.append("never_read: the relay read 25 MiB nobody answered")
+
+        def slow_command(c):
+            for _ in range(30):
+                try:
+                    c.send(b"N")
+                except OSError:
+                    return
+                if c.wait_closed(0.3):
+                    return
+            errors.append("slow_command not cut")
+
+        def slow_data(c):
+            self.open_tx(c)
+            if c.cmd("DATA").code != 354:
+                errors.append("slow_data: no 354")
+                return
+            for _ in range(30):
+                try:
+                    c.send(b"slow\r\n")
+                except OSError:
+                    return
+                if c.wait_closed(0.3):
+                    return
+            errors.append("slow_data not cut")
+
+        def vanish(c):
+            self.open_tx(c)
+            if c.cmd("DATA").code != 354:
+                errors.append("vanish: no 354")
+                return
+            c.send(body_for(new_tag("mixed-vanish")) + b"v" * 300000)
+            rst_close(c.sock)
+
+        kinds = [junk, never_read, slow_command, slow_data, vanish]
+        with RssWatch(r) as rss, GoodTraffic(self, r, min_messages=3) as good:
+            threads = [threading.Thread(target=self._guard, args=(kinds[i % 5], c, errors))
+                       for i, c in enumerate(clients)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+        self.assertFalse([th for th in threads if th.is_alive()])
+        self.assertEqual(errors, [])
+        self.assertMemoryBounded(rss)
+        good.check(up)
+        self.assertFalse([x for x in up.transactions() if x.completed and b"mixed-vanish" in x.data])
+
+    @staticmethod
+    def _guard(fn, c, errors):
+        try:
+            fn(c)
+        except Exception as e:   # noqa: BLE001 - reported by the test
+            errors.append("%s: %s: %s" % (fn.__name__, type(e).__name__, e))
+
+
+# =============================================================================================
 # Slowloris
 
 class SlowlorisTests:
