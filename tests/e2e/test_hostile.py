@@ -83,6 +83,26 @@ BDAT_SYNTAX = Reply(501, "5.5.4 Syntax: BDAT size [LAST]")
 U64_MAX = 2 ** 64 - 1
 
 _tags = itertools.count(1)
+_sanitized = []
+
+
+def relay_is_sanitized():
+    """True for an ASan build of the relay (BATV_SANITIZE): its RSS is not a measure of what the
+    relay keeps (ASan holds freed memory in quarantine, 256 MiB by default), and its runtime needs
+    file descriptors of its own (UBSan's vptr check opens a pipe to probe memory and reports
+    "invalid vptr" when it cannot), so the memory bounds and the descriptor-exhaustion test only
+    apply to a normal build."""
+    if not _sanitized:
+        found = False
+        with open(RELAY, "rb") as f:
+            tail = b""
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                if b"__asan_init" in tail + chunk:
+                    found = True
+                    break
+                tail = chunk[-16:]
+        _sanitized.append(found)
+    return _sanitized[0]
 
 
 def new_tag(what):
@@ -381,6 +401,8 @@ class HostileCase(RelayLogMixin, unittest.TestCase):
         if os.environ.get("BATV_E2E_RSS"):
             sys.stderr.write("[rss %s: start %d KiB, peak %d KiB, growth %d KiB] "
                              % (self.id().rsplit(".", 1)[-1], rss.start, rss.peak, rss.growth))
+        if relay_is_sanitized():
+            return
         self.assertLess(rss.growth, bound, "relay RSS grew by %d KiB during the attack (from %d "
                         "KiB; bound %d KiB)" % (rss.growth, rss.start, bound))
 
@@ -482,6 +504,8 @@ class InboundFloodTest(FloodTests, HostileCase):
         descriptors before limits.sessions: sessions that get a socket are served, those whose
         next-hop socket fails get 421 4.4.1, the rest wait in the listen backlog; accept errors
         are logged at a bounded rate and the relay serves again as soon as the flood leaves."""
+        if relay_is_sanitized():
+            self.skipTest("the sanitizer runtime itself fails without file descriptors")
         up = self.upstream()
         wrapper = os.path.join(self.dir, "relay-nofile.sh")
         with open(wrapper, "w") as f:
