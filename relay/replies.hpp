@@ -72,6 +72,7 @@ inline std::string auth_required() { return line(530, "5.7.0 Authentication requ
 inline std::string auth_already() { return line(503, "5.5.1 Already authenticated"); }
 inline std::string auth_in_transaction() { return line(503, "5.5.1 AUTH not permitted during a mail transaction"); }
 inline std::string auth_cancelled() { return line(501, "5.7.0 Authentication cancelled"); }
+inline std::string auth_line_too_long() { return line(500, "5.5.6 Authentication Exchange line is too long"); }
 inline std::string auth_encryption_required() {
   return line(538, "5.7.11 Encryption required for requested authentication mechanism");
 }

@@ -272,7 +272,8 @@ awaitable<bool> Session::write_client(std::string_view text) {
   if (text.empty()) co_return true;
   const IoResult r = co_await write_all_for(client_, asio::buffer(text.data(), text.size()), cfg_.timeouts.idle);
   if (!r) {
-    if (end_ == End::none) end_ = End::client_closed;
+    // A client that stops reading (its window stays shut for timeouts.idle) is not one that left.
+    if (end_ == End::none) end_ = r.timed_out ? End::idle_timeout : End::client_closed;
     co_return false;
   }
   co_return true;
@@ -458,6 +459,14 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     std::string response;
     command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
     const LineStatus st = co_await read_line(response);
+    if (st == LineStatus::too_long) {
+      // RFC 4954 4: the exchange is cancelled, the session goes on. The next hop is mid-exchange:
+      // drop it, a later command reconnects.
+      up_.close();
+      log(Level::warning, "auth").kv("sid", ctx_.id).kv("mechanism", mechanism).kv("result", "failed").kv("reply", "500");
+      refuse(replies::auth_line_too_long());
+      co_return true;
+    }
     if (st != LineStatus::ok) {
       explicit_bzero(response.data(), response.size());
       up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
@@ -1128,13 +1137,28 @@ awaitable<bool> Session::do_data() {
   co_return co_await write_client(reply);
 }
 
+std::string Session::chunk_read_failed(Clock::time_point deadline) {
+  switch (read_failure_) {
+    case ReadFailure::stopped:
+      end_ = End::shutdown;
+      return replies::shutting_down(rt_->hostname);
+    case ReadFailure::timeout:
+      // The chunk's deadline, or timeouts.idle (shorter) between two reads.
+      end_ = Clock::now() >= deadline ? End::data_timeout : End::idle_timeout;
+      return end_ == End::data_timeout ? replies::data_timeout(rt_->hostname) : replies::idle_timeout(rt_->hostname);
+    case ReadFailure::closed:
+      break;
+  }
+  end_ = End::client_closed;
+  return {};
+}
+
 awaitable<bool> Session::skip_bytes(std::uint64_t n) {
   const auto deadline = Clock::now() + cfg_.timeouts.data;
   while (n > 0) {
     if (in_begin_ == in_end_ && !co_await fill(deadline)) {
-      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
-             : read_failure_ == ReadFailure::timeout ? End::data_timeout
-                                                     : End::client_closed;
+      const std::string reply = chunk_read_failed(deadline);
+      co_await write_client(reply);
       co_return false;
     }
     const std::uint64_t take = std::min<std::uint64_t>(n, in_end_ - in_begin_);
@@ -1155,7 +1179,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
   else refuse = data_precondition(true);
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  if (!refuse && tx_.bdat_bytes + bdat->size > max_size) {
+  // Subtracted, not added: a chunk size near 2^64 would wrap the sum (bdat_bytes <= max_size).
+  if (!refuse && bdat->size > max_size - tx_.bdat_bytes) {
     refuse = replies::size_exceeded();
     if (tx_.bdat_used) up_.close();  // a partly sent message must not be completed
     tx_.bdat_failed = true;
@@ -1184,11 +1209,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   while (left > 0) {
     if (in_begin_ == in_end_ && !co_await fill(deadline)) {
       up_.close();
-      end_ = read_failure_ == ReadFailure::stopped ? End::shutdown
-             : read_failure_ == ReadFailure::timeout ? End::data_timeout
-                                                     : End::client_closed;
-      if (end_ == End::shutdown) co_await write_client(replies::shutting_down(rt_->hostname));
-      else if (end_ == End::data_timeout) co_await write_client(replies::data_timeout(rt_->hostname));
+      const std::string reply = chunk_read_failed(deadline);
+      co_await write_client(reply);
       co_return false;
     }
     const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in_end_ - in_begin_));

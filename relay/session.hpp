@@ -126,6 +126,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> do_data();
   awaitable<bool> do_bdat(std::string_view args);
   awaitable<bool> skip_bytes(std::uint64_t n);
+  // A read inside a BDAT chunk failed: sets end_ and returns the 421 owed (empty: client gone).
+  std::string chunk_read_failed(Clock::time_point deadline);
   awaitable<bool> ensure_upstream();
   awaitable<bool> forward_client_identity();
   awaitable<bool> open_upstream();
