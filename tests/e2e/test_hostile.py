@@ -300,6 +300,9 @@ class HostileCase(RelayLogMixin, unittest.TestCase):
     def relay(self, up, limits=None, timeouts=None, metrics=False, warm_up=True):
         """The relay, started; one message sent through it first (warm-up: the RSS baseline
         then includes what the first session allocates)."""
+        # One next-hop connection per session (no idle-connection reuse): these tests count
+        # and index next-hop connections to prove what an attack did or did not open upstream.
+        timeouts = dict({"upstream_idle": 0}, **(timeouts or {}))
         r = Relay(RELAY, self.dir, self.keys, listeners=[{"role": self.ROLE, "upstream": up.port}],
                   limits=limits, timeouts=timeouts, extra_toml=METRICS_TOML if metrics else "",
                   start=False)
