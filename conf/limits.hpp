@@ -66,8 +66,9 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "Concurrent sessions from one client IP address; must not exceed limits.sessions. "
      "50 = Postfix smtpd_client_connection_count_limit."},
     {"limits", "commands_before_mail", 100, 10, 10000, "commands",
-     "Commands outside a mail transaction (EHLO, NOOP, RSET, VRFY, ...) before 421; the count "
-     "restarts at each MAIL. 100 = Postfix smtpd_junk_command_limit."},
+     "Commands other than MAIL, RCPT, DATA, BDAT and QUIT (EHLO, NOOP, RSET, VRFY, ...) before "
+     "421, inside a transaction too (a MAIL/RSET loop); the count restarts when a message is "
+     "delivered. 100 = Postfix smtpd_junk_command_limit."},
     {"limits", "invalid_recipients_per_session", 50, 1, 100000, "recipients",
      "Rejected RCPTs (bad, expired or missing tag) per session before 421: slows dictionary "
      "probing for valid tags and backscatter floods. Postfix analogue: "

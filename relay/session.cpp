@@ -654,7 +654,12 @@ awaitable<bool> Session::process(const std::string& line) {
   }
   const smtp::Command cmd = smtp::parse_command(line);
   using smtp::Verb;
-  if (!tx_.active && cmd.verb != Verb::mail && cmd.verb != Verb::quit) ++commands_outside_tx_;
+  // Junk commands (Postfix smtpd_junk_command_limit): everything but the transaction itself,
+  // inside a transaction too, so that MAIL/RSET or NOOP loops are bounded; the count restarts
+  // when a message is delivered.
+  if (cmd.verb != Verb::mail && cmd.verb != Verb::rcpt && cmd.verb != Verb::data && cmd.verb != Verb::bdat &&
+      cmd.verb != Verb::quit)
+    ++commands_outside_tx_;
   switch (cmd.verb) {
     case Verb::ehlo:
     case Verb::helo: {
@@ -832,7 +837,6 @@ void Session::handle_mail(std::string_view args) {
   }
   tx_.smtputf8 = smtputf8;
   tx_.bounce = listener_.role == conf::Role::inbound && is_bounce(cfg_, tx_.sender);
-  commands_outside_tx_ = 0;
   phase_ = Phase::mail;
   queue_local(replies::sender_ok());
 }
@@ -1013,6 +1017,7 @@ void Session::count_message(const std::string& reply, std::uint64_t size) {
   if (accepted) metrics().bytes(listener_.role, size);
   if (accepted) {
     ++messages_;
+    commands_outside_tx_ = 0;
     if (listener_.role == conf::Role::outbound) ++(tx_.decision.sign ? signed_ : unsigned_);
   } else if (reply_is_error(reply)) {
     ++errors_;

@@ -861,6 +861,29 @@ class ClientInputTest(RelayTestCase):
         self.assertCode(c.cmd("NOOP"), 250)
         self.assertEqual(up.transactions(), [])
 
+    def test_junk_command_loops_are_bounded_until_a_message_is_delivered(self):
+        up = self.upstream()
+        r = self.relay(up.port, limits={"commands_before_mail": 10})
+        # A MAIL/RSET loop: RSET counts even inside a transaction.
+        c = self.session(r)  # EHLO: 1
+        for _ in range(9):
+            self.assertCode(c.cmd("MAIL FROM:<%s>" % HOMER), 250)
+            self.assertCode(c.cmd("RSET"), 250)
+        self.assertCode(c.cmd("MAIL FROM:<%s>" % HOMER), 250)
+        self.assertCode(c.cmd("RSET"), 250)                    # the 11th junk command is answered,
+        self.assertCode(c.read_reply(), 421, "4.7.0")          # then the session ends
+        self.assertTrue(c.wait_closed(5))
+        # A delivered message starts the count again.
+        c = self.session(r)
+        for _ in range(8):
+            self.assertCode(c.cmd("NOOP"), 250)
+        self.assertCode(self.transaction(c), 250)
+        for _ in range(11):
+            self.assertCode(c.cmd("NOOP"), 250)
+        self.assertCode(c.read_reply(), 421, "4.7.0")
+        ends = r.wait_logs(lambda x: x.get("event") == "session_end", 2, 5)
+        self.assertEqual([e.get("reason") for e in ends], ["too_many_commands"] * 2)
+
     def test_data_without_recipients(self):
         up = self.upstream(replies={"RCPT": "550 5.1.1 unknown user"})
         r = self.relay(up.port)
