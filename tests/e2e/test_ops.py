@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import smtplib
 import sys
 import tempfile
@@ -243,7 +242,7 @@ class PrivilegesTest(unittest.TestCase):
         r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
                   extra_toml="[process]\nrun_as_root = false\n")
         r.write_config()
-        p = subprocess.run([RELAY, "--config", r.config_path], capture_output=True, timeout=20)
+        p = harness.run_checked([RELAY, "--config", r.config_path], timeout=20)
         self.assertEqual(p.returncode, 78, p.stderr)
         self.assertIn(b"refusing to run as root", p.stderr)
         self.assertNotIn(b"event=ready", p.stderr)
