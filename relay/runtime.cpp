@@ -1,5 +1,6 @@
 #include "relay/runtime.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <optional>
@@ -40,6 +41,13 @@ std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& c
 
 }  // namespace
 
+FileStamp stamp_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {true, st.st_dev, st.st_ino, st.st_size,
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
 std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
                                             std::vector<std::string>& errors) {
   auto loaded = conf::load_config_file(config_path);
@@ -49,6 +57,8 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
   }
   std::size_t count = 0;
   std::vector<std::pair<int, std::int64_t>> created;
+  // Before the read: a change from here on differs from this stamp, so the watcher reloads.
+  const FileStamp key_stamp = stamp_of(loaded.config->key_file);
   auto ring = load_keys(*loaded.config, count, errors, &created);
   auto tls = build_tls(*loaded.config, errors);
   if (!ring || !errors.empty()) return nullptr;
@@ -56,7 +66,7 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
   const crypto::PrvsParams params = prvs_params(cfg);
   std::string host = cfg.smtp.hostname.empty() ? system_hostname() : cfg.smtp.hostname;
   return std::make_shared<const Runtime>(
-      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(created), std::move(tls)});
+      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(created), std::move(tls), key_stamp});
 }
 
 

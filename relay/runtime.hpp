@@ -5,6 +5,9 @@
 // on any error the old one stays (style.md, practice 7).
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,6 +20,19 @@
 
 namespace batv::relay {
 
+// What identifies the key file's content on disk: rewrites in place change mtime/size,
+// batv-keys' atomic rename changes the inode, delete-then-create changes both.
+struct FileStamp {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  std::int64_t mtime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
+
+FileStamp stamp_of(const std::string& path);
+
 struct Runtime {
   conf::Config config;
   crypto::Keyring keyring;
@@ -25,6 +41,7 @@ struct Runtime {
   std::size_t key_count = 0;
   std::vector<std::pair<int, std::int64_t>> key_created;  // (key id, created unix seconds), for metrics
   std::vector<ListenerTls> tls;  // one per listener, same order as config.listeners
+  FileStamp key_stamp;           // the key file as it was just before it was read
 };
 
 // Loads the config file, its key file and the keyring. On failure returns nullptr and fills

@@ -2,7 +2,6 @@
 
 #include <openssl/rand.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <grp.h>
 #include <pwd.h>
 #include <sys/un.h>
@@ -38,24 +37,6 @@ void notify_systemd(std::string_view state) {
   ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr),
            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
   ::close(fd);
-}
-
-// What identifies the key file's content on disk: rewrites in place change mtime/size,
-// batv-keys' atomic rename changes the inode, delete-then-create changes both.
-struct FileStamp {
-  bool exists = false;
-  dev_t dev = 0;
-  ino_t ino = 0;
-  off_t size = 0;
-  std::int64_t mtime_ns = 0;
-  bool operator==(const FileStamp&) const = default;
-};
-
-FileStamp stamp_of(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return {};
-  return {true, st.st_dev, st.st_ino, st.st_size,
-          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
 // Drops root after the privileged start-up work (binding port 25, reading keys and
@@ -274,7 +255,9 @@ void Server::release(std::uint64_t id, const std::string& ip) {
 awaitable<void> Server::watch_key_file() {
   constexpr auto period = std::chrono::seconds(2);
   asio::steady_timer timer(*contexts_[0]);
-  FileStamp last = stamp_of(runtime_.get()->config.key_file);
+  // The baseline is the file the running keys were read from, not the file as it is when this
+  // first runs (after "ready"): a rotation during start-up is a change too.
+  FileStamp last = runtime_.get()->key_stamp;
   while (!stopping_) {
     timer.expires_after(period);
     auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));

@@ -2,9 +2,10 @@
 # Sourced, not run.
 
 # Debian 12 packages the build and the tests need. postfix (smtp-source/smtp-sink) and swaks come
-# with the relay's end-to-end tests; exim is fetched separately (tests/interop/fetch-exim.sh).
+# with the relay's end-to-end tests, valgrind runs them under memcheck (ctest label valgrind); exim
+# is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
-  doctest-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl)
+  doctest-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind)
 
 install_packages() {
   local missing=()
@@ -27,6 +28,6 @@ install_packages() {
 configure_and_build() {
   local dir=$1
   shift
-  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake -S . -B "$dir" "$@" >/dev/null || return 1
   cmake --build "$dir" -j "$(nproc)"
 }

@@ -8,11 +8,13 @@ import json
 import os
 import re
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from harness import run_checked  # noqa: E402  (a sanitizer finding in any run fails the test)
 
 BIN = None
 T1 = 1700000000  # 2023-11-14T22:13:20Z, day 19675
@@ -24,7 +26,7 @@ def run(keys, *args, stdin=None, now=None):
     if now is not None:
         cmd += ["--now", str(now)]
     cmd += list(args)
-    p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=30)
+    p = run_checked(cmd, input=stdin, timeout=30)
     return p.returncode, p.stdout.decode(), p.stderr.decode()
 
 
@@ -228,7 +230,7 @@ class BatvKeysTest(unittest.TestCase):
                      ["--lifetime", "31", "list"], ["--hash", "md5", "list"], ["list", "--bogus"]):
             with self.subTest(args=args):
                 self.assertEqual(run(self.keys, *args)[0], 64)
-        p = subprocess.run([BIN, "list"], capture_output=True)
+        p = run_checked([BIN, "list"])
         self.assertEqual(p.returncode, 64)
         self.assertIn(b"--keys FILE", p.stderr)
 

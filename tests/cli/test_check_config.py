@@ -6,16 +6,18 @@ Usage: test_check_config.py --relay PATH --keys PATH/batv-keys --source SRC_DIR
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from harness import run_checked  # noqa: E402  (a sanitizer finding in any run fails the test)
 
 RELAY = KEYS = SRC = None
 
 
 def check(config):
-    p = subprocess.run([RELAY, "--check-config", config], capture_output=True, timeout=30)
+    p = run_checked([RELAY, "--check-config", config], timeout=30)
     return p.returncode, p.stdout.decode(), p.stderr.decode()
 
 
@@ -36,7 +38,7 @@ class CheckConfigTest(unittest.TestCase):
         self.dir.cleanup()
 
     def rotate(self):
-        p = subprocess.run([KEYS, "--keys", self.keyfile, "rotate"], capture_output=True)
+        p = run_checked([KEYS, "--keys", self.keyfile, "rotate"], timeout=30)
         self.assertEqual(p.returncode, 0, p.stderr)
 
     def test_example_config_with_keys_is_ok(self):
@@ -109,9 +111,9 @@ class CheckConfigTest(unittest.TestCase):
         self.assertIn("absent.toml", err)
 
     def test_usage_and_version(self):
-        p = subprocess.run([RELAY], capture_output=True)
+        p = run_checked([RELAY], timeout=30)
         self.assertEqual(p.returncode, 64)
-        p = subprocess.run([RELAY, "--version"], capture_output=True)
+        p = run_checked([RELAY, "--version"], timeout=30)
         self.assertEqual(p.returncode, 0)
         self.assertRegex(p.stdout.decode(), r"^batv-relay \d+\.\d+\.\d+\n$")
 

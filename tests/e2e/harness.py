@@ -24,6 +24,22 @@ close()/stop(), so a test that fails half way still cleans up when it registers 
                                lifetime 7); tag_matches(tagged, addr, t0, t1) for clock windows.
   closed_port()                a 127.0.0.1 port with nobody listening (connection refused).
   rss_kib(pid)                 VmRSS of a process, KiB.
+  scaled(seconds)              a wait scaled by BATV_TEST_TIMEOUT_FACTOR (see below).
+  sanitizer_findings(text)     the lines of `text` that report an ASan/LSan/UBSan/memcheck error.
+  run_checked(cmd, ...)        subprocess.run that raises AssertionError on a sanitizer finding.
+
+Environment (set by tools/test and tests/CMakeLists.txt, not by the test files):
+  BATV_TEST_TIMEOUT_FACTOR     multiplies every wait of this harness (default 1): the sanitizer
+                               tree sets 3, the valgrind tests 10. Only how long we wait for
+                               something scales; what the tests check does not change.
+  BATV_RELAY_WRAPPER           a command line the daemon runs under (e.g. "valgrind
+                               --error-exitcode=99 ..."): Relay.start() runs WRAPPER batv-relay.
+
+Sanitizer and memcheck findings fail the test: Relay.close() ends the relay with SIGTERM (so it
+exits normally and LeakSanitizer / memcheck's leak check run), and raises AssertionError when its
+stderr holds a finding, when it died of a signal nobody sent, or when it did not exit in time
+(a shutdown hang). KeyFile, Relay.check_config and run_checked check the output of every short
+run the same way.
 
 Fault stages of ScriptedUpstream, matched case-insensitively, most specific first:
   "greeting", "EHLO", "HELO", "MAIL", "RCPT:n" then "RCPT" (n = 1-based within the transaction),
@@ -43,6 +59,7 @@ import os
 import sys
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -90,6 +107,54 @@ def tag_matches(tagged, address, t0, t1, **kw):
 # ---------------------------------------------------------------------------------------------
 # small utilities
 
+TIMEOUT_FACTOR = float(os.environ.get("BATV_TEST_TIMEOUT_FACTOR") or 1)
+if not TIMEOUT_FACTOR >= 1:
+    raise SystemExit("BATV_TEST_TIMEOUT_FACTOR must be a number >= 1")
+
+
+def scaled(seconds):
+    """`seconds` times BATV_TEST_TIMEOUT_FACTOR (None stays None)."""
+    return None if seconds is None else seconds * TIMEOUT_FACTOR
+
+
+# What ASan, LSan, UBSan and Valgrind's memcheck write when they find something.
+# (A leak check that could not run, e.g. "LeakSanitizer has encountered a fatal error", counts too.)
+_SANITIZER_LINE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:"
+                             r"|ERROR: UndefinedBehaviorSanitizer|Sanitizer has encountered a fatal"
+                             r"|Sanitizer CHECK failed|==\d+== ERROR SUMMARY: [1-9]")
+
+
+# Where such a report starts (memcheck writes its errors before the summary that counts them).
+_REPORT_START = re.compile(_SANITIZER_LINE.pattern + r"|^==\d+== (Invalid|Conditional|Use of "
+                           r"uninit|Syscall param|Mismatched|Source and destination|Argument|"
+                           r"HEAP SUMMARY)")
+
+
+def sanitizer_findings(text):
+    """The lines of `text` (str or bytes) that report a sanitizer or memcheck error."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return [line for line in text.splitlines() if _SANITIZER_LINE.search(line)]
+
+
+def check_no_findings(what, text):
+    """Raise AssertionError naming `what` when `text` reports a sanitizer/memcheck error."""
+    found = sanitizer_findings(text)
+    if found:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        raise AssertionError("%s: sanitizer/memcheck finding:\n%s\n--- full output ---\n%s"
+                             % (what, "\n".join(found), text))
+
+
+def run_checked(cmd, **kw):
+    """subprocess.run(cmd, capture_output=True, **kw) whose stderr must hold no sanitizer
+    finding (AssertionError otherwise)."""
+    p = subprocess.run(cmd, capture_output=True, **kw)
+    check_no_findings(" ".join(str(c) for c in cmd), p.stderr)
+    return p
+
+
 def free_port():
     """A port that was free a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -113,7 +178,7 @@ def rss_kib(pid, field="VmRSS"):
 def wait_until(predicate, timeout, interval=0.02):
     """Poll predicate() until it returns a true value or `timeout` seconds pass; returns the
     last value."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         v = predicate()
         if v or time.monotonic() >= deadline:
@@ -123,7 +188,7 @@ def wait_until(predicate, timeout, interval=0.02):
 
 def wait_port(port, timeout=10.0, host=HOST):
     """Wait until something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=1):
@@ -195,7 +260,7 @@ class KeyFile:
         cmd = [self.bin, "--keys", self.path]
         if now is not None:
             cmd += ["--now", str(now)]
-        p = subprocess.run(cmd + list(args), input=stdin, capture_output=True, timeout=30)
+        p = run_checked(cmd + list(args), input=stdin, timeout=scaled(30))
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
     def rotate(self):
@@ -304,6 +369,8 @@ class Relay:
         self.config_path = os.path.join(workdir, config_name)
         self.proc = None
         self.stopped = False            # set by stop(): an exit the test asked for
+        self._sent = set()              # signals the harness sent to end the process
+        self._checked = False           # close() has checked the exit once
         self._records = []
         self._cond = threading.Condition()
         self._reader = None
@@ -355,14 +422,15 @@ class Relay:
 
     def check_config(self):
         """`batv-relay --check-config` on the written file: (exit code, stdout+stderr)."""
-        p = subprocess.run([self.bin, "--check-config", self.config_path], capture_output=True,
-                           timeout=30)
+        p = run_checked([self.bin, "--check-config", self.config_path], timeout=scaled(30))
         return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
     # -- process --
     def start(self, ready_timeout=10, env=None, stdout=subprocess.DEVNULL):
         """Run the relay; `stdout` is where its standard output goes (default: nowhere)."""
-        self.proc = subprocess.Popen([self.bin, "--config", self.config_path],
+        ready_timeout = scaled(ready_timeout)
+        wrapper = shlex.split(os.environ.get("BATV_RELAY_WRAPPER", ""))
+        self.proc = subprocess.Popen(wrapper + [self.bin, "--config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=stdout,
                                      stderr=subprocess.PIPE,
                                      env=dict(os.environ, **env) if env else None)
@@ -436,7 +504,7 @@ class Relay:
             return None
 
         with self._cond:
-            return self._cond.wait_for(find, timeout=timeout)
+            return self._cond.wait_for(find, timeout=scaled(timeout))
 
     def wait_logs(self, predicate, count, timeout=5.0):
         """All records matching predicate once there are at least `count` (or whatever there
@@ -446,7 +514,7 @@ class Relay:
             return got if len(got) >= count else None
 
         with self._cond:
-            got = self._cond.wait_for(find, timeout=timeout)
+            got = self._cond.wait_for(find, timeout=scaled(timeout))
             return got if got is not None else [r for r in self._records if predicate(r)]
 
     def running(self):
@@ -462,34 +530,74 @@ class Relay:
             return None
         self.stopped = True
         if self.proc.poll() is None:
+            self._sent.add(sig)
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                self._reader.join(2)
+                self._kill()
                 return None
-        self._reader.join(2)
+        self._reader.join(scaled(2))
         return self.proc.returncode
+
+    def _kill(self):
+        self._sent.add(signal.SIGKILL)
+        self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._reader is not None:
+            self._reader.join(2)
 
     def rss_kib(self, field="VmRSS"):
         return rss_kib(self.proc.pid, field)
 
     def close(self):
-        """Kill the process if it still runs (always safe to call)."""
+        """End the process if it still runs and check how it ended (always safe to call).
+
+        A running relay gets SIGTERM, so that it shuts down and exits normally: LeakSanitizer
+        and memcheck's leak check only run at a normal exit. Raises AssertionError (once) when
+        stderr holds a sanitizer/memcheck finding, when the process died of a signal the
+        harness did not send (abort, segfault), when it exited non-zero after the SIGTERM, or
+        when it did not exit within shutdown_grace + 15 s of it (a shutdown hang; then it is
+        killed)."""
         if self.proc is None:
             return
+        problems = []
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.stopped = True
+            self._sent.add(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
+            limit = scaled(int(self.timeouts.get("shutdown_grace", 2)) + 15)
             try:
-                self.proc.wait(5)
+                if self.proc.wait(limit) != 0:
+                    problems.append("exit status %s after SIGTERM" % self.proc.returncode)
             except subprocess.TimeoutExpired:
-                pass
+                self._kill()
+                problems.append("no exit within %gs of SIGTERM (killed)" % limit)
         if self._reader is not None:
-            self._reader.join(2)
+            self._reader.join(scaled(5))
         if self.proc.stderr:
             self.proc.stderr.close()
+        rc = self.proc.returncode
+        if not problems and rc is not None and rc < 0 and -rc not in self._sent:
+            problems.append("died of signal %d" % -rc)
+        if self._checked:
+            return
+        self._checked = True
+        text = self.stderr_text()
+        found = sanitizer_findings(text)
+        if found:
+            problems.append("sanitizer/memcheck finding:\n" + "\n".join(found))
+        if problems:
+            lines = text.splitlines()
+            first = next((i for i, x in enumerate(lines) if _REPORT_START.search(x)), None)
+            # The whole report from its first line (bounded), else the log tail.
+            shown = lines[max(0, first - 5):first + 150] if first is not None else lines[-30:]
+            shown = [x if len(x) <= 400 else x[:400] + "..." for x in shown]
+            raise AssertionError("batv-relay (%s): %s\n--- stderr ---\n%s"
+                                 % (self.config_path, "; ".join(problems), "\n".join(shown)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,7 +919,7 @@ class ScriptedUpstream:
     def _send(self, conn, data, timeout=5.0):
         """Send all of data; raises _Closed when the peer is gone or stops reading."""
         view = memoryview(data)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while view:
             if self._stop.is_set() or time.monotonic() > deadline:
                 raise _Closed()
@@ -1232,8 +1340,8 @@ class SmtpClient:
     """A raw-socket SMTP client that reads replies strictly (code, '-' continuation)."""
 
     def __init__(self, port, timeout=10.0, host=HOST):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.timeout = timeout
+        self.timeout = scaled(timeout)
+        self.sock = socket.create_connection((host, port), timeout=self.timeout)
         self.buf = bytearray()
 
     @property
@@ -1269,7 +1377,7 @@ class SmtpClient:
     def read_reply(self, timeout=None):
         """One (possibly multi-line) reply. Raises EOFError when the peer closed first and
         socket.timeout when it does not come within `timeout` (default: the client timeout)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else scaled(timeout))
         texts = []
         while True:
             raw = self._read_line(deadline)
@@ -1286,7 +1394,7 @@ class SmtpClient:
     def wait_closed(self, timeout=5.0):
         """True when the peer closes within `timeout` (data arriving meanwhile is discarded
         into self.buf)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

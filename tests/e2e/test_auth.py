@@ -11,6 +11,7 @@ Usage: test_auth.py --relay PATH/batv-relay --keys PATH/batv-keys
 """
 import base64
 import os
+import shutil
 import smtplib
 import socket
 import ssl
@@ -135,6 +136,7 @@ class AuthUpstream:
 class AuthTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="batv-auth-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
         self.mx = AuthUpstream()
         self.addCleanup(self.mx.close)

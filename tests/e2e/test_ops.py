@@ -8,10 +8,10 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import smtplib
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -74,6 +74,44 @@ class OpsTest(unittest.TestCase):
         rec = self.wait_reload(r, 3)
         self.assertEqual((rec.get("result"), rec.get("signing_key")), ("ok", "3"), rec["_raw"])
         self.assertEqual(self.signed_key(r), 3)
+
+    def test_key_file_rotated_during_start_up_is_picked_up(self):
+        """A rotation after the start-up load but before the key-file watcher first looks is a
+        change too (the watcher used to take its baseline when it first ran, after "ready", so
+        it missed such a rotation and kept the old keys until the next one). The relay is
+        stopped (SIGSTOP) on its first event=listening line, i.e. after the load; the rotation
+        counts only when event=ready had not been written by then, so it falls in that window."""
+        listeners = [{"upstream": self.mx.port} for _ in range(40)]  # a longer start-up
+        for attempt in range(10):
+            r = self.relay(listeners=listeners, config_name="startup%d.toml" % attempt)
+            errors = []
+
+            def start():
+                try:
+                    r.start()
+                except Exception as e:  # noqa: BLE001 (reported below, in the test's thread)
+                    errors.append(e)
+            starter = threading.Thread(target=start)
+            starter.start()
+            self.assertTrue(harness.wait_until(lambda: r.proc is not None, 10))
+            self.assertIsNotNone(r.wait_log("listening", 10))
+            os.kill(r.pid, signal.SIGSTOP)
+            time.sleep(0.3)  # the log reader takes whatever was written before the stop
+            in_window = not r.logs("ready")
+            if in_window:
+                new_id = self.keys.rotate()
+            os.kill(r.pid, signal.SIGCONT)
+            starter.join(harness.scaled(15))
+            self.assertEqual(errors, [])
+            self.assertTrue(r.logs("ready"), r.stderr_text())
+            if in_window:
+                break
+            r.close()
+        else:
+            self.fail("the relay was never stopped before event=ready in 10 start-ups")
+        rec = self.wait_reload(r, 1)
+        self.assertEqual((rec.get("result"), rec.get("signing_key")), ("ok", str(new_id)), rec["_raw"])
+        self.assertEqual(self.signed_key(r), new_id)
 
     def test_systemd_readiness(self):
         path = os.path.join(self.dir, "notify.sock")
@@ -243,7 +281,7 @@ class PrivilegesTest(unittest.TestCase):
         r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
                   extra_toml="[process]\nrun_as_root = false\n")
         r.write_config()
-        p = subprocess.run([RELAY, "--config", r.config_path], capture_output=True, timeout=20)
+        p = harness.run_checked([RELAY, "--config", r.config_path], timeout=20)
         self.assertEqual(p.returncode, 78, p.stderr)
         self.assertIn(b"refusing to run as root", p.stderr)
         self.assertNotIn(b"event=ready", p.stderr)

@@ -697,8 +697,7 @@ class TlsConfigTest(TlsTestCase):
         listener.update(li)
         r = Relay(RELAY, self.dir, self.keys, listeners=[listener], start=False)
         self.addCleanup(r.close)
-        p = subprocess.run([RELAY, "--check-config", r.config_path], capture_output=True,
-                           timeout=30, cwd="/")
+        p = harness.run_checked([RELAY, "--check-config", r.config_path], timeout=30, cwd="/")
         return p.returncode, (p.stdout + p.stderr).decode(errors="replace"), r
 
     def assertConfigError(self, key, where=True, **li):
