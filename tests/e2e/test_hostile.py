@@ -969,7 +969,9 @@ class AuthJunkTest(HostileCase):
 class PipeliningFloodTests:
     def test_flood_read_afterwards_gets_every_reply_in_order(self):
         up = self.upstream()
-        r = self.relay(up)
+        # NOOP and RSET are junk commands (limits.commands_before_mail, counted until a message
+        # is delivered): this test is about pipelining, so the limit is raised out of the way.
+        r = self.relay(up, limits={"commands_before_mail": 10000})
         c = self.session(r)
         rounds = 1000
         batch = b"".join(b"MAIL FROM:<%s>\r\nRCPT TO:<r%d@elsewhere.org>\r\nNOOP\r\nRSET\r\n"
@@ -1013,7 +1015,9 @@ class PipeliningFloodTests:
             self.assertFalse(th.is_alive())
             end = self.end_of(r, c, timeout=15)
         self.assertLess(sent[0], total, "the relay kept reading from a client that reads nothing")
-        self.assertEqual(end.get("reason"), "idle_timeout")
+        # Blocked writing replies (idle_timeout), or stopped by the junk-command limit first (its
+        # 421 then cannot be written either): both end the session with bounded reading.
+        self.assertIn(end.get("reason"), ("idle_timeout", "too_many_commands"))
         self.assertMemoryBounded(rss)
         good.check(up)
 
@@ -1178,6 +1182,7 @@ class BdatTests:
         self.assertEqual(self.with_tag(up, tag)[0].chunks, [0, len(data), 0])
         self.open_tx(c)
         self.assertEqual(c.cmd("BDAT 0 LAST").code, 250)     # an empty message is a message
+        wait_until(lambda: [x for x in up.accepted() if x.chunks == [0]], 5)
         empty = [x for x in up.accepted() if x.chunks == [0]]
         self.assertEqual(len(empty), 1)
 
