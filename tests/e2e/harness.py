@@ -587,6 +587,7 @@ class UpstreamConnection:
         self.tls_sni = None             # server name the peer sent in its ClientHello
         self.before_tls = b""           # bytes pipelined after STARTTLS (discarded)
         self.xclient = None             # attributes of the last XCLIENT command
+        self.offered = None             # EHLO keywords of the last EHLO reply (set() after HELO)
         self.fault = None               # the fault that fired, e.g. ("close_at", "MAIL")
         self.peer_closed = False
         self.closed = threading.Event()
@@ -972,8 +973,10 @@ class ScriptedUpstream:
                         names.append("STARTTLS")
                 default = "\r\n".join(("250 " if i == len(names) - 1 else "250-") + n
                                         for i, n in enumerate(names))
-            self._answer(conn, cmd, ["EHLO:%d" % conn.ehlo_n, verb] if verb == "EHLO" else [verb],
-                         default)
+            r = self._answer(conn, cmd, ["EHLO:%d" % conn.ehlo_n, verb] if verb == "EHLO" else [verb],
+                             default)
+            # What this session offers now, from the reply as sent (scripted ones included).
+            conn.offered = {x[4:].split(" ")[0].upper() for x in r.split("\r\n")[1:] if x[4:]}
             conn.tx = None
         elif verb == "MAIL":
             conn.tx = Transaction(line)
@@ -1150,7 +1153,8 @@ class ScriptedUpstream:
             self._reply(conn, "501 5.5.4 Syntax: BDAT size [LAST]", cmd)
             return
         n, last = int(m.group(1)), bool(m.group(2))
-        ok = tx is not None and any(r.startswith("2") for r in tx.rcpt_replies)
+        chunking = conn.offered is None or "CHUNKING" in conn.offered
+        ok = chunking and tx is not None and any(r.startswith("2") for r in tx.rcpt_replies)
         # Read the chunk (always, to stay in sync).
         got = 0
         while got < n:
@@ -1163,6 +1167,9 @@ class ScriptedUpstream:
             if ok:
                 self._store(tx, tx.bdat, take)
                 self._mid_data_fault(conn, tx)
+        if not chunking:    # not offered on this session (e.g. not after XCLIENT): unknown
+            self._reply(conn, "502 5.5.1 Error: command not implemented", cmd)
+            return
         if not ok:
             self._reply(conn, "503 5.5.1 Error: need RCPT command", cmd)
             return

@@ -344,6 +344,7 @@ def build_matrix():
             for kind in ("close", "stall", "garbage", "extra", "hangup", "4xx", "5xx", "421hang"):
                 rows.append(Row(role, "data", 1, stage, kind, pipe=False))
         rows.append(Row(role, "data", 1, "connect", "refused", lane="refused"))
+        rows.append(Row(role, "data", 1, "connect", "timeout", lane="blackhole"))
         # the next hop connection for a later message fails as it is set up
         for stage in ("greeting", "EHLO:1") + (("XCLIENT", "EHLO:2") if role == "in" else ()):
             for kind in ("close", "reset", "stall", "garbage", "longmulti", "extra", "hangup",
@@ -537,7 +538,8 @@ class Matrix:
                 return
             t0 = time.monotonic()
             try:
-                err = self.run_row(lane, row)
+                err = self.connect_row(lane, row) if row.stage == "connect" else \
+                    self.run_row(lane, row)
             except Exception as e:     # a harness error fails the row, not the whole matrix
                 err = "%s: %s" % (type(e).__name__, e)
             dt = time.monotonic() - t0
@@ -547,6 +549,33 @@ class Matrix:
                 self.results[row.name] = err
                 if os.environ.get("BATV_E2E_ROWS"):
                     sys.stderr.write("%-50s %5.2fs %s\n" % (row.name, dt, "ok" if err is None else "FAILED"))
+
+    # -- no next hop at all --
+    def connect_row(self, lane, row):
+        """Connection refused: 421 4.4.1 at once; connect timeout (a listener whose accept
+        queue is full): 421 4.4.1 after timeouts.upstream_connect. Then the connection closes."""
+        limit = TIMEOUTS["upstream_connect"]
+        c = BoundClient(lane.ports[row.role], lane.source, CLIENT_TIMEOUT)
+        client = "%s:%d" % c.sock.getsockname()[:2]
+        t0 = time.monotonic()
+        try:
+            g = c.read_reply()
+            dt = time.monotonic() - t0
+            if (g.code, g.text) != (421, "4.4.1 relay.test next hop unavailable, try again later"):
+                return "greeting %r, want 421 4.4.1" % (g,)
+            if row.kind == "refused" and dt > SLACK:
+                return "421 took %.1fs for a refused connection" % dt
+            if row.kind == "timeout" and not limit - 0.3 < dt < limit + SLACK:
+                return "421 after %.1fs, want timeouts.upstream_connect (%ds)" % (dt, limit)
+            if not c.wait_closed(3):
+                return "the relay kept the connection open after 421"
+        finally:
+            c.close()
+        end = self.relay.wait_log(lambda x: x.get("event") == "session_end"
+                                  and x.get("client") == client and x["_t"] >= t0, 5)
+        if not end or end.get("reason") != "upstream_unavailable":
+            return "session_end %r, want reason=upstream_unavailable" % (end and end["_raw"])
+        return None
 
     # -- one row --
     def run_row(self, lane, row):
@@ -806,6 +835,21 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
         dead = closed_port()
         listeners.append({"upstream": dead, "role": "outbound"})
         listeners.append({"upstream": dead, "role": "inbound", "forward_client": "xclient"})
+        # A next hop that never completes a TCP handshake: a listener that accepts nothing,
+        # its queue (backlog 0) filled by one connection, so that later SYNs go unanswered.
+        cls.blackhole = socket.socket()
+        cls.blackhole.bind((HOST, 0))
+        cls.blackhole.listen(0)
+        cls.blackhole_fill = socket.create_connection(cls.blackhole.getsockname(), timeout=5)
+        hole = cls.blackhole.getsockname()[1]
+        listeners.append({"upstream": hole, "role": "outbound"})
+        listeners.append({"upstream": hole, "role": "inbound", "forward_client": "xclient"})
+        # A next hop that goes away for good during a session.
+        cls.dying_up = ScriptedUpstream(caps=CAPS)
+        cls.ups.append(cls.dying_up)
+        listeners.append({"upstream": cls.dying_up.port, "role": "outbound"})
+        listeners.append({"upstream": cls.dying_up.port, "role": "inbound",
+                          "forward_client": "xclient"})
         cls.relay_proc = Relay(RELAY, cls.dir, cls.keys, listeners=listeners, timeouts=TIMEOUTS,
                                start=False)
         try:
@@ -819,13 +863,20 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
         n = 2 * LANES
         cls.special = {"tls": Lane("tls", cls.tls_up, {"out": p(n)}, "127.0.0.9"),
                        "refused": Lane("refused", None, {"out": p(n + 1), "in": p(n + 2)},
-                                       "127.0.0.8")}
+                                       "127.0.0.8"),
+                       "blackhole": Lane("blackhole", None, {"out": p(n + 3), "in": p(n + 4)},
+                                         "127.0.0.7")}
+        cls.dying = Lane("dying", cls.dying_up, {"out": p(n + 5), "in": p(n + 6)}, "127.0.0.6")
 
     @classmethod
     def tearDownClass(cls):
-        cls.relay_proc.close()
+        if getattr(cls, "relay_proc", None):
+            cls.relay_proc.close()
         for up in cls.ups:
             up.close()
+        for name in ("blackhole_fill", "blackhole"):
+            if getattr(cls, name, None):
+                getattr(cls, name).close()
         cls._tmp.cleanup()
 
     def setUp(self):
@@ -840,13 +891,9 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
         only = os.environ.get("BATV_E2E_ROWS")     # a regular expression, for debugging
         if only:
             rows = [r for r in rows if re.search(only, r.name)]
-        refused = [r for r in rows if r.lane == "refused"]
-        rows = [r for r in rows if r.lane != "refused"]
-        m = Matrix(self.relay, self.lanes, {"tls": self.special["tls"]})
+        m = Matrix(self.relay, self.lanes, self.special)
         t0 = time.monotonic()
         m.run(rows)
-        for row in refused:
-            m.results[row.name] = self.refused_row(row)
         elapsed = time.monotonic() - t0
         failed = {k: v for k, v in m.results.items() if v}
         sys.stderr.write("\nupstream failure matrix: %d rows, %d failed, %.1fs\n"
@@ -868,21 +915,68 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
                 finally:
                     s.close()
 
-    def refused_row(self, row):
-        """No next hop at all: 421 4.4.1 at once, and the connection closes."""
-        c = SmtpClient(self.special["refused"].ports[row.role], CLIENT_TIMEOUT)
-        try:
-            t0 = time.monotonic()
-            g = c.read_reply()
-            if (g.code, g.text.split(" ")[0]) != (421, "4.4.1"):
-                return "greeting %r, want 421 4.4.1" % (g,)
-            if time.monotonic() - t0 > TIMEOUTS["upstream_connect"] + SLACK:
-                return "421 took %.1fs" % (time.monotonic() - t0)
-            if not c.wait_closed(3):
-                return "the relay kept the connection open after 421"
-            return None
-        finally:
-            c.close()
+    def test_next_hop_gone_for_good_mid_session(self):
+        """The next hop is lost at the end of a message and then refuses connections: that
+        message gets 451 4.4.2, the next one 451 4.4.1 at its first RCPT (the reconnect) and
+        the session ends with 421 4.4.2; nothing is accepted."""
+        lane = self.dying
+        lane.up.set_faults(close_at="DOT")
+        sessions = {}
+        for role in ("out", "in"):
+            s = Session(lane, Row(role, "data", 1, "DOT", "close"))
+            self.addCleanup(s.close)
+            s.expect_closing = set()
+            s.read("greeting", time.monotonic())
+            s.cmd("ehlo", "EHLO client.test")
+            self.assertEqual(message(s, s.row, "gone-%s-m1" % role), 451)
+            self.assertTrue(s.steps[-1][2].startswith("4.4.2 Next hop connection lost"), s.steps)
+            sessions[role] = s
+        lane.up.close()                 # the port now refuses connections
+        for role, s in sessions.items():
+            s.expect_closing = True
+            with self.assertRaises(Closed):
+                message(s, s.row, "gone-%s-m2" % role)
+            self.assertEqual([x[:3] for x in s.steps[-3:]],
+                             [("mail", 250, "2.1.0 Sender OK"),
+                              ("rcpt1", 451, "4.4.1 Next hop unavailable, try again later"),
+                              ("closing", 421, "4.4.2 relay.test Next hop connection lost, closing")])
+            self.assertTrue(s.closed_by_relay)
+        self.assertEqual(lane.up.accepted(), [])
+
+    def test_client_is_offered_what_the_next_hop_offers_after_xclient(self):
+        """A next hop may answer the EHLO after XCLIENT with other extensions than the first
+        one (Postfix smtpd_discard_ehlo_keyword_address_maps looks at the client XCLIENT
+        names): the inbound client must be offered what the next hop offers then. CHUNKING
+        gone after XCLIENT: not offered, and a BDAT is refused by the relay (502), not sent to
+        a next hop that would refuse it; DATA works. CHUNKING only after XCLIENT: offered, and
+        BDAT works."""
+        cases = ((CAPS, [c for c in CAPS if c != "CHUNKING"], False),
+                 ([c for c in CAPS if c != "CHUNKING"], CAPS, True))
+        for first, after, chunking in cases:
+            with self.subTest(chunking_after_xclient=chunking):
+                lane = self.lane()
+                lane.up.caps = list(first)
+                base = len(lane.up.connections())
+                lane.up.set_faults(replies={"EHLO:2": ehlo_reply(after)}, fault_conns={base})
+                row = Row("in", "bdat" if chunking else "data", 1, "EHLO:2", "caps")
+                s = Session(lane, row)
+                self.addCleanup(s.close)
+                s.expect_closing = set()
+                s.read("greeting", time.monotonic())
+                ehlo = s.cmd("ehlo", "EHLO client.test")
+                self.assertEqual("CHUNKING" in ehlo.text.upper().split("\n"), chunking, ehlo)
+                self.assertIsNotNone(lane.up.connections()[base].xclient)
+                if not chunking:
+                    sender, rcpts = ROLES["in"]
+                    s.cmd("mail", "MAIL FROM:<%s>" % sender)
+                    s.cmd("rcpt1", "RCPT TO:<%s>" % rcpts[0])
+                    r = s.send_then_read("bdat1", [b"BDAT 5 LAST\r\nhello"], 0)
+                    self.assertEqual((r.code, r.text), (502, "5.5.1 BDAT not available"))
+                    s.cmd("reset", "RSET")
+                self.assertEqual(message(s, row, "xclient-caps-%s" % chunking), 250, s.steps)
+                self.assertEqual(s.cmd("quit", "QUIT").code, 221)
+                self.assertEqual(len([t for t in lane.up.connections()[base].transactions
+                                      if t.accepted]), 1)
 
     # -- real clients --
     def lane(self):
