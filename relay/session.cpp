@@ -144,15 +144,7 @@ awaitable<void> Session::serve() {
     co_await write_client(reply);
     co_return;
   }
-  const smtp::Capabilities& caps = up_.caps();
-  adv_pipelining_ = caps.pipelining;
-  adv_8bitmime_ = caps.eightbitmime;
-  adv_smtputf8_ = caps.smtputf8;
-  adv_dsn_ = caps.dsn;
-  adv_chunking_ = caps.chunking;
-  adv_enhanced_ = caps.enhancedstatuscodes;
-  adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
+  offer(up_.caps());
 
   session_deadline_ = Clock::now() + cfg_.timeouts.session;
   if (!co_await write_client(replies::greeting(host))) co_return;
@@ -288,6 +280,17 @@ void Session::resize_input(std::size_t n) {
   if (n == in_.size()) return;
   in_.resize(n);
   in_.shrink_to_fit();
+}
+
+void Session::offer(const smtp::Capabilities& caps) {
+  adv_pipelining_ = caps.pipelining;
+  adv_8bitmime_ = caps.eightbitmime;
+  adv_smtputf8_ = caps.smtputf8;
+  adv_dsn_ = caps.dsn;
+  adv_chunking_ = caps.chunking;
+  adv_enhanced_ = caps.enhancedstatuscodes;
+  adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
+  if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
 }
 
 void Session::queue_local(std::string reply) {
@@ -629,6 +632,9 @@ awaitable<bool> Session::process(const std::string& line) {
           co_await write_client(replies::upstream_lost_closing(rt_->hostname));
           co_return false;
         }
+        // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
+        // now sees): the client is offered what the next hop offers from here on.
+        offer(up_.caps());
       }
       if (!esmtp_) {
         queue_local(replies::helo(rt_->hostname));
