@@ -588,6 +588,7 @@ class UpstreamConnection:
         self.before_tls = b""           # bytes pipelined after STARTTLS (discarded)
         self.xclient = None             # attributes of the last XCLIENT command
         self.offered = None             # EHLO keywords of the last EHLO reply (set() after HELO)
+        self.nested_mail = 0            # MAIL commands refused because a transaction was open
         self.fault = None               # the fault that fired, e.g. ("close_at", "MAIL")
         self.peer_closed = False
         self.closed = threading.Event()
@@ -978,6 +979,11 @@ class ScriptedUpstream:
             # What this session offers now, from the reply as sent (scripted ones included).
             conn.offered = {x[4:].split(" ")[0].upper() for x in r.split("\r\n")[1:] if x[4:]}
             conn.tx = None
+        elif verb == "MAIL" and conn.tx is not None and not conn.tx.completed \
+                and (conn.tx.mail_reply or "").startswith("2"):
+            # As Postfix: a transaction is open until the end of data or RSET (RFC 5321 4.1.4).
+            conn.nested_mail += 1
+            self._reply(conn, "503 5.5.1 Error: nested MAIL command", cmd)
         elif verb == "MAIL":
             conn.tx = Transaction(line)
             conn.transactions.append(conn.tx)

@@ -978,6 +978,40 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
                 self.assertEqual(len([t for t in lane.up.connections()[base].transactions
                                       if t.accepted]), 1)
 
+    def test_refused_bdat_last_leaves_no_transaction_open_at_the_next_hop(self):
+        """A BDAT LAST the relay refuses itself (no recipient accepted; over
+        limits.message_size) ends the client's transaction: the next hop's, opened by MAIL
+        and RCPT, must end too, or the client's next MAIL gets the next hop's 503 nested MAIL
+        (a permanent failure of an innocent message)."""
+        sender, rcpts = ROLES["out"]
+        too_big = 64 * 1024 * 1024 + 1          # limits.message_size (default) + 1
+        cases = (("no recipient accepted", {"replies": {"RCPT": "550 5.1.1 no such user"}},
+                  b"BDAT 5 LAST\r\nhello", (554, "5.5.1 No valid recipients")),
+                 ("over message_size", {}, b"BDAT %d LAST\r\n" % too_big + b"x" * too_big,
+                  (552, "5.3.4 Message size exceeds fixed limit")))
+        for what, faults, bdat, refusal in cases:
+            with self.subTest(what):
+                lane = self.lane()
+                base = len(lane.up.connections())
+                lane.up.set_faults(fault_conns={base}, **faults)
+                s = Session(lane, Row("out", "bdat", 1, "BDAT", "refused"))
+                self.addCleanup(s.close)
+                s.expect_closing = set()
+                s.read("greeting", time.monotonic())
+                s.cmd("ehlo", "EHLO client.test")
+                s.cmd("mail", "MAIL FROM:<%s>" % sender)
+                s.cmd("rcpt1", "RCPT TO:<%s>" % rcpts[0])
+                r = s.send_then_read("bdat1", [bdat], 0)
+                self.assertEqual((r.code, r.text), refusal)
+                lane.up.set_faults()
+                self.assertEqual(message(s, s.row, "after-refused-bdat"), 250, self.fmt_steps(s))
+                self.assertEqual(lane.up.connections()[base].nested_mail, 0)
+                self.assertEqual(s.cmd("quit", "QUIT").code, 221)
+
+    @staticmethod
+    def fmt_steps(s):
+        return Matrix.fmt(s.steps)
+
     # -- real clients --
     def lane(self):
         lane = self.lanes[0]
