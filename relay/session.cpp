@@ -922,7 +922,8 @@ void Session::handle_rcpt(std::string_view args) {
 }
 
 void Session::handle_rset(bool reply) {
-  if (tx_.decided && tx_.shared->upstream_open) {
+  // (A next-hop connection already lost took its transaction with it: no reconnect for RSET.)
+  if (tx_.decided && tx_.shared->upstream_open && up_.connected()) {
     // The next hop has a transaction open: abort it too. Its reply is not the client's business
     // beyond success; a failure surfaces as a lost connection in flush().
     Pending p;
@@ -1124,7 +1125,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (refuse) {
     ++errors_;
     if (!co_await skip_bytes(bdat->size)) co_return false;
-    if (bdat->last && tx_.active) reset_transaction();
+    // The client's transaction ends here; the next hop's (MAIL and RCPT sent) must end too.
+    if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
     co_return co_await write_client(*refuse);
   }
   phase_ = Phase::bdat;
