@@ -147,6 +147,8 @@ def fault_spec(stage, kind, caps):
         return {"replies": {s: "421 4.3.2 %s: shutting down" % base}, "hangup_at": s}
     if kind == "hangup":        # the right reply, then the connection is gone
         return {"hangup_at": s}
+    if kind == "nochunking":    # an EHLO reply without CHUNKING
+        return {"replies": {s: ehlo_reply([c for c in caps if c != "CHUNKING"])}}
     raise ValueError(kind)
 
 
@@ -218,6 +220,13 @@ def expectations(row):
     # --- the second message needs a new next-hop connection (the first one was lost at its
     # dot), and that one fails: the first RCPT, which triggers the reconnect, gets the 4xx ---
     if row.reconnect:
+        if body == "bdat":
+            # The new connection offers no CHUNKING (HELO only, or not listed): the BDAT the
+            # client was promised at EHLO is refused by the relay, temporarily. (Inbound: the
+            # EHLO after XCLIENT is what counts, and it offers CHUNKING again.)
+            if xclient and stage == "EHLO:1" and kind == "nochunking":
+                return [Expect(accepted=True)]
+            return [Expect({"bdat1": ours("4.3.3")}, after="skip")]
         if kind in PASS and (stage == "XCLIENT" or (stage == "EHLO:1" and kind != "4xx")):
             return [Expect(accepted=True)]    # XCLIENT refused: mail flows; EHLO 5xx: HELO
         if kind == "421hang" and stage == "XCLIENT":
@@ -350,6 +359,12 @@ def build_matrix():
             for kind in ("close", "reset", "stall", "garbage", "longmulti", "extra", "hangup",
                          "4xx", "5xx", "421hang", "drip_ok"):
                 rows.append(Row(role, "data", 2, stage, kind, reconnect=True))
+        # ... and the new connection offers less than the client was promised (HELO only, or
+        # no CHUNKING): a BDAT message must still get a 4xx, not the next hop's 5xx
+        for kind in ("5xx", "nochunking"):
+            rows.append(Row(role, "bdat", 2, "EHLO:1", kind, reconnect=True))
+        if role == "in":
+            rows.append(Row(role, "bdat", 2, "EHLO:2", "nochunking", reconnect=True))
     # inbound with XCLIENT: the XCLIENT command and the EHLO after it
     for stage in ("XCLIENT", "EHLO:2"):
         for kind in COMMAND_KINDS:
