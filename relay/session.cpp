@@ -1116,6 +1116,9 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   std::optional<std::string> refuse;
   if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
   else refuse = data_precondition(true);
+  // A next-hop connection opened after the client's EHLO (a reconnect) may not offer CHUNKING:
+  // its 5xx to BDAT would fail the message for good, for a trouble of ours.
+  if (!refuse && !up_.caps().chunking) refuse = replies::upstream_no_chunking();
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
   if (!refuse && tx_.bdat_bytes + bdat->size > max_size) {
     refuse = replies::size_exceeded();
