@@ -139,5 +139,10 @@ inline std::string upstream_failed() { return line(451, "4.4.2 Next hop connecti
 inline std::string upstream_timeout() { return line(451, "4.4.2 Next hop timed out, try again later"); }
 inline std::string upstream_garbled() { return line(451, "4.4.0 Next hop sent an invalid reply, try again later"); }
 inline std::string upstream_unreachable() { return line(451, "4.4.1 Next hop unavailable, try again later"); }
+// The client was offered CHUNKING at EHLO, but the next hop reached since (a new connection)
+// does not offer it: RFC 3463 X.3.3, system not capable of selected features.
+inline std::string upstream_no_chunking() {
+  return line(451, "4.3.3 Next hop does not offer BDAT (CHUNKING) now, try again later");
+}
 
 }  // namespace batv::relay::replies

@@ -145,15 +145,7 @@ awaitable<void> Session::serve() {
     co_await write_client(reply);
     co_return;
   }
-  const smtp::Capabilities& caps = up_.caps();
-  adv_pipelining_ = caps.pipelining;
-  adv_8bitmime_ = caps.eightbitmime;
-  adv_smtputf8_ = caps.smtputf8;
-  adv_dsn_ = caps.dsn;
-  adv_chunking_ = caps.chunking;
-  adv_enhanced_ = caps.enhancedstatuscodes;
-  adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
+  offer(up_.caps());
 
   session_deadline_ = Clock::now() + cfg_.timeouts.session;
   if (!co_await write_client(replies::greeting(host))) co_return;
@@ -288,6 +280,17 @@ void Session::resize_input(std::size_t n) {
   n = std::max({n, in_end_, static_cast<std::size_t>(cfg_.limits.line_length) + 2});
   if (n == in_.size()) return;
   in_.reallocate(n, in_end_);
+}
+
+void Session::offer(const smtp::Capabilities& caps) {
+  adv_pipelining_ = caps.pipelining;
+  adv_8bitmime_ = caps.eightbitmime;
+  adv_smtputf8_ = caps.smtputf8;
+  adv_dsn_ = caps.dsn;
+  adv_chunking_ = caps.chunking;
+  adv_enhanced_ = caps.enhancedstatuscodes;
+  adv_size_ = static_cast<std::uint64_t>(cfg_.limits.message_size);
+  if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
 }
 
 void Session::queue_local(std::string reply) {
@@ -680,6 +683,9 @@ awaitable<bool> Session::process(const std::string& line) {
           co_await write_client(replies::upstream_lost_closing(rt_->hostname));
           co_return false;
         }
+        // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
+        // now sees): the client is offered what the next hop offers from here on.
+        offer(up_.caps());
       }
       if (!esmtp_) {
         queue_local(replies::helo(rt_->hostname));
@@ -974,7 +980,8 @@ void Session::handle_rcpt(std::string_view args) {
 }
 
 void Session::handle_rset(bool reply) {
-  if (tx_.decided && tx_.shared->upstream_open) {
+  // (A next-hop connection already lost took its transaction with it: no reconnect for RSET.)
+  if (tx_.decided && tx_.shared->upstream_open && up_.connected()) {
     // The next hop has a transaction open: abort it too. Its reply is not the client's business
     // beyond success; a failure surfaces as a lost connection in flush().
     Pending p;
@@ -1183,6 +1190,9 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   std::optional<std::string> refuse;
   if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
   else refuse = data_precondition(true);
+  // A next-hop connection opened after the client's EHLO (a reconnect) may not offer CHUNKING:
+  // its 5xx to BDAT would fail the message for good, for a trouble of ours.
+  if (!refuse && !up_.caps().chunking) refuse = replies::upstream_no_chunking();
   const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
   // Subtracted, not added: a chunk size near 2^64 would wrap the sum (bdat_bytes <= max_size).
   if (!refuse && bdat->size > max_size - tx_.bdat_bytes) {
@@ -1193,7 +1203,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (refuse) {
     ++errors_;
     if (!co_await skip_bytes(bdat->size)) co_return false;
-    if (bdat->last && tx_.active) reset_transaction();
+    // The client's transaction ends here; the next hop's (MAIL and RCPT sent) must end too.
+    if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
     co_return co_await write_client(*refuse);
   }
   phase_ = Phase::bdat;

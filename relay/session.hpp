@@ -140,6 +140,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<std::string> confirmed_client_name();
   awaitable<std::string> lookup_client_name(const tcp::endpoint& remote);
   std::string monitor_header() const;
+  void offer(const smtp::Capabilities& caps);  // what the client's EHLO reply advertises
   void queue_local(std::string reply);
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
   void refuse(std::string reply);  // a local error reply: queued and counted

@@ -65,6 +65,7 @@ bool Upstream::adopt(IdleUpstream idle) {
   buf_.clear();
   reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
                               static_cast<std::size_t>(limits_.reply_lines));
+  replied_ = true;  // greeted long ago: anything unread from now on is out of turn
   stage_ = "reuse";
   return true;
 }
@@ -78,6 +79,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
                               static_cast<std::size_t>(limits_.reply_lines));
   caps_ = {};
   sock_->reset();
+  replied_ = false;
   stage_ = "connect";
   const IoResult c = co_await connect_for(sock_->socket(), hop.host, hop.port, timeouts_.upstream_connect);
   if (!c) {
@@ -161,6 +163,7 @@ awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_
     co_return false;
   }
   // RFC 3207 4.2: forget what was learned before TLS and ask again.
+  replied_ = false;
   co_return co_await ehlo(our_name);
 }
 
@@ -182,8 +185,20 @@ awaitable<std::optional<smtp::Reply>> Upstream::xclient(const std::string& attri
   co_return r;
 }
 
+bool Upstream::spoke_out_of_turn() const {
+  if (!buf_.empty()) return true;
+  if (!replied_) return false;
+  boost::system::error_code ec;
+  const std::size_t queued = sock_->socket().available(ec);
+  return !ec && queued > 0;
+}
+
 awaitable<bool> Upstream::send(std::string_view data) {
   if (!connected()) co_return false;
+  if (spoke_out_of_turn()) {
+    fail(Failure::protocol, "reply to a command not sent (or before the end of data)");
+    co_return false;
+  }
   const IoResult r = co_await write_all_for(*sock_, asio::buffer(data.data(), data.size()), timeouts_.upstream_reply);
   if (!r) {
     fail(r.timed_out ? Failure::timeout : Failure::io,
@@ -214,6 +229,7 @@ awaitable<std::optional<smtp::Reply>> Upstream::read_reply(bool final_dot) {
       }
       if (st == smtp::ReplyReader::Status::complete) {
         buf_.erase(0, start);
+        replied_ = true;
         co_return reader_.take();
       }
     }

@@ -51,6 +51,8 @@ class Upstream {
   // nullopt when the connection failed.
   awaitable<std::optional<smtp::Reply>> xclient(const std::string& attributes, const std::string& ehlo_name);
 
+  // Fails (protocol) without writing when the next hop has sent anything since its last reply
+  // was read: see spoke_out_of_turn().
   awaitable<bool> send(std::string_view data);
   // Reads one complete reply; `final_dot` selects timeouts.upstream_data_reply.
   awaitable<std::optional<smtp::Reply>> read_reply(bool final_dot = false);
@@ -76,6 +78,13 @@ class Upstream {
 
  private:
   void fail(Failure f, std::string detail);
+  // A next hop speaks only when spoken to. Bytes that arrived after the last reply we read and
+  // before our next command are a reply to nothing we sent, or an early reply to data not yet
+  // all sent ("250" in the middle of a message): every later reply would be off by one, and the
+  // end of data could be answered by a stale 250. Checked in buf_ and, once a reply has been
+  // read on the connection (or its TLS session), in the kernel's receive queue (before that, a
+  // greeting may race our PROXY header, and a TLS 1.3 server sends session tickets).
+  [[nodiscard]] bool spoke_out_of_turn() const;
 
   awaitable<bool> ehlo(const std::string& our_name);
   awaitable<bool> starttls(const TlsPolicy& tls, const std::string& our_name);
@@ -91,6 +100,7 @@ class Upstream {
   std::string detail_;
   std::string peer_;
   std::string_view stage_ = "connect";
+  bool replied_ = false;     // a reply was read since connect / the TLS handshake
 };
 
 std::string_view to_string(Upstream::Failure f);

@@ -42,9 +42,17 @@ stderr holds a finding, when it died of a signal nobody sent, or when it did not
 run the same way.
 
 Fault stages of ScriptedUpstream, matched case-insensitively, most specific first:
-  "greeting", "EHLO", "HELO", "MAIL", "RCPT:n" then "RCPT" (n = 1-based within the transaction),
-  "DATA", "mid-DATA:N" (after N body bytes; close_at/stall_at only), "DOT" (the final dot, and
-  the LAST BDAT chunk), "BDAT:n" then "BDAT" (n-th chunk), "RSET", "NOOP", "QUIT", "STARTTLS".
+  "greeting", "EHLO:n" then "EHLO" (n-th EHLO on the connection, 1-based), "HELO", "XCLIENT",
+  "MAIL", "RCPT:n" then "RCPT" (n = 1-based within the transaction), "DATA", "mid-DATA:N" (after
+  N body bytes of DATA or BDAT; close_at / reset_at / stall_at / deaf_at / early only), "DOT" (the
+  final dot, and the LAST BDAT chunk), "BDAT:n" then "BDAT" (n-th chunk), "RSET", "NOOP", "QUIT",
+  "STARTTLS".
+Fault kinds: close_at (close instead of replying), reset_at (TCP reset: SO_LINGER 0 close),
+stall_at (keep reading, never reply), deaf_at (stop reading and never reply: the peer's writes
+block), garbage_at (send `garbage`, then stall), endless_multiline_at, delays (reply late),
+drip (send the reply one byte at a time), hangup_at (reply, then close), early (send a reply in
+the middle of the body, then carry on reading it), and replies (any text: 4xx/5xx, oversize or
+mixed-code multi-line replies, or two replies where one was asked for).
 
 TLS in ScriptedUpstream (optional): with tls_cert/tls_key it advertises STARTTLS (until the
 session is encrypted), answers STARTTLS with 220 and does the server side handshake with
@@ -64,6 +72,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -643,6 +652,7 @@ class Transaction:
         self.completed = False
         self.final_reply = None
         self.reset = False
+        self.early = None               # the reply sent in the middle of the body (fault "early")
 
     @property
     def sha256(self):
@@ -688,6 +698,9 @@ class UpstreamConnection:
         self.tls_error = None           # why the handshake failed
         self.tls_sni = None             # server name the peer sent in its ClientHello
         self.before_tls = b""           # bytes pipelined after STARTTLS (discarded)
+        self.xclient = None             # attributes of the last XCLIENT command
+        self.offered = None             # EHLO keywords of the last EHLO reply (set() after HELO)
+        self.nested_mail = 0            # MAIL commands refused because a transaction was open
         self.fault = None               # the fault that fired, e.g. ("close_at", "MAIL")
         self.peer_closed = False
         self.closed = threading.Event()
@@ -713,6 +726,10 @@ class ScriptedUpstream:
     before replying (the socket keeps being read meanwhile); fault_conns: connection indexes
     (0-based, in accept order) the faults apply to, None = all; store_limit / raw_limit: bytes
     kept of each message body / raw transcript (sizes and hashes always cover everything).
+    reset_at / deaf_at / hangup_at: stage names as for close_at (see the module docstring);
+    drip: {stage: seconds between the bytes of the reply}; early: {"mid-DATA:N": reply text}.
+    An EHLO extension "XCLIENT ..." in caps makes it accept XCLIENT (default reply 220 and a new
+    session, as Postfix; the attributes are kept in conn.xclient).
     tls_cert / tls_key: PEM files; when given, STARTTLS is offered (see the module docstring);
     tls_caps: extensions after STARTTLS (default caps); tls_handshake_fault: None | "garbage" |
     "close"."""
@@ -720,13 +737,15 @@ class ScriptedUpstream:
     GREETING = "220 upstream.test ESMTP scripted"
     MAX_LINE = 65536
     STALL_MAX = 60.0        # a stalled connection is dropped after this many seconds anyway
+    DEAF_MAX = 15.0         # a deaf connection (not reading) is dropped after this long
     CONN_MAX = 300.0        # no connection lives longer than this
     ENDLESS_CAP = 100000    # lines sent by endless_multiline_at
 
     def __init__(self, caps=DEFAULT_CAPS, replies=None, close_at=None, stall_at=None,
                  garbage_at=None, garbage=b"HELLO\r\n", endless_multiline_at=None, delays=None,
                  fault_conns=None, store_limit=16 * MiB, raw_limit=16 * MiB, greeting=None,
-                 tls_cert=None, tls_key=None, tls_caps=None, tls_handshake_fault=None):
+                 tls_cert=None, tls_key=None, tls_caps=None, tls_handshake_fault=None,
+                 reset_at=None, deaf_at=None, hangup_at=None, drip=None, early=None):
         self.caps = list(caps)
         self.tls_caps = list(caps if tls_caps is None else tls_caps)
         self.tls_handshake_fault = tls_handshake_fault
@@ -743,7 +762,7 @@ class ScriptedUpstream:
         self.store_limit = store_limit
         self.raw_limit = raw_limit
         self.set_faults(replies, close_at, stall_at, garbage_at, garbage, endless_multiline_at,
-                        delays, fault_conns)
+                        delays, fault_conns, reset_at, deaf_at, hangup_at, drip, early)
         self.conns = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -759,7 +778,8 @@ class ScriptedUpstream:
 
     # -- configuration --
     def set_faults(self, replies=None, close_at=None, stall_at=None, garbage_at=None,
-                   garbage=b"HELLO\r\n", endless_multiline_at=None, delays=None, fault_conns=None):
+                   garbage=b"HELLO\r\n", endless_multiline_at=None, delays=None, fault_conns=None,
+                   reset_at=None, deaf_at=None, hangup_at=None, drip=None, early=None):
         """Replace every fault setting (affects commands handled from now on)."""
         norm = lambda x: {s.upper() for s in ([x] if isinstance(x, str) else (x or []))}  # noqa
         self.replies = {k.upper(): v for k, v in (replies or {}).items()}
@@ -769,6 +789,11 @@ class ScriptedUpstream:
         self.garbage = garbage
         self.endless_at = norm(endless_multiline_at)
         self.delays = {k.upper(): v for k, v in (delays or {}).items()}
+        self.reset_at = norm(reset_at)
+        self.deaf_at = norm(deaf_at)
+        self.hangup_at = norm(hangup_at)
+        self.drip = {k.upper(): v for k, v in (drip or {}).items()}
+        self.early = {k.upper(): v for k, v in (early or {}).items()}
         if isinstance(fault_conns, int):
             fault_conns = {fault_conns}
         self.fault_conns = fault_conns
@@ -849,11 +874,9 @@ class ScriptedUpstream:
         conn.tx = None
         conn.rcpt_n = 0
         conn.bdat_n = 0
+        conn.ehlo_n = 0
         try:
-            if self._stage_faults(conn, ["GREETING"]):
-                return
-            self._reply(conn, self.replies.get("GREETING", self.greeting)
-                        if self._faulty(conn) else self.greeting)
+            self._answer(conn, None, ["GREETING"], self.greeting)
             while True:
                 line = self._read_line(conn)
                 if line is None:
@@ -963,6 +986,16 @@ class ScriptedUpstream:
         if k:
             conn.fault = ("close_at", k)
             return True
+        k = self._lookup(conn, self.reset_at, keys)
+        if k:
+            conn.fault = ("reset_at", k)
+            self._reset(conn)
+            return True
+        k = self._lookup(conn, self.deaf_at, keys)
+        if k:
+            conn.fault = ("deaf_at", k)
+            self._deaf(conn)
+            return True
         k = self._lookup(conn, self.stall_at, keys)
         if k:
             conn.fault = ("stall_at", k)
@@ -992,6 +1025,21 @@ class ScriptedUpstream:
             return True
         return False
 
+    @staticmethod
+    def _reset(conn):
+        """Make the close that follows a TCP reset (RST) instead of a FIN."""
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
+    def _deaf(self, conn):
+        """Stop reading (the peer's writes fill the socket buffers and block) and never reply;
+        the connection is dropped after DEAF_MAX or at close()."""
+        end = time.monotonic() + self.DEAF_MAX
+        while not self._stop.is_set() and time.monotonic() < end:
+            time.sleep(0.05)
+
     def _answer(self, conn, cmd, keys, default):
         """Delay, fault or reply for one command. Returns the reply text, or None when a fault
         ended the connection."""
@@ -1002,7 +1050,24 @@ class ScriptedUpstream:
             raise _Closed()
         k = self._lookup(conn, self.replies, keys)
         text = self.replies[k] if k else default
-        self._reply(conn, text, cmd)
+        hangup = self._lookup(conn, self.hangup_at, keys)
+        k = self._lookup(conn, self.drip, keys)
+        if k:
+            conn.fault = ("drip", k)
+            data = text.encode("utf-8", errors="surrogateescape")
+            if not data.endswith(b"\n"):
+                data += b"\r\n"
+            for i in range(len(data)):
+                self._send(conn, data[i:i + 1])
+                self._pause(conn, self.drip[k])
+            if cmd is not None:
+                cmd.t_reply = time.monotonic()
+                cmd.reply = text
+        else:
+            self._reply(conn, text, cmd)
+        if hangup:
+            conn.fault = ("hangup_at", hangup)
+            raise _Closed()
         return text
 
     def _command(self, conn, line):
@@ -1012,6 +1077,7 @@ class ScriptedUpstream:
         conn.commands.append(cmd)
         if verb in ("EHLO", "HELO"):
             conn.ehlo = line
+            conn.ehlo_n += 1
             default = "250 upstream.test"
             if verb == "EHLO":
                 if conn.tls_version:
@@ -1022,8 +1088,16 @@ class ScriptedUpstream:
                         names.append("STARTTLS")
                 default = "\r\n".join(("250 " if i == len(names) - 1 else "250-") + n
                                         for i, n in enumerate(names))
-            self._answer(conn, cmd, [verb], default)
+            r = self._answer(conn, cmd, ["EHLO:%d" % conn.ehlo_n, verb] if verb == "EHLO" else [verb],
+                             default)
+            # What this session offers now, from the reply as sent (scripted ones included).
+            conn.offered = {x[4:].split(" ")[0].upper() for x in r.split("\r\n")[1:] if x[4:]}
             conn.tx = None
+        elif verb == "MAIL" and conn.tx is not None and not conn.tx.completed \
+                and (conn.tx.mail_reply or "").startswith("2"):
+            # As Postfix: a transaction is open until the end of data or RSET (RFC 5321 4.1.4).
+            conn.nested_mail += 1
+            self._reply(conn, "503 5.5.1 Error: nested MAIL command", cmd)
         elif verb == "MAIL":
             conn.tx = Transaction(line)
             conn.transactions.append(conn.tx)
@@ -1057,8 +1131,10 @@ class ScriptedUpstream:
                 tx.completed = True
                 dcmd = Command(".", "DOT", len(conn.reads) - 1, time.monotonic())
                 conn.commands.append(dcmd)
-                tx.final_reply = self._answer(conn, dcmd, ["DOT"],
-                                              "250 2.0.0 Ok: queued as %d" % id(tx))
+                try:
+                    self._answer(conn, dcmd, ["DOT"], "250 2.0.0 Ok: queued as %d" % id(tx))
+                finally:        # what was sent, also when the connection ends right after
+                    tx.final_reply = dcmd.reply
                 conn.tx = None
         elif verb == "BDAT":
             self._bdat(conn, cmd, line)
@@ -1072,6 +1148,12 @@ class ScriptedUpstream:
         elif verb == "QUIT":
             self._answer(conn, cmd, ["QUIT"], "221 2.0.0 Bye")
             return False
+        elif verb == "XCLIENT" and any(c.upper().split()[0] == "XCLIENT" for c in self.caps):
+            conn.xclient = line[8:]
+            r = self._answer(conn, cmd, ["XCLIENT"], self.greeting)
+            if r.startswith("2"):       # XCLIENT_README: a new session, EHLO again
+                conn.tx = None
+                conn.ehlo = None
         elif verb == "STARTTLS" and self._tls_ctx is not None:
             if conn.tls_version:
                 self._reply(conn, "503 5.5.1 Error: TLS already active", cmd)
@@ -1132,15 +1214,26 @@ class ScriptedUpstream:
             tx.truncated = True
 
     def _mid_data_fault(self, conn, tx, pending=0):
-        """close_at / stall_at "mid-DATA:N" once N body bytes arrived (`pending` of them still
-        in the buffer)."""
+        """close_at / reset_at / stall_at / deaf_at / early "mid-DATA:N" once N body bytes
+        arrived (`pending` of them still in the buffer)."""
         if not self._faulty(conn):
             return
-        for table, name in ((self.close_at, "close_at"), (self.stall_at, "stall_at")):
+        got = tx.size + pending
+        for k, text in self.early.items():
+            if k.startswith("MID-DATA:") and got >= int(k.split(":", 1)[1]) and not tx.early:
+                tx.early = text
+                conn.fault = ("early", k)
+                self._reply(conn, text)
+        for table, name in ((self.close_at, "close_at"), (self.reset_at, "reset_at"),
+                            (self.stall_at, "stall_at"), (self.deaf_at, "deaf_at")):
             for k in table:
-                if k.startswith("MID-DATA:") and tx.size + pending >= int(k.split(":", 1)[1]):
+                if k.startswith("MID-DATA:") and got >= int(k.split(":", 1)[1]):
                     conn.fault = (name, k)
-                    if name == "stall_at":
+                    if name == "reset_at":
+                        self._reset(conn)
+                    elif name == "deaf_at":
+                        self._deaf(conn)
+                    elif name == "stall_at":
                         try:
                             self._pause(conn, self.STALL_MAX)
                         except _Closed:
@@ -1180,7 +1273,8 @@ class ScriptedUpstream:
             self._reply(conn, "501 5.5.4 Syntax: BDAT size [LAST]", cmd)
             return
         n, last = int(m.group(1)), bool(m.group(2))
-        ok = tx is not None and any(r.startswith("2") for r in tx.rcpt_replies)
+        chunking = conn.offered is None or "CHUNKING" in conn.offered
+        ok = chunking and tx is not None and any(r.startswith("2") for r in tx.rcpt_replies)
         # Read the chunk (always, to stay in sync).
         got = 0
         while got < n:
@@ -1193,6 +1287,9 @@ class ScriptedUpstream:
             if ok:
                 self._store(tx, tx.bdat, take)
                 self._mid_data_fault(conn, tx)
+        if not chunking:    # not offered on this session (e.g. not after XCLIENT): unknown
+            self._reply(conn, "502 5.5.1 Error: command not implemented", cmd)
+            return
         if not ok:
             self._reply(conn, "503 5.5.1 Error: need RCPT command", cmd)
             return
@@ -1202,7 +1299,10 @@ class ScriptedUpstream:
         if last:
             tx.completed = True
             keys = ["DOT"] + keys
-            tx.final_reply = self._answer(conn, cmd, keys, "250 2.0.0 Ok: queued as %d" % id(tx))
+            try:
+                self._answer(conn, cmd, keys, "250 2.0.0 Ok: queued as %d" % id(tx))
+            finally:
+                tx.final_reply = cmd.reply
             conn.tx = None
         else:
             self._answer(conn, cmd, keys, "250 2.0.0 Ok: %d octets" % n)
