@@ -164,7 +164,7 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
   } catch (const toml::parse_error& e) {
     out.errors.push_back(ConfigError{name, static_cast<int>(e.source().begin.line),
                                      static_cast<int>(e.source().begin.column), "",
-                                     std::string(e.description())});
+                                     escape_nonprintable(e.description())});
     return out;
   }
   KeyFile file;
