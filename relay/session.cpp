@@ -24,6 +24,12 @@ constexpr std::size_t max_pending = 100;             // pipelined commands held 
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
 
+// AUTH arguments and responses are a mechanism name and base64, "=" or "*" (RFC 4954 4): printable
+// ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
+bool auth_text(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
+
 // ASCII case mapping (SMTP keywords; domain names for logs); other bytes unchanged.
 std::string upper(std::string_view s) {
   std::string out(s);
@@ -425,7 +431,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     co_return true;
   }
   const std::string mechanism = upper(args.substr(0, args.find(' ')));
-  if (mechanism.empty()) {
+  if (mechanism.empty() || !auth_text(args)) {
     refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
     co_return true;
   }
@@ -450,6 +456,10 @@ awaitable<bool> Session::do_auth(std::string_view args) {
       up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
       end_ = st == LineStatus::timeout ? End::idle_timeout : st == LineStatus::stopped ? End::shutdown : End::client_closed;
       co_return false;
+    }
+    if (!auth_text(response)) {  // not base64: cancel the exchange ("*", RFC 4954 4) instead
+      explicit_bzero(response.data(), response.size());
+      response = "*";
     }
     up_line = response + "\r\n";
     explicit_bzero(response.data(), response.size());
