@@ -1128,7 +1128,9 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (refuse) {
     ++errors_;
     if (!co_await skip_bytes(bdat->size)) co_return false;
-    if (bdat->last && tx_.active) reset_transaction();
+    // The transaction ends here: abort it at the next hop too (RSET), or its MAIL stays open
+    // and the client's next MAIL reaches it as a nested MAIL.
+    if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
     co_return co_await write_client(*refuse);
   }
   phase_ = Phase::bdat;
