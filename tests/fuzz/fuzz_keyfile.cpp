@@ -31,19 +31,36 @@ bool same_secret(const batv::crypto::Secret& a, const batv::crypto::Secret& b) {
   return a.size() == b.size() && std::memcmp(a.bytes().data(), b.bytes().data(), a.size()) == 0;
 }
 
-// The [[key]] secret values of a file that is valid TOML, when long enough to be recognisable and
-// written exactly once in the input (so an error that contains one can only have copied it).
+void key_names(const toml::node& n, std::vector<std::string>& out) {
+  if (const toml::table* t = n.as_table()) {
+    for (const auto& [k, v] : *t) {
+      out.emplace_back(k.str());
+      key_names(v, out);
+    }
+  } else if (const toml::array* a = n.as_array()) {
+    for (const toml::node& e : *a) key_names(e, out);
+  }
+}
+
+// The [[key]] secret values of a file that is valid TOML, when they cannot appear in an error
+// unless copied from the value: written exactly once in the input, part of no key name, and
+// holding "+" or "/", which no message template contains.
 std::vector<std::string> secret_texts(std::string_view in) {
   std::vector<std::string> out;
   try {
     const toml::table root = toml::parse(in);
+    std::vector<std::string> names;
+    key_names(root, names);
     if (const toml::array* keys = root["key"].as_array()) {
       for (const toml::node& item : *keys) {
         const toml::table* t = item.as_table();
         const auto v = t ? (*t)["secret"].value<std::string>() : std::nullopt;
-        if (!v || v->size() < 12) continue;
+        if (!v || v->size() < 12 || v->find_first_of("+/") == std::string::npos) continue;
         const std::size_t first = in.find(*v);
-        if (first != std::string_view::npos && in.find(*v, first + 1) == std::string_view::npos) out.push_back(*v);
+        if (first == std::string_view::npos || in.find(*v, first + 1) != std::string_view::npos) continue;
+        bool in_name = false;
+        for (const auto& name : names) in_name = in_name || name.find(*v) != std::string::npos;
+        if (!in_name) out.push_back(*v);
       }
     }
   } catch (const toml::parse_error&) {
