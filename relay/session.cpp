@@ -673,6 +673,7 @@ awaitable<bool> Session::process(const std::string& line) {
       if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
       else if (!helo_seen_) refuse(replies::need_helo());
       else if (!tx_.active) refuse(replies::need_mail());
+      else if (tx_.bdat_used) refuse(replies::rcpt_after_bdat());  // the next hop may be gone (failed chunk)
       else handle_rcpt(cmd.args);
       co_return true;
     case Verb::data:
