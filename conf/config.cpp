@@ -853,6 +853,22 @@ bool AddressPattern::matches(std::string_view address) const {
 
 std::string AddressPattern::to_string() const { return local_part + "@" + domain; }
 
+std::string escape_nonprintable(std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f) {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  return out;
+}
+
 std::string format(const ConfigError& e) {
   std::string out = e.file;
   if (e.line > 0) out += ":" + std::to_string(e.line) + ":" + std::to_string(e.column);
@@ -870,7 +886,7 @@ LoadResult load_config_string(std::string_view toml_text, const std::string& nam
     root = toml::parse(toml_text, std::string_view(name_for_errors));
   } catch (const toml::parse_error& e) {
     const Pos p = pos_of(e.source());
-    result.errors.push_back({name_for_errors, p.line, p.column, "", std::string(e.description())});
+    result.errors.push_back({name_for_errors, p.line, p.column, "", escape_nonprintable(e.description())});
     return result;
   }
   Loader loader(name_for_errors, base_dir);

@@ -173,6 +173,10 @@ struct ConfigError {
 // is left out when the key is empty.
 std::string format(const ConfigError& e);
 
+// Printable ASCII kept, every other byte shown as \xNN, nothing cut: for text that quotes the file
+// without our own escaping (the TOML parser's error descriptions echo the offending character).
+std::string escape_nonprintable(std::string_view text);
+
 struct LoadResult {
   std::optional<Config> config;     // set iff errors is empty
   std::vector<ConfigError> errors;

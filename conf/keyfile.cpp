@@ -182,12 +182,12 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
   } catch (const toml::parse_error& e) {
     out.errors.push_back(ConfigError{name, static_cast<int>(e.source().begin.line),
                                      static_cast<int>(e.source().begin.column), "",
-                                     without_quoted_input(e.description())});
+                                     escape_nonprintable(without_quoted_input(e.description()))});
     return out;
   }
   KeyFile file;
   for (const auto& [k, v] : root) {
-    if (k.str() != "key") c.add(v.source(), std::string(k.str()), "unknown key (expected [[key]] tables)");
+    if (k.str() != "key") c.add(v.source(), escape_nonprintable(k.str()), "unknown key (expected [[key]] tables)");
   }
   const toml::node* keys_node = root.get("key");
   const toml::array* arr = keys_node ? keys_node->as_array() : nullptr;
@@ -207,7 +207,7 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
         const std::string_view ks = k.str();
         if (ks != "id" && ks != "secret" && ks != "state" && ks != "created" &&
             ks != "stopped_signing") {
-          c.add(v.source(), base + "." + std::string(ks), "unknown key");
+          c.add(v.source(), base + "." + escape_nonprintable(ks), "unknown key");
           ok = false;
         }
       }

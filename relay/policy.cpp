@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "relay/replies.hpp"
+#include "relay/smtp/command.hpp"
 
 namespace batv::relay {
 
@@ -96,7 +97,14 @@ RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& ke
   const auto at = recipient.rfind('@');
   if (at == std::string_view::npos || !domain_in(cfg.domains.verify, recipient.substr(at + 1))) return d;
   d.ours = true;
-  const crypto::VerifyResult v = crypto::verify(keys, recipient, now, params);
+  crypto::VerifyResult v = crypto::verify(keys, recipient, now, params);
+  // A tag whose stripped address is no mailbox ("prvs=...=.x@d" leaves ".x@d", not a Dot-string,
+  // RFC 5321 4.1.2; Exim signs such addresses all the same) counts as malformed: the next hop never
+  // gets an address the relay would refuse itself.
+  if (!v.original.empty() && !smtp::parse_rcpt_to("TO:<" + v.original + ">").ok()) {
+    v.verdict = crypto::Verdict::malformed;
+    v.original.clear();
+  }
   d.verdict = v.verdict;
   // The address the mailbox knows: the original when a tag parsed, else as received.
   const std::string original = v.original.empty() ? std::string(recipient) : v.original;

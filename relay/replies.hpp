@@ -92,6 +92,7 @@ inline std::string need_mail() { return line(503, "5.5.1 Need MAIL before RCPT")
 inline std::string need_rcpt() { return line(503, "5.5.1 Need RCPT before DATA"); }
 inline std::string no_valid_recipients() { return line(554, "5.5.1 No valid recipients"); }
 inline std::string bdat_sequence() { return line(503, "5.5.1 Cannot mix DATA and BDAT, or BDAT after a failed chunk"); }
+inline std::string rcpt_after_bdat() { return line(503, "5.5.1 No RCPT after BDAT: the message data has begun"); }
 inline std::string mail_syntax() { return line(501, "5.5.4 Syntax: MAIL FROM:<address> [parameters]"); }
 inline std::string rcpt_syntax() { return line(501, "5.5.4 Syntax: RCPT TO:<address> [parameters]"); }
 inline std::string bdat_syntax() { return line(501, "5.5.4 Syntax: BDAT size [LAST]"); }

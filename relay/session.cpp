@@ -25,6 +25,12 @@ constexpr std::size_t max_pending = 100;             // pipelined commands held 
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
 
+// AUTH arguments and responses are a mechanism name and base64, "=" or "*" (RFC 4954 4): printable
+// ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
+bool auth_text(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
+
 // ASCII case mapping (SMTP keywords; domain names for logs); other bytes unchanged.
 std::string upper(std::string_view s) {
   std::string out(s);
@@ -442,7 +448,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
   }
   const std::string mechanism = upper(args.substr(0, args.find(' ')));
   auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
-  if (mechanism.empty()) {
+  if (mechanism.empty() || !auth_text(args)) {
     refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
     co_return true;
   }
@@ -475,6 +481,10 @@ awaitable<bool> Session::do_auth(std::string_view args) {
       up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
       end_ = st == LineStatus::timeout ? End::idle_timeout : st == LineStatus::stopped ? End::shutdown : End::client_closed;
       co_return false;
+    }
+    if (!auth_text(response)) {  // not base64: cancel the exchange ("*", RFC 4954 4) instead
+      explicit_bzero(response.data(), response.size());
+      response = "*";
     }
     up_line = response + "\r\n";
     explicit_bzero(response.data(), response.size());
@@ -720,6 +730,7 @@ awaitable<bool> Session::process(const std::string& line) {
       if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
       else if (!helo_seen_) refuse(replies::need_helo());
       else if (!tx_.active) refuse(replies::need_mail());
+      else if (tx_.bdat_used) refuse(replies::rcpt_after_bdat());  // the next hop may be gone (failed chunk)
       else handle_rcpt(cmd.args);
       co_return true;
     case Verb::data:
@@ -1203,7 +1214,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   if (refuse) {
     ++errors_;
     if (!co_await skip_bytes(bdat->size)) co_return false;
-    // The client's transaction ends here; the next hop's (MAIL and RCPT sent) must end too.
+    // The transaction ends here: abort it at the next hop too (RSET), or its MAIL stays open
+    // and the client's next MAIL reaches it as a nested MAIL.
     if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
     co_return co_await write_client(*refuse);
   }

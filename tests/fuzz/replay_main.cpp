@@ -1,7 +1,9 @@
-// A libFuzzer-compatible driver for builds without libFuzzer (g++): runs every corpus file given
-// on the command line, then a fixed number of deterministic mutations of them, so each fuzz
-// target runs in every ctest pass. With -DBATV_FUZZ=ON (clang) the targets link libFuzzer instead.
-//   replay CORPUS_DIR [ITERATIONS]
+// A libFuzzer-compatible driver for builds without libFuzzer (g++): runs every input file given on
+// the command line (directly or in the given directories: the seed corpus and the regression
+// inputs), then a fixed number of deterministic mutations of them, so each fuzz target runs in
+// every ctest pass. With -DBATV_FUZZ=ON (clang) the targets link libFuzzer instead.
+//   replay [--iterations=N] PATH...      (PATH: a file, or a directory of files; dot files skipped)
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -10,31 +12,56 @@
 #include <iterator>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 
+namespace {
+
+void add_file(const std::filesystem::path& p, std::vector<std::string>& corpus) {
+  if (p.filename().string().starts_with(".")) return;  // .gitkeep
+  std::ifstream in(p, std::ios::binary);
+  corpus.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR [ITERATIONS]\n", argv[0]);
-    return 64;
-  }
-  const long iterations = argc > 2 ? std::atol(argv[2]) : 20000;
+  long iterations = 20000;
   std::vector<std::string> corpus;
-  for (const auto& e : std::filesystem::directory_iterator(argv[1])) {
-    std::ifstream in(e.path(), std::ios::binary);
-    corpus.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg.starts_with("--iterations=")) {
+      iterations = std::atol(argv[i] + 13);
+      continue;
+    }
+    const std::filesystem::path p(arg);
+    if (std::filesystem::is_directory(p)) {
+      std::vector<std::filesystem::path> files;
+      for (const auto& e : std::filesystem::directory_iterator(p))
+        if (e.is_regular_file()) files.push_back(e.path());
+      std::sort(files.begin(), files.end());  // a fixed order: a failure reproduces
+      for (const auto& f : files) add_file(f, corpus);
+    } else if (std::filesystem::is_regular_file(p)) {
+      add_file(p, corpus);
+    } else {
+      std::fprintf(stderr, "%s: no such file or directory\n", argv[i]);
+      return 64;
+    }
   }
   if (corpus.empty()) {
-    std::fprintf(stderr, "no corpus files in %s\n", argv[1]);
-    return 1;
+    std::fprintf(stderr, "usage: %s [--iterations=N] PATH... (no input files found)\n", argv[0]);
+    return 64;
   }
   for (const auto& c : corpus)
     LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(c.data()), c.size());
   std::mt19937_64 rng(12345);  // fixed seed: a failure reproduces
-  static const std::string dictionary[] = {"prvs=", "=", "@", "\"", "[[key]]", "\n", "id = ",
-                                           "secret = \"", "\"", "0", "9", "Z", "\x80", "\\u0000",
-                                           "[limits]", "listen = \"", "[::1]:", "/128"};
+  static const std::string dictionary[] = {
+      "prvs=", "=", "@", "\"", "[[key]]", "\n", "id = ", "secret = \"", "\"", "0", "9", "Z", "\x80",
+      "\\u0000", "[limits]", "listen = \"", "[::1]:", "/128", "\r\n", "MAIL FROM:<", "RCPT TO:<", ">",
+      "DATA\r\n", "\r\n.\r\n", "BDAT 5", " LAST", "EHLO x\r\n", "RSET\r\n", "250 ", "250-", " SIZE=",
+      "prvs=TAG=", "<>", "AUTH PLAIN", "STARTTLS\r\n", "QUIT\r\n"};
   for (long i = 0; i < iterations; ++i) {
     std::string s = corpus[rng() % corpus.size()];
     const int edits = 1 + static_cast<int>(rng() % 8);
@@ -50,6 +77,6 @@ int main(int argc, char** argv) {
     }
     LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
   }
-  std::printf("%zu corpus files and %ld mutations: no failure\n", corpus.size(), iterations);
+  std::printf("%zu inputs and %ld mutations: no failure\n", corpus.size(), iterations);
   return 0;
 }

@@ -868,4 +868,11 @@ TEST_CASE("errors: echoed values are truncated and sanitized") {
   const LoadResult r3 = load(doc("\"we\\u001bird\" = 1\n"));
   REQUIRE(r3.errors.size() == 1);
   CHECK(r3.errors[0].key == "we\\x1bird");
+
+  // The TOML parser quotes the character it stumbled on: a C1 control (U+009B, CSI) must not
+  // reach the terminal raw either (found by fuzz_config).
+  const LoadResult r4 = load(doc("\xc2\x9b" "2J = 1\n"));
+  REQUIRE(r4.errors.size() == 1);
+  CHECK(r4.errors[0].message.find("\\xc2\\x9b") != std::string::npos);
+  for (char ch : format(r4.errors[0])) CHECK((ch >= 0x20 && ch <= 0x7e));
 }

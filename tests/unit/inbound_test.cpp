@@ -90,6 +90,19 @@ TEST_CASE("normal senders: valid and expired tags stripped; bad ones per policy"
             });
 }
 
+TEST_CASE("a tag that would strip to an invalid address counts as malformed (found by fuzz_smtp_path)") {
+  // "prvs=...=.user" is a valid Dot-string, ".user" is not: the relay must not pass it on.
+  const auto tagged = crypto::sign(ring(), ".user@example.com", T1);  // as Exim would sign it
+  REQUIRE(tagged.tagged.has_value());
+  const std::string bad = "prvs=368291fcbc=.user@example.com";
+  check_all(config_from(""), false,
+            {
+                {tagged.tagged->c_str(), T1, true, RcptAction::refused, "", "550 5.7.1 bounce refused: malformed tag"},
+                {tagged.tagged->c_str(), T1, false, RcptAction::passed, tagged.tagged->c_str(), ""},
+                {bad.c_str(), T1, false, RcptAction::passed, bad.c_str(), ""},
+            });
+}
+
 TEST_CASE("exempt client networks, monitor, off and per-domain modes") {
   check_all(config_from(""), true,
             {

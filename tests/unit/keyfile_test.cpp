@@ -103,6 +103,9 @@ TEST_CASE("key file errors name file, line, column and key, never the secret") {
       {"[[key]\n", "k.toml:1:7: "},
       {"version = 2\n[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n",
        "k.toml:1:11: version: unknown key (expected [[key]] tables)"},
+      // Key names are the file's text: control bytes are escaped (found triaging fuzz_keyfile).
+      {"\"\\u001b[2J\" = 1\n", "k.toml:1:15: \\x1b[2J: unknown key (expected [[key]] tables)"},
+      {"[[key]]\n\"x\\u009by\" = 2\n", "k.toml:2:14: key[0].x\\xc2\\x9by: unknown key"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.text);
