@@ -991,8 +991,11 @@ void Session::handle_rcpt(std::string_view args) {
 }
 
 void Session::handle_rset(bool reply) {
-  // (A next-hop connection already lost took its transaction with it: no reconnect for RSET.)
-  if (tx_.decided && tx_.shared->upstream_open && up_.connected()) {
+  // A next-hop connection already lost took its transaction with it: no reconnect for RSET. But
+  // a MAIL still waiting in this pipelined batch will reconnect and open one: RSET must follow.
+  const bool mail_queued = std::any_of(pending_.begin(), pending_.end(),
+                                       [](const Pending& p) { return !p.upstream.empty(); });
+  if (tx_.decided && tx_.shared->upstream_open && (up_.connected() || mail_queued)) {
     // The next hop has a transaction open: abort it too. Its reply is not the client's business
     // beyond success; a failure surfaces as a lost connection in flush().
     Pending p;

@@ -207,6 +207,9 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
                   &cfg.timeouts.upstream_reply, &cfg.timeouts.upstream_data_reply})
     *t = std::chrono::seconds(60);
   cfg.timeouts.session = std::chrono::seconds(120);
+  // Each input is a world of its own (its own scripted next hop): no next-hop connection may
+  // pass from one input's session to the next. Reuse is tested end to end (test_outbound).
+  cfg.timeouts.upstream_idle = std::chrono::seconds(0);
 
   std::vector<crypto::KeyMaterial> keys;
   keys.push_back({1, true, crypto::Secret(std::string_view("fuzz-session-signing-key"))});
@@ -221,7 +224,7 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
     cfg.listeners[0].require_tls = s.strict() && s.inbound();
   }
   auto rt = std::make_shared<const relay::Runtime>(relay::Runtime{std::move(cfg), std::move(*ring), params, kHostname,
-                                                                   2, {}, std::move(tls)});
+                                                                   2, {}, std::move(tls), {}});
   cache.emplace(listener_byte, rt);
   return rt;
 }
