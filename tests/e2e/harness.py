@@ -473,16 +473,21 @@ class Relay:
         self._ports = [by_index[k] for k in sorted(by_index)]
 
     def _read_stderr(self):
-        f = self.proc.stderr
-        for raw in iter(f.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            rec = parse_log_line(line)
+        for raw in iter(self.proc.stderr.readline, b""):
+            if not self._keep_stderr_line(raw):
+                continue
+            rec = parse_log_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
             rec["_t"] = time.monotonic()
             with self._cond:
                 self._records.append(rec)
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def _keep_stderr_line(self, raw):
+        """Every raw stderr line (bytes) passes here first, on the reader thread; False: it is
+        not kept as a log record. Subclasses count or copy lines here."""
+        return True
 
     @property
     def pid(self):

@@ -50,7 +50,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import (DAY, HOST, Relay, RelayLogMixin, ScriptedUpstream, SmtpClient,  # noqa: E402
-                     expected_tag, free_port, parse_log_line)
+                     expected_tag, free_port)
 
 RELAY = KEYS = None
 
@@ -113,15 +113,11 @@ class RecordingRelay(Relay):
 
     def _read_stderr(self):
         self.raw_stderr = bytearray()
-        for raw in iter(self.proc.stderr.readline, b""):
-            self.raw_stderr += raw
-            rec = parse_log_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-            rec["_t"] = time.monotonic()
-            with self._cond:
-                self._records.append(rec)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+        super()._read_stderr()
+
+    def _keep_stderr_line(self, raw):
+        self.raw_stderr += raw
+        return True
 
 
 class NoSecretsTest(RelayLogMixin, unittest.TestCase):

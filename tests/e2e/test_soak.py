@@ -181,25 +181,19 @@ class CountingRelay(Relay):
     def _read_stderr(self):
         self.event_counts = {}
         self.session_ends = {}
-        f = self.proc.stderr
-        for raw in iter(f.readline, b""):
-            if b" level=info " in raw and not any(k in raw for k in self.KEEP):
-                i = raw.find(b" event=")
-                ev = raw[i + 7:raw.find(b" ", i + 7)].decode() if i >= 0 else "?"
-                self.event_counts[ev] = self.event_counts.get(ev, 0) + 1
-                if ev == "session_end":
-                    j = raw.find(b" reason=")
-                    reason = raw[j + 8:raw.find(b" ", j + 8)].decode() if j >= 0 else "?"
-                    self.session_ends[reason] = self.session_ends.get(reason, 0) + 1
-                continue
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            rec = parse_log_line(line)
-            rec["_t"] = time.monotonic()
-            with self._cond:
-                self._records.append(rec)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+        super()._read_stderr()
+
+    def _keep_stderr_line(self, raw):
+        if b" level=info " not in raw or any(k in raw for k in self.KEEP):
+            return True
+        i = raw.find(b" event=")
+        ev = raw[i + 7:raw.find(b" ", i + 7)].decode() if i >= 0 else "?"
+        self.event_counts[ev] = self.event_counts.get(ev, 0) + 1
+        if ev == "session_end":
+            j = raw.find(b" reason=")
+            reason = raw[j + 8:raw.find(b" ", j + 8)].decode() if j >= 0 else "?"
+            self.session_ends[reason] = self.session_ends.get(reason, 0) + 1
+        return False
 
     def problems(self):
         """Kept log lines at warning or error level."""
