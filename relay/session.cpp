@@ -19,8 +19,8 @@ namespace {
 
 // The input buffer is small while the session reads commands and grows for a message body only:
 // held-open sessions then cost a few KiB each, and a body still streams in 64 KiB reads.
-constexpr std::size_t command_buffer = 4 * 1024;
-constexpr std::size_t stream_buffer = 64 * 1024;
+constexpr std::size_t command_buffer = conf::fixed::command_buffer_bytes;
+constexpr std::size_t stream_buffer = conf::fixed::stream_buffer_bytes;
 constexpr std::size_t max_pending = 100;             // pipelined commands held before a forced flush
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }

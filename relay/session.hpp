@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "conf/limits.hpp"
 #include "relay/io.hpp"
 #include "relay/policy.hpp"
 #include "relay/runtime.hpp"
@@ -43,19 +44,43 @@ struct SessionContext {
 // 64 KiB buffer is allocated per message, and zero-filling it showed in profiles).
 class InputBuffer {
  public:
-  explicit InputBuffer(std::size_t n) : p_(new char[n]), n_(n) {}
+  explicit InputBuffer(std::size_t n) : p_(take(n)), n_(n) {}
+  ~InputBuffer() { give(std::move(p_), n_); }
+  InputBuffer(const InputBuffer&) = delete;
+  InputBuffer& operator=(const InputBuffer&) = delete;
   char* data() { return p_.get(); }
   const char* data() const { return p_.get(); }
   [[nodiscard]] std::size_t size() const { return n_; }
   // A new capacity; the first `keep` bytes (keep <= both sizes) are preserved.
   void reallocate(std::size_t n, std::size_t keep) {
-    std::unique_ptr<char[]> q(new char[n]);
+    std::unique_ptr<char[]> q = take(n);
     std::memcpy(q.get(), p_.get(), keep);
+    give(std::move(p_), n_);
     p_ = std::move(q);
     n_ = n;
   }
 
  private:
+  // Spare stream-sized buffers of this thread (conf::fixed::spare_stream_buffers_per_thread).
+  static std::vector<std::unique_ptr<char[]>>& spares() {
+    thread_local std::vector<std::unique_ptr<char[]>> v;
+    return v;
+  }
+  static std::unique_ptr<char[]> take(std::size_t n) {
+    auto& v = spares();
+    if (n == conf::fixed::stream_buffer_bytes && !v.empty()) {
+      std::unique_ptr<char[]> p = std::move(v.back());
+      v.pop_back();
+      return p;
+    }
+    return std::unique_ptr<char[]>(new char[n]);
+  }
+  static void give(std::unique_ptr<char[]> p, std::size_t n) {
+    auto& v = spares();
+    if (p && n == conf::fixed::stream_buffer_bytes && v.size() < conf::fixed::spare_stream_buffers_per_thread)
+      v.push_back(std::move(p));
+  }
+
   std::unique_ptr<char[]> p_;
   std::size_t n_;
 };
