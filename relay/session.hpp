@@ -51,6 +51,8 @@ class InputBuffer {
   char* data() { return p_.get(); }
   const char* data() const { return p_.get(); }
   [[nodiscard]] std::size_t size() const { return n_; }
+  // How many spare stream buffers this thread holds (for tests and debugging).
+  [[nodiscard]] static std::size_t spare_buffers() { return spares().size(); }
   // A new capacity; the first `keep` bytes (keep <= both sizes) are preserved.
   void reallocate(std::size_t n, std::size_t keep) {
     std::unique_ptr<char[]> q = take(n);
