@@ -406,6 +406,10 @@ constexpr Binding kBindings[] = {
     {"limits", "client_names_cached", [](Config& c, std::int64_t v) { c.limits.client_names_cached = v; }},
     {"limits", "upstream_idle_connections",
      [](Config& c, std::int64_t v) { c.limits.upstream_idle_connections = v; }},
+    {"limits", "policy_request_size", [](Config& c, std::int64_t v) { c.limits.policy_request_size = v; }},
+    {"limits", "policy_attributes", [](Config& c, std::int64_t v) { c.limits.policy_attributes = v; }},
+    {"limits", "policy_attribute_length",
+     [](Config& c, std::int64_t v) { c.limits.policy_attribute_length = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -422,6 +426,13 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.timeouts.upstream_idle = std::chrono::seconds(v); }},
     {"timeouts", "client_name_ttl",
      [](Config& c, std::int64_t v) { c.timeouts.client_name_ttl = std::chrono::seconds(v); }},
+    {"timeouts", "policy_idle", [](Config& c, std::int64_t v) { c.timeouts.policy_idle = std::chrono::seconds(v); }},
+    {"timeouts", "policy_request",
+     [](Config& c, std::int64_t v) { c.timeouts.policy_request = std::chrono::seconds(v); }},
+    {"timeouts", "socketmap_idle",
+     [](Config& c, std::int64_t v) { c.timeouts.socketmap_idle = std::chrono::seconds(v); }},
+    {"timeouts", "socketmap_request",
+     [](Config& c, std::int64_t v) { c.timeouts.socketmap_request = std::chrono::seconds(v); }},
 };
 
 // Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).

@@ -80,6 +80,19 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "Idle next-hop connections kept per I/O thread for the next session of the same listener "
      "(Postfix scache), on listeners with forward_client = \"none\"; 0 = never reuse. Each "
      "is one socket (plus its TLS state) on both sides."},
+    {"limits", "policy_request_size", 65536, 4096, 1048576, "octets",
+     "Largest Postfix policy delegation request (role policy), its empty last line included. "
+     "Postfix 3.7 sends about 30 attributes, typically under 1 KiB; values from SMTP are bounded "
+     "by its line_length_limit (2048), so 64 KiB never stops a real request. A request without "
+     "its empty line within this many octets closes the connection unanswered: Postfix then "
+     "applies smtpd_policy_service_default_action (451 4.3.5 by default), never an accept."},
+    {"limits", "policy_attributes", 100, 40, 10000, "attributes",
+     "Most name=value lines in one policy request. SMTPD_POLICY_README lists about 30 for "
+     "Postfix 3.7; newer versions add a few. More closes the connection unanswered."},
+    {"limits", "policy_attribute_length", 4096, 512, 65536, "octets",
+     "Longest name=value line of a policy request. Values that come from the SMTP client are "
+     "bounded by Postfix's line_length_limit (2048) plus the attribute name; certificate "
+     "subjects and issuers are far shorter. Longer closes the connection unanswered."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
     {"timeouts", "idle", 300, 1, 3600, "seconds",
@@ -117,6 +130,22 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "client_name_ttl", 300, 0, 86400, "seconds",
      "How long a cached client name (or its absence) is reused. DNS PTR records commonly live "
      "an hour or more; 5 minutes bounds how stale a name the MX sees can be. 0 = no cache."},
+    {"timeouts", "policy_idle", 330, 1, 3600, "seconds",
+     "How long a policy connection (role policy) may wait for its next request. Postfix closes "
+     "an idle policy connection itself after smtpd_policy_service_max_idle (300 s); 330 lets "
+     "Postfix close first, so it never writes to a connection we are closing."},
+    {"timeouts", "policy_request", 100, 1, 3600, "seconds",
+     "Deadline for one policy request to arrive, from its first byte, and for its answer to be "
+     "written. Postfix writes a request at once; 100 = smtpd_policy_service_timeout, after "
+     "which Postfix has given up on the answer anyway."},
+    {"timeouts", "socketmap_idle", 30, 1, 3600, "seconds",
+     "How long a socketmap connection (role socketmap) may wait for its next query. Postfix "
+     "closes idle socketmap connections after 10 s (dict_sockmap max_idle, not configurable) "
+     "and every one after 100 s; 30 lets Postfix close first and still frees the connections "
+     "of clients that went away."},
+    {"timeouts", "socketmap_request", 100, 1, 3600, "seconds",
+     "Deadline for one socketmap query to arrive, from its first byte, and for its answer to be "
+     "written. 100 = Postfix's own socketmap read/write timeout (dict_sockmap, fixed)."},
 });
 
 // Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
@@ -167,6 +196,9 @@ struct Limits {
   std::int64_t invalid_recipients_per_session = limit("limits", "invalid_recipients_per_session").def;
   std::int64_t client_names_cached = limit("limits", "client_names_cached").def;
   std::int64_t upstream_idle_connections = limit("limits", "upstream_idle_connections").def;
+  std::int64_t policy_request_size = limit("limits", "policy_request_size").def;
+  std::int64_t policy_attributes = limit("limits", "policy_attributes").def;
+  std::int64_t policy_attribute_length = limit("limits", "policy_attribute_length").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -182,6 +214,10 @@ struct Timeouts {
   std::chrono::seconds shutdown_grace{limit("timeouts", "shutdown_grace").def};
   std::chrono::seconds upstream_idle{limit("timeouts", "upstream_idle").def};
   std::chrono::seconds client_name_ttl{limit("timeouts", "client_name_ttl").def};
+  std::chrono::seconds policy_idle{limit("timeouts", "policy_idle").def};
+  std::chrono::seconds policy_request{limit("timeouts", "policy_request").def};
+  std::chrono::seconds socketmap_idle{limit("timeouts", "socketmap_idle").def};
+  std::chrono::seconds socketmap_request{limit("timeouts", "socketmap_request").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };
 
@@ -199,6 +235,13 @@ inline constexpr std::size_t max_echoed_value_chars = 100;  // config values quo
 inline constexpr std::size_t command_buffer_bytes = 4 * 1024;
 inline constexpr std::size_t stream_buffer_bytes = 64 * 1024;
 inline constexpr std::size_t spare_stream_buffers_per_thread = 16;
+// Socketmap (role socketmap): the netstring sizes of Postfix's socketmap client, which are not
+// configurable in Postfix (socketmap_table(5) BUGS). A query is "strip " plus one address (Postfix
+// keys stay under its 2048-octet line_length_limit), so 10000 octets never stops a real query; a
+// longer one closes the connection unanswered (Postfix: temporary lookup error). A reply is one
+// address: nowhere near the 100000 octets Postfix accepts.
+inline constexpr std::size_t socketmap_max_query = 10000;
+inline constexpr std::size_t socketmap_max_reply = 100000;  // socketmap_table(5), REPLY FORMAT
 }  // namespace fixed
 
 }  // namespace batv::conf

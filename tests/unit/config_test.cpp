@@ -115,6 +115,9 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.invalid_recipients_per_session", c.limits.invalid_recipients_per_session},
       {"limits.client_names_cached", c.limits.client_names_cached},
       {"limits.upstream_idle_connections", c.limits.upstream_idle_connections},
+      {"limits.policy_request_size", c.limits.policy_request_size},
+      {"limits.policy_attributes", c.limits.policy_attributes},
+      {"limits.policy_attribute_length", c.limits.policy_attribute_length},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
       {"timeouts.session", c.timeouts.session.count()},
@@ -125,6 +128,10 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"timeouts.shutdown_grace", c.timeouts.shutdown_grace.count()},
       {"timeouts.upstream_idle", c.timeouts.upstream_idle.count()},
       {"timeouts.client_name_ttl", c.timeouts.client_name_ttl.count()},
+      {"timeouts.policy_idle", c.timeouts.policy_idle.count()},
+      {"timeouts.policy_request", c.timeouts.policy_request.count()},
+      {"timeouts.socketmap_idle", c.timeouts.socketmap_idle.count()},
+      {"timeouts.socketmap_request", c.timeouts.socketmap_request.count()},
   };
   const std::string name = std::string(section) + "." + std::string(key);
   for (const auto& [n, v] : values)
