@@ -1,6 +1,9 @@
 // roles: the factory of each no-hop role, in one table.
 #include "relay/connection.hpp"
 
+#include "relay/postfix/policy_service.hpp"
+#include "relay/postfix/socketmap.hpp"
+
 namespace batv::relay {
 
 ConnectionFactory connection_factory(conf::Role role) {
@@ -9,9 +12,9 @@ ConnectionFactory connection_factory(conf::Role role) {
     case conf::Role::inbound:
       return nullptr;  // SMTP sessions: the server builds a Session
     case conf::Role::milter:
-    case conf::Role::policy:
-    case conf::Role::socketmap:
-      return nullptr;  // filled in as each role lands
+      return nullptr;  // filled in as the role lands
+    case conf::Role::policy: return postfix::make_policy_connection;
+    case conf::Role::socketmap: return postfix::make_socketmap_connection;
   }
   return nullptr;
 }

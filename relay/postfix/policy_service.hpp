@@ -39,6 +39,7 @@
 #include "conf/config.hpp"
 #include "crypto/keyring.hpp"
 #include "crypto/prvs.hpp"
+#include "relay/connection.hpp"
 #include "relay/policy.hpp"
 #include "relay/postfix/policy_request.hpp"
 
@@ -67,5 +68,8 @@ void append_policy_answer(std::string& out, std::string_view action);
 
 // Limits of the request parser from the config ([limits] policy_*).
 PolicyLimits policy_limits(const conf::Config& cfg);
+
+// The connection of a policy listener (relay/roles.cpp): see the top of this file.
+std::shared_ptr<Connection> make_policy_connection(LocalSocket sock, ConnContext ctx);
 
 }  // namespace batv::relay::postfix

@@ -27,7 +27,7 @@
 // fails with a temporary error), many queries per connection, pipelined queries answered in
 // order, an idle timeout between queries (timeouts.socketmap_idle) and a deadline for one query
 // to arrive and its answer to be written (timeouts.socketmap_request). Logs `event=socketmap` per
-// lookup of a verify-domain key (debug: canonical lookups happen several times per recipient);
+// lookup of a verify-domain key (info; other keys at debug, PERM answers at warning);
 // metrics: answer(socketmap, found|notfound|perm) per answered query. Lookups are not counted as
 // recipients or verdicts: Postfix looks an address up more than once (smtpd at RCPT, cleanup).
 #pragma once
@@ -39,6 +39,7 @@
 #include "conf/config.hpp"
 #include "crypto/keyring.hpp"
 #include "crypto/prvs.hpp"
+#include "relay/connection.hpp"
 #include "relay/policy.hpp"
 
 namespace batv::relay::postfix {
@@ -58,5 +59,8 @@ struct SocketmapDecision {
 // Pure. `query`: one netstring's payload. `now`: unix seconds.
 SocketmapDecision decide_socketmap(const conf::Config& cfg, const crypto::Keyring& keys,
                                    const crypto::PrvsParams& params, std::string_view query, std::int64_t now);
+
+// The connection of a socketmap listener (relay/roles.cpp): see the top of this file.
+std::shared_ptr<Connection> make_socketmap_connection(LocalSocket sock, ConnContext ctx);
 
 }  // namespace batv::relay::postfix
