@@ -10,6 +10,12 @@ oversized or malformed request (closed without an answer; session_end reason req
 or protocol_error), the idle timeout and the per-request deadline, shutdown with an idle
 connection open, metrics.
 
+Through a real Postfix smtpd (private instance, tests/e2e/postfix.py), configured with
+check_policy_service and recipient_canonical_maps = socketmap:...:strip: a tagged recipient is
+known to Postfix and reaches the next hop stripped, for a bounce and for a normal sender; a
+forged bounce gets the policy service's 550 5.7.1 at RCPT; with the relay stopped a bounce is
+deferred (451), never accepted unverified.
+
 role = "socketmap" (Postfix socketmap table, map `strip`): queried with Postfix's own client,
 `postmap -q KEY socketmap:inet:127.0.0.1:PORT:strip` and `socketmap:unix:/path:strip` (one key,
 and `postmap -q -` with many keys over one connection), plus raw netstrings: pipelined queries,
@@ -34,8 +40,9 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (DAY, HOST, KeyFile, Relay, RelayLogMixin, expected_tag, scaled,  # noqa: E402
-                     tmpdir, wait_until)
+from harness import (DAY, HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream,  # noqa: E402
+                     expected_tag, scaled, tmpdir, wait_until)
+from postfix import PostfixInstance  # noqa: E402
 
 RELAY = KEYS = None
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
@@ -442,6 +449,75 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
         p = self.peer(r.port(0))
         p.send(netstring("strip " + tagged) + netstring("strip " + old))
         self.assertEqual(p.replies(2), ["OK " + HOMER, "OK " + HOMER])  # the old key still verifies
+
+
+@unittest.skipUnless(os.geteuid() == 0, "a private Postfix needs root")
+class ThroughPostfixTest(RelayLogMixin, unittest.TestCase):
+    """A Postfix MX for example.com (relay_domains, recipients listed in relay_recipient_maps,
+    so an unknown one is refused) in front of a ScriptedUpstream, with both roles on TCP."""
+
+    def setUp(self):
+        self._dir = tmpdir("batv-maps-pf-")
+        self.dir = self._dir.name
+        os.chmod(self.dir, 0o755)
+        self.addCleanup(self._dir.cleanup)
+        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        self.relay = Relay(RELAY, self.dir, self.keys, listeners=[{"role": "policy"}, {"role": "socketmap"}],
+                           sign_domains=("example.com",))
+        self.watch_relay(self.relay)
+        self.up = ScriptedUpstream()
+        self.addCleanup(self.up.close)
+        policy = "inet:127.0.0.1:%d" % self.relay.port(0)
+        smap = "socketmap:inet:127.0.0.1:%d:strip" % self.relay.port(1)
+        self.pf = PostfixInstance(workdir=self.dir, relay_port=self.up.port, main_cf_extra={
+            "relay_domains": "example.com",
+            "relay_recipient_maps": "inline:{homer@example.com=ok, postmaster@example.com=ok}",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "smtpd_recipient_restrictions": "check_policy_service " + policy,
+            "smtpd_policy_service_timeout": "10s",
+            "smtpd_policy_service_default_action": "451 4.3.5 BATV check unavailable",
+            "recipient_canonical_maps": smap,
+            "recipient_canonical_classes": "envelope_recipient",
+        })
+        self.addCleanup(self.pf.stop)
+
+    def rcpt(self, sender, rcpt):
+        """MAIL FROM:<sender> RCPT TO:<rcpt> (and DATA when accepted): the RCPT reply."""
+        import smtplib
+        with smtplib.SMTP(HOST, self.pf.port, timeout=scaled(30)) as c:
+            c.ehlo("mx.remote.example")
+            c.mail(sender)
+            code, text = c.rcpt(rcpt)
+            if code == 250:
+                c.data(b"Subject: maps e2e\r\n\r\nhello\r\n")
+            return code, text.decode()
+
+    def test_policy_and_socketmap_in_postfix(self):
+        tag = expected_tag(HOMER)
+        self.assertEqual(self.rcpt("", tag)[0], 250)                    # a real bounce
+        self.assertEqual(self.rcpt(BART, tag)[0], 250)                  # a reply to our mail
+        # A forged bounce: our text, behind the prefix Postfix puts on every access(5) refusal.
+        code, text = self.rcpt("", HOMER)
+        self.assertEqual((code, text), (550, "5.7.1 <%s>: Recipient address rejected: bounce refused: "
+                                             "address not tagged" % HOMER))
+        code, text = self.rcpt("", bad_sig(tag))
+        self.assertEqual((code, text), (550, "5.7.1 <%s>: Recipient address rejected: bounce refused: "
+                                             "bad signature" % bad_sig(tag)))
+        self.assertEqual(self.rcpt("", "postmaster@example.com")[0], 250)  # exempt
+        # Without the socketmap the tagged address would be unknown to Postfix: prove the map is
+        # what made it known (an unlisted address is refused by Postfix itself).
+        self.assertEqual(self.rcpt(BART, "marge@example.com")[0], 550)
+        txs = self.up.wait_transactions(3, timeout=30)
+        rcpts = sorted(r for t in txs for r in t.rcpts)
+        self.assertEqual(len(txs), 3, txs)
+        # Postfix keeps the address as received in ORCPT (xtext: "=" is "+3D").
+        self.assertEqual(rcpts, sorted(["RCPT TO:<%s> ORCPT=rfc822;%s" % (HOMER, tag.replace("=", "+3D"))] * 2
+                                       + ["RCPT TO:<postmaster@example.com> ORCPT=rfc822;postmaster@example.com"]),
+                         rcpts)
+        # The relay down: a bounce is deferred by the default action, never accepted unverified.
+        self.relay.stop()
+        code, text = self.rcpt("", tag)
+        self.assertEqual(code // 100, 4, text)
 
 
 def main():
