@@ -10,6 +10,7 @@
 
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -37,6 +38,11 @@ using LocalAcceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol
 // What the server hands a no-hop connection at its start.
 struct ConnContext {
   std::shared_ptr<const Runtime> runtime;  // snapshot taken at accept; kept to the end
+  // The runtime in force now (after any reload), for connections that live for many requests:
+  // the policy and socketmap connections of a Postfix stay open for up to 1000 s
+  // (smtpd_policy_service_max_ttl), and a key rotated in meanwhile must verify at once (the
+  // milter signs with it from the reload on). Empty: keep `runtime`.
+  std::function<std::shared_ptr<const Runtime>()> current;
   std::size_t listener = 0;                // index into runtime->config.listeners
   std::string id;                          // session id for logs (the SMTP sessions' scheme)
   std::string peer;                        // "ip:port", or "unix:/path" for a unix listener

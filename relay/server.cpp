@@ -372,6 +372,7 @@ bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, con
 void Server::start_local(LocalSocket sock, std::size_t listener) {
   ConnContext ctx;
   ctx.runtime = runtime_.get();
+  ctx.current = [holder = &runtime_] { return holder->get(); };
   ctx.listener = listener;
   const conf::Listener& l = ctx.runtime->config.listeners[listener];
   boost::system::error_code ec;

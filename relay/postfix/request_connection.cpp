@@ -17,7 +17,7 @@ constexpr std::size_t initial_buffer = 2 * read_room;
 }  // namespace
 
 RequestConnection::RequestConnection(LocalSocket sock, ConnContext ctx, Options opt)
-    : sock_(std::move(sock)), ctx_(std::move(ctx)), opt_(opt), timer_(sock_.get_executor()) {}
+    : sock_(std::move(sock)), ctx_(std::move(ctx)), rt_(ctx_.runtime), opt_(opt), timer_(sock_.get_executor()) {}
 
 RequestConnection::~RequestConnection() = default;
 
@@ -121,6 +121,8 @@ awaitable<void> RequestConnection::serve() {
     }
     if (!pending) request_start = Clock::now();
     tail_ += n;
+    if (ctx_.current)
+      if (auto now = ctx_.current(); now && now != rt_) rt_ = std::move(now);
     Step st = process(std::string_view(buf_.data() + head_, tail_ - head_), out_);
     head_ += st.consumed;
     if (head_ == tail_) head_ = tail_ = 0;

@@ -57,7 +57,10 @@ class RequestConnection : public Connection, public std::enable_shared_from_this
   virtual Step process(std::string_view in, std::string& out) = 0;
 
   const ConnContext& context() const { return ctx_; }
-  const Runtime& runtime() const { return *ctx_.runtime; }
+  // The runtime for the requests being processed: the current one (ConnContext::current), taken
+  // again for each batch of requests, so that a reload (a rotated key) applies to open
+  // connections too. Timeouts and limits stay those of the snapshot taken at accept.
+  const Runtime& runtime() const { return *rt_; }
   std::uint64_t requests_ = 0;  // answered, for session_end
 
  private:
@@ -68,6 +71,7 @@ class RequestConnection : public Connection, public std::enable_shared_from_this
 
   LocalSocket sock_;
   ConnContext ctx_;
+  std::shared_ptr<const Runtime> rt_;
   Options opt_;
   asio::steady_timer timer_;
   Clock::time_point deadline_{};

@@ -437,18 +437,31 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
         self.assertLess(time.monotonic() - t0, scaled(5))
         self.session_end(r, "socketmap", "idle_timeout")
 
-    def test_reload_new_key_verifies_on_new_connections(self):
-        r = self.relay([{"role": "socketmap"}])
+    def test_reload_a_rotated_key_verifies_on_connections_already_open(self):
+        # Postfix keeps a policy connection for up to smtpd_policy_service_max_ttl (1000 s): a key
+        # rotated meanwhile signs at once, so its bounces must verify on the open connections.
+        r = self.relay([{"role": "policy"}, {"role": "socketmap"}], inbound={"bad_signature": "keep"})
         old = expected_tag(HOMER)
+        pol, smap = self.peer(r.port(0)), self.peer(r.port(1))
+        pol.send(policy_request(sender="", recipient=old))
+        smap.send(netstring("strip " + old))
+        self.assertEqual(pol.answers(1), ["action=DUNNO"])
+        self.assertEqual(smap.replies(1), ["OK " + HOMER])
         new_id = self.keys.rotate()
         r.send_signal(signal.SIGHUP)
         self.assertIsNotNone(r.wait_log(lambda x: x.get("event") == "reload" and x.get("result") == "ok", 10))
         rc, out, err = self.keys.run("sign", HOMER)
         tagged = out.strip()
         self.assertTrue(tagged.startswith("prvs=%d" % new_id), tagged)
-        p = self.peer(r.port(0))
-        p.send(netstring("strip " + tagged) + netstring("strip " + old))
-        self.assertEqual(p.replies(2), ["OK " + HOMER, "OK " + HOMER])  # the old key still verifies
+        # Without the reload applied, the new key would be unknown: 550 / NOTFOUND.
+        pol.send(policy_request(sender="", recipient=tagged) + policy_request(sender="", recipient=old))
+        self.assertEqual(pol.answers(2), ["action=DUNNO", "action=DUNNO"])  # the old key still verifies
+        smap.send(netstring("strip " + tagged) + netstring("strip " + old))
+        self.assertEqual(smap.replies(2), ["OK " + HOMER, "OK " + HOMER])
+        # And on a new connection.
+        fresh = self.peer(r.port(1))
+        fresh.send(netstring("strip " + tagged))
+        self.assertEqual(fresh.replies(1), ["OK " + HOMER])
 
 
 @unittest.skipUnless(os.geteuid() == 0, "a private Postfix needs root")
