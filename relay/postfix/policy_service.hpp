@@ -25,7 +25,7 @@
 // one request to arrive and its answer to be written (timeouts.policy_request); an oversized or
 // malformed request closes the connection without an answer (session_end reason
 // request_too_large / protocol_error). Logs `event=policy` per RCPT request to a verify domain
-// (info); metrics: answer(policy, ...) per answered request, verdict(domain, verdict) and
+// (info; a refusal at warning; other requests at debug); metrics: answer(policy, ...) per answered request, verdict(domain, verdict) and
 // recipient(policy, action) for bounce decisions (and for a normal-sender refusal), so bounce
 // verdict counts mean what they mean for the inbound proxy.
 #pragma once
