@@ -167,6 +167,10 @@ class RolloutTest(RelayLogMixin, unittest.TestCase):
         self.assertEqual(self.a.metrics(), {"batv_active_key_id": 3,
                                             "batv_next_key_switch_timestamp_seconds": T})
         self.assertEqual(self.b.metrics()["batv_next_key_switch_timestamp_seconds"], 0)
+        # A holds the new key verify-only: a tag made with it (batv-keys sign at T) is accepted.
+        rc, early, err = self.master.run("sign", HOMER, now=T)
+        self.assertEqual((rc, key_of(early.strip())), (0, new_id), err)
+        self.assertEqual(self.a.bounce(early.strip())[0], 250)
         # Relay B gets it later, before T.
         self.b.deliver(self, self.master.path)
         self.assertEqual(self.sign_round(), [3, 3])
