@@ -180,7 +180,7 @@ int Server::run() {
     metrics().set_roles(roles);
   }
   key_switch_timer_ = std::make_unique<asio::system_timer>(main);
-  publish_keys(*rt);
+  arm_key_switch();  // sets the key metrics too
   if (cfg.metrics.listen) {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
@@ -207,7 +207,6 @@ int Server::run() {
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
   asio::co_spawn(main, watch_key_file(), asio::detached);
-  arm_key_switch();
   notify_systemd("READY=1");
   log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", announced_signer_);
 
@@ -575,7 +574,6 @@ void Server::reload() {
     for (const auto& l : cfg.listeners) roles.push_back(l.role);
     metrics().set_roles(roles);
   }
-  publish_keys(*next);
   arm_key_switch();
   metrics().reload(true);
   log(Level::info, "reload")
@@ -589,19 +587,17 @@ namespace {
 std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
 }  // namespace
 
-void Server::publish_keys(const Runtime& rt) {
-  const std::int64_t now = unix_now();
-  metrics().set_keys(rt.keyring.signing_id(now), rt.key_created);
-  metrics().set_next_key_switch(rt.keyring.next_switch(now).value_or(0));
-}
-
 void Server::arm_key_switch() {
   const auto rt = runtime_.get();
+  // One reading of the clock for the metrics, the announced signer and the timer, so that a
+  // reload in the very second of a switch cannot show one key and arm for none.
   const std::int64_t now = unix_now();
   announced_signer_ = rt->keyring.signing_id(now);
+  const auto next = rt->keyring.next_switch(now);
+  metrics().set_keys(announced_signer_, rt->key_created);
+  metrics().set_next_key_switch(next.value_or(0));
   const std::uint64_t generation = ++key_switch_generation_;
   key_switch_timer_->cancel();
-  const auto next = rt->keyring.next_switch(now);
   if (!next || stopping_) return;
   key_switch_timer_->expires_at(std::chrono::system_clock::from_time_t(static_cast<std::time_t>(*next)));
   key_switch_timer_->async_wait([this, generation](const boost::system::error_code& ec) {
@@ -611,15 +607,11 @@ void Server::arm_key_switch() {
 
 void Server::on_key_switch(std::uint64_t generation) {
   if (generation != key_switch_generation_ || stopping_) return;  // re-armed or stopping meanwhile
-  const auto rt = runtime_.get();
   const int before = announced_signer_;
-  const int signer = rt->keyring.signing_id(unix_now());
-  if (signer != before) {
-    // Sessions need nothing: their keyring snapshot signs with `signer` from this second on.
-    publish_keys(*rt);
-    log(Level::info, "signing_key_switch").kv("from", before).kv("to", signer);
-  }
-  arm_key_switch();  // the next switch, or (the clock stepped back) this one again
+  arm_key_switch();  // the metrics, then the next switch (or, the clock stepped back, this one again)
+  // Sessions need nothing: their keyring snapshot signs with the new key from this second on.
+  if (announced_signer_ != before)
+    log(Level::info, "signing_key_switch").kv("from", before).kv("to", announced_signer_);
 }
 
 awaitable<void> Server::signal_loop() {

@@ -69,7 +69,7 @@ class Server {
   // Staged keys (crypto::Keyring::next_switch): the keyring already signs with the right key at
   // any time; this timer, armed for the next switch and re-armed on every reload, only logs the
   // switch (event=signing_key_switch) and updates the key metrics when it happens.
-  void publish_keys(const Runtime& rt);
+  // arm_key_switch also sets the key metrics (batv_active_key_id, the next switch time).
   void arm_key_switch();
   void on_key_switch(std::uint64_t generation);
 
