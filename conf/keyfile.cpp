@@ -16,7 +16,14 @@
 
 namespace batv::conf {
 
-std::string_view to_string(KeyState s) { return s == KeyState::signing ? "signing" : "verify"; }
+std::string_view to_string(KeyState s) {
+  switch (s) {
+    case KeyState::signing: return "signing";
+    case KeyState::verify: return "verify";
+    case KeyState::staged: return "staged";
+  }
+  return "verify";
+}
 
 const KeyRecord* KeyFile::find(int id) const {
   for (const auto& k : keys)
@@ -33,6 +40,27 @@ const KeyRecord* KeyFile::signer() const {
 }
 KeyRecord* KeyFile::signer() {
   return const_cast<KeyRecord*>(static_cast<const KeyFile*>(this)->signer());
+}
+const KeyRecord* KeyFile::staged() const {
+  for (const auto& k : keys)
+    if (k.state == KeyState::staged) return &k;
+  return nullptr;
+}
+KeyRecord* KeyFile::staged() {
+  return const_cast<KeyRecord*>(static_cast<const KeyFile*>(this)->staged());
+}
+
+bool KeyFile::settle(std::int64_t now) {
+  KeyRecord* next = staged();
+  if (!next || !next->activate_at || *next->activate_at > now) return false;
+  const std::int64_t at = *next->activate_at;
+  if (KeyRecord* old = signer()) {
+    old->state = KeyState::verify;
+    old->stopped_signing = at;
+  }
+  next->state = KeyState::signing;
+  next->activate_at.reset();
+  return true;
 }
 
 // --- base64 ----------------------------------------------------------------------------------------
@@ -196,6 +224,7 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
     arr = nullptr;
   }
   int signing_seen = -1;
+  int staged_seen = -1;
   if (arr) {
     std::size_t idx = 0;
     for (const toml::node& item : *arr) {
@@ -206,7 +235,7 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
       for (const auto& [k, v] : t) {
         const std::string_view ks = k.str();
         if (ks != "id" && ks != "secret" && ks != "state" && ks != "created" &&
-            ks != "stopped_signing") {
+            ks != "stopped_signing" && ks != "activate_at") {
           c.add(v.source(), base + "." + escape_nonprintable(ks), "unknown key");
           ok = false;
         }
@@ -246,12 +275,21 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
           signing_seen = rec.id;
         } else if (sv && sv->get() == "verify") {
           rec.state = KeyState::verify;
+        } else if (sv && sv->get() == "staged") {
+          rec.state = KeyState::staged;
+          if (staged_seen >= 0) {
+            c.add(n->source(), base + ".state",
+                  "a second staged key (key " + std::to_string(staged_seen) +
+                      " is staged already); at most one key may wait to sign");
+            ok = false;
+          }
+          staged_seen = rec.id;
         } else {
-          c.add(n->source(), base + ".state", "expected \"signing\" or \"verify\"");
+          c.add(n->source(), base + ".state", "expected \"signing\", \"verify\" or \"staged\"");
           ok = false;
         }
       } else {
-        c.add(t.source(), base + ".state", "missing (\"signing\" or \"verify\")");
+        c.add(t.source(), base + ".state", "missing (\"signing\", \"verify\" or \"staged\")");
         ok = false;
       }
       // secret: errors never echo the value.
@@ -286,11 +324,12 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
         c.add(t.source(), base + ".created", "missing (a date-time like 2026-11-23T09:00:00Z)");
         ok = false;
       }
-      // stopped_signing: required on verify keys, refused on the signing key.
+      // stopped_signing: required on verify keys, refused on the signing and the staged key.
       const std::optional<std::string> state_text = t["state"].value<std::string>();
       if (const toml::node* n = t.get("stopped_signing")) {
-        if (state_text == "signing") {
-          c.add(n->source(), base + ".stopped_signing", "a signing key has no stopped_signing time");
+        if (state_text == "signing" || state_text == "staged") {
+          c.add(n->source(), base + ".stopped_signing",
+                "a " + *state_text + " key has no stopped_signing time");
           ok = false;
         } else if (auto v = read_time(c, *n, base + ".stopped_signing")) {
           rec.stopped_signing = *v;
@@ -302,6 +341,22 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
               "missing: a verify key records when it stopped signing");
         ok = false;
       }
+      // activate_at: required on the staged key, refused on every other.
+      if (const toml::node* n = t.get("activate_at")) {
+        if (state_text != "staged") {
+          c.add(n->source(), base + ".activate_at",
+                "only a staged key has an activate_at time (state = \"staged\")");
+          ok = false;
+        } else if (auto v = read_time(c, *n, base + ".activate_at")) {
+          rec.activate_at = *v;
+        } else {
+          ok = false;
+        }
+      } else if (state_text == "staged") {
+        c.add(t.source(), base + ".activate_at",
+              "missing: a staged key records when it starts signing");
+        ok = false;
+      }
       if (ok) file.keys.push_back(std::move(rec));
     }
   }
@@ -310,6 +365,9 @@ KeyFileLoad parse_keyfile(std::string_view text, const std::string& name, bool a
       c.add(root.source(), "key", "no keys (create one with: batv-keys --keys FILE rotate)");
     } else if (!file.keys.empty() && !file.signer()) {
       c.add(root.source(), "key", "no signing key: exactly one key must have state \"signing\"");
+    } else if (const KeyRecord* st = file.staged(); st && st->activate_at && st->created > *st->activate_at) {
+      c.add(root.source(), "key", "key " + std::to_string(st->id) +
+                                      ": activate_at is before its created time");
     }
   }
   if (out.errors.empty()) {
@@ -374,7 +432,7 @@ std::string serialize_keyfile(const KeyFile& file) {
             [](const KeyRecord* a, const KeyRecord* b) { return a->id < b->id; });
   std::string out =
       "# batv-relay key file, written by batv-keys. Keep it mode 0600.\n"
-      "# One [[key]] per key: id 0-9, base64 secret, state signing|verify.\n";
+      "# One [[key]] per key: id 0-9, base64 secret, state signing|verify|staged.\n";
   for (const KeyRecord* k : sorted) {
     out += "\n[[key]]\n";
     out += "id = " + std::to_string(k->id) + "\n";
@@ -384,6 +442,7 @@ std::string serialize_keyfile(const KeyFile& file) {
     explicit_bzero(b64.data(), b64.size());
     out += "created = " + format_utc(k->created) + "\n";
     if (k->stopped_signing) out += "stopped_signing = " + format_utc(*k->stopped_signing) + "\n";
+    if (k->activate_at) out += "activate_at = " + format_utc(*k->activate_at) + "\n";
   }
   return out;
 }

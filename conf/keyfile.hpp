@@ -6,6 +6,13 @@
 //   state = "signing"                        # "signing" (exactly one) or "verify"
 //   created = 2026-11-23T09:00:00Z           # when the key was made or imported
 //   stopped_signing = 2026-11-30T09:00:00Z   # verify keys only: when it was demoted
+//   activate_at = 2026-12-01T09:00:00Z       # staged keys only: when it starts signing
+//
+// A "staged" key (batv-keys rotate --at T; at most one) verifies at once and signs from
+// activate_at on; the "signing" key signs until then and is verify-only from then on. The file
+// does not change at that moment: every reader decides the signer from the time (settle() below
+// rewrites a passed activation as the plain signing/verify form, for batv-keys). Files without
+// staged keys are the format of before.
 //
 // Contract: parse_keyfile is pure (text in, records or errors out). load_keyfile opens the file,
 // refuses one that group or others can access (like ssh with private keys) and parses it.
@@ -26,7 +33,7 @@
 
 namespace batv::conf {
 
-enum class KeyState { signing, verify };
+enum class KeyState { signing, verify, staged };
 std::string_view to_string(KeyState s);
 
 struct KeyRecord {
@@ -35,6 +42,7 @@ struct KeyRecord {
   crypto::Secret secret;
   std::int64_t created = 0;                     // unix seconds
   std::optional<std::int64_t> stopped_signing;  // verify keys only
+  std::optional<std::int64_t> activate_at;      // staged keys only
 };
 
 struct KeyFile {
@@ -44,6 +52,13 @@ struct KeyFile {
   [[nodiscard]] KeyRecord* find(int id);
   [[nodiscard]] const KeyRecord* signer() const;
   [[nodiscard]] KeyRecord* signer();
+  [[nodiscard]] const KeyRecord* staged() const;
+  [[nodiscard]] KeyRecord* staged();
+
+  // Pure: when the staged key's activation time is at or before `now`, rewrites the file as it is
+  // in effect: the staged key becomes "signing", the signer "verify" with stopped_signing =
+  // activate_at. Returns whether anything changed.
+  bool settle(std::int64_t now);
 };
 
 enum class KeyFileStatus {

@@ -228,6 +228,10 @@ inline constexpr std::size_t max_domain_length = 253;    // RFC 1035 2.3.4 (255 
 inline constexpr std::size_t max_label_length = 63;      // RFC 1035 2.3.4
 inline constexpr std::size_t max_local_part_length = 64; // RFC 5321 4.5.3.1.1
 inline constexpr std::size_t max_echoed_value_chars = 100;  // config values quoted in errors are cut here
+// batv-keys rotate --at T: how far ahead T may be. A staged key only waits for the key file to
+// reach every relay (minutes to hours); 30 days, the longest tag lifetime, still allows a monthly
+// schedule and catches slips such as +90d meant as +90m.
+inline constexpr std::int64_t max_key_activation_delay_seconds = 30 * 86400;
 // Session input buffers: a small one for commands, a large one while a body streams through.
 // Freed large buffers are kept for the next body, up to this many per thread (16 x 64 KiB = 1 MiB
 // per thread): without them every message allocates and frees 64 KiB, which glibc returns to the

@@ -119,4 +119,22 @@ std::optional<std::int64_t> parse_time(std::string_view s) {
   return days_from_civil(static_cast<int>(y), mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset;
 }
 
+std::optional<std::int64_t> parse_time_or_offset(std::string_view s, std::int64_t now) {
+  if (s.empty() || s[0] != '+') return parse_time(s);
+  // 9 digits of days stay far inside int64 seconds.
+  if (s.size() < 3 || s.size() > 11) return std::nullopt;
+  std::int64_t n = 0;
+  for (std::size_t i = 1; i + 1 < s.size(); ++i) {
+    if (s[i] < '0' || s[i] > '9') return std::nullopt;
+    n = n * 10 + (s[i] - '0');
+  }
+  switch (s.back()) {
+    case 's': return now + n;
+    case 'm': return now + n * 60;
+    case 'h': return now + n * 3600;
+    case 'd': return now + n * 86400;
+    default: return std::nullopt;
+  }
+}
+
 }  // namespace batv::conf

@@ -25,4 +25,8 @@ std::string format_utc(std::int64_t t);
 // "YYYY-MM-DD", "YYYY-MM-DDTHH:MM[:SS]" with "T" or " ", optional "Z" or "+HH:MM"/"-HH:MM".
 std::optional<std::int64_t> parse_time(std::string_view text);
 
+// parse_time, plus a time relative to `now`: "+" then 1-9 digits and a unit s, m, h or d
+// ("+90s", "+30m", "+2h", "+1d"). For batv-keys rotate --at.
+std::optional<std::int64_t> parse_time_or_offset(std::string_view text, std::int64_t now);
+
 }  // namespace batv::conf

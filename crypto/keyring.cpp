@@ -62,6 +62,19 @@ std::optional<Keyring> Keyring::build(std::span<const KeyMaterial> keys, std::st
       error = who + ": secret is longer than 64 bytes";
       return std::nullopt;
     }
+    if (k.activate_at) {
+      if (k.signing) {
+        error = who + ": a staged key (with an activation time) cannot also be the signing key";
+        return std::nullopt;
+      }
+      if (ring.staged_id_ >= 0) {
+        error = who + ": a second staged key (key " + std::to_string(ring.staged_id_) +
+                " is staged already); at most one key may wait to sign";
+        return std::nullopt;
+      }
+      ring.staged_id_ = k.id;
+      ring.activate_at_ = *k.activate_at;
+    }
     if (k.signing) {
       if (ring.signing_id_ >= 0) {
         error = who + ": more than one signing key (key " + std::to_string(ring.signing_id_) +

@@ -1,4 +1,7 @@
 // Keyring: up to ten BATV keys (ids 0-9), exactly one of which signs; the rest only verify.
+// At most one more key may be staged: it verifies at once and takes over signing at its
+// activation time, so a fleet that got the key file at different moments switches together
+// (the signer is a function of the injected time; nothing here reads a clock).
 //
 // Contract: built once from key material and immutable afterwards, so one Keyring can be shared by
 // every thread of the relay. Each key is set up once as the two SHA-1 states of HMAC-SHA1 with
@@ -21,24 +24,43 @@
 namespace batv::crypto {
 
 struct KeyMaterial {
+  KeyMaterial() = default;
+  KeyMaterial(int key_id, bool signs, Secret key, std::optional<std::int64_t> activation = std::nullopt)
+      : id(key_id), signing(signs), secret(std::move(key)), activate_at(activation) {}
+
   int id = -1;           // 0..9
-  bool signing = false;  // exactly one key of a ring signs
+  bool signing = false;  // exactly one key of a ring signs (until a staged key activates)
   Secret secret;         // 1..64 bytes
+  // Set on a staged key (never on the signing key): it verifies now and signs from this unix
+  // time on, when the signing key becomes verify-only.
+  std::optional<std::int64_t> activate_at;
 };
 
 class Keyring {
  public:
   static constexpr int max_keys = 10;  // the K digit of the tag
 
-  // Validates the set (ids 0-9 and unique, secrets 1-64 bytes, exactly one signing key) and keys
-  // the HMAC contexts. On failure returns std::nullopt and sets `error` to a one-line reason.
+  // Validates the set (ids 0-9 and unique, secrets 1-64 bytes, exactly one signing key, at most one
+  // staged key) and keys the HMAC contexts. On failure returns std::nullopt and sets `error` to a
+  // one-line reason.
   static std::optional<Keyring> build(std::span<const KeyMaterial> keys, std::string& error);
 
   Keyring(Keyring&&) noexcept;
   Keyring& operator=(Keyring&&) noexcept;
   ~Keyring();
 
-  [[nodiscard]] int signing_id() const { return signing_id_; }
+  // The key that signs at unix time `now`: the staged key from its activation time on, else the
+  // signing key. A ring shared by long-lived sessions therefore signs right across the switch.
+  [[nodiscard]] int signing_id(std::int64_t now) const {
+    return staged_id_ >= 0 && now >= activate_at_ ? staged_id_ : signing_id_;
+  }
+  // When the signer changes next, if after `now` (the staged key's activation time).
+  [[nodiscard]] std::optional<std::int64_t> next_switch(std::int64_t now) const {
+    if (staged_id_ >= 0 && now < activate_at_) return activate_at_;
+    return std::nullopt;
+  }
+  // The staged key's id, or -1 when none is staged.
+  [[nodiscard]] int staged_id() const { return staged_id_; }
   [[nodiscard]] bool has(int id) const;
   [[nodiscard]] std::vector<int> ids() const;
 
@@ -50,6 +72,8 @@ class Keyring {
   Keyring();
   std::array<std::unique_ptr<Slot>, max_keys> slots_;
   int signing_id_ = -1;
+  int staged_id_ = -1;
+  std::int64_t activate_at_ = 0;
 };
 
 // 32 random bytes from the OpenSSL DRBG (RAND_bytes), the size batv-keys generates.

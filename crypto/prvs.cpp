@@ -157,7 +157,7 @@ SignResult sign(const Keyring& keys, std::string_view address, std::int64_t now,
   }
   Split s = split_address(address);
   const std::string domain = lowered(s.domain);
-  const int k = keys.signing_id();
+  const int k = keys.signing_id(now);
   char ddd[3];
   three_digits(expiry_ddd(now, params.lifetime_days), ddd);
   const std::string_view ddd_view(ddd, 3);

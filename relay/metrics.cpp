@@ -240,6 +240,11 @@ void Metrics::set_keys(int active_key_id, std::vector<std::pair<int, std::int64_
   keys_set_ = true;
 }
 
+void Metrics::set_next_key_switch(std::int64_t unix_time) {
+  std::lock_guard lock(mu_);
+  next_key_switch_ = unix_time;
+}
+
 void Metrics::reset_for_tests() {
   std::lock_guard lock(mu_);
   for (auto& g : sessions_current_) g.store(0, relaxed);
@@ -264,6 +269,7 @@ void Metrics::reset_for_tests() {
   tables_.push_back(std::make_unique<const DomainTable>());
   domains_.store(tables_.back().get(), std::memory_order_release);
   active_key_ = -1;
+  next_key_switch_ = 0;
   keys_.clear();
   keys_set_ = false;
 }
@@ -358,6 +364,9 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   if (keys_set_ && active_key_ >= 0) {
     family(out, "batv_active_key_id", "gauge", "The id of the key that signs.");
     sample(out, "batv_active_key_id", {}, static_cast<std::int64_t>(active_key_));
+    family(out, "batv_next_key_switch_timestamp_seconds", "gauge",
+           "When a staged key starts signing (unix seconds); 0 when no key is staged.");
+    sample(out, "batv_next_key_switch_timestamp_seconds", {}, next_key_switch_);
   }
   bool any_age = false;
   for (const auto& [id, created] : keys_) {

@@ -104,6 +104,8 @@ class Metrics {
   // The signing key id (-1: none) and every key with its creation time (unix seconds, 0 = unknown:
   // no age is exported for it). Ages are computed when rendering.
   void set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys);
+  // When a staged key takes over signing (unix seconds), 0 when none is staged.
+  void set_next_key_switch(std::int64_t unix_time);
 
   // The whole registry in the text exposition format 0.0.4 (# HELP and # TYPE per family).
   [[nodiscard]] std::string render_prometheus(std::int64_t now_unix) const;
@@ -154,6 +156,7 @@ class Metrics {
   std::vector<std::unique_ptr<DomainCounters>> all_domains_;   // every domain ever configured
   std::vector<std::unique_ptr<const DomainTable>> tables_;     // every table ever published
   int active_key_ = -1;
+  std::int64_t next_key_switch_ = 0;
   bool keys_set_ = false;
   std::vector<std::pair<int, std::int64_t>> keys_;
 };

@@ -29,7 +29,7 @@ std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& c
   }
   std::vector<crypto::KeyMaterial> mats;
   for (const auto& k : keys.file->keys)
-    mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone()});
+    mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone(), k.activate_at});
   if (created)
     for (const auto& k : keys.file->keys) created->emplace_back(k.id, k.created);
   std::string err;

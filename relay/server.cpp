@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
@@ -178,7 +179,8 @@ int Server::run() {
     for (const auto& l : cfg.listeners) roles.push_back(l.role);
     metrics().set_roles(roles);
   }
-  metrics().set_keys(rt->keyring.signing_id(), rt->key_created);
+  key_switch_timer_ = std::make_unique<asio::system_timer>(main);
+  arm_key_switch();  // sets the key metrics too
   if (cfg.metrics.listen) {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
@@ -206,7 +208,7 @@ int Server::run() {
   asio::co_spawn(main, signal_loop(), asio::detached);
   asio::co_spawn(main, watch_key_file(), asio::detached);
   notify_systemd("READY=1");
-  log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", rt->keyring.signing_id());
+  log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", announced_signer_);
 
   std::vector<std::thread> pool;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
@@ -573,13 +575,44 @@ void Server::reload() {
     for (const auto& l : cfg.listeners) roles.push_back(l.role);
     metrics().set_roles(roles);
   }
-  metrics().set_keys(next->keyring.signing_id(), next->key_created);
+  arm_key_switch();
   metrics().reload(true);
   log(Level::info, "reload")
       .kv("result", "ok")
       .kv("keys", next->key_count)
-      .kv("signing_key", next->keyring.signing_id())
+      .kv("signing_key", announced_signer_)
       .kv("listeners", static_cast<std::int64_t>(acceptors_.size()));
+}
+
+namespace {
+std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
+}  // namespace
+
+void Server::arm_key_switch() {
+  const auto rt = runtime_.get();
+  // One reading of the clock for the metrics, the announced signer and the timer, so that a
+  // reload in the very second of a switch cannot show one key and arm for none.
+  const std::int64_t now = unix_now();
+  announced_signer_ = rt->keyring.signing_id(now);
+  const auto next = rt->keyring.next_switch(now);
+  metrics().set_keys(announced_signer_, rt->key_created);
+  metrics().set_next_key_switch(next.value_or(0));
+  const std::uint64_t generation = ++key_switch_generation_;
+  key_switch_timer_->cancel();
+  if (!next || stopping_) return;
+  key_switch_timer_->expires_at(std::chrono::system_clock::from_time_t(static_cast<std::time_t>(*next)));
+  key_switch_timer_->async_wait([this, generation](const boost::system::error_code& ec) {
+    if (!ec) on_key_switch(generation);
+  });
+}
+
+void Server::on_key_switch(std::uint64_t generation) {
+  if (generation != key_switch_generation_ || stopping_) return;  // re-armed or stopping meanwhile
+  const int before = announced_signer_;
+  arm_key_switch();  // the metrics, then the next switch (or, the clock stepped back, this one again)
+  // Sessions need nothing: their keyring snapshot signs with the new key from this second on.
+  if (announced_signer_ != before)
+    log(Level::info, "signing_key_switch").kv("from", before).kv("to", announced_signer_);
 }
 
 awaitable<void> Server::signal_loop() {
@@ -598,6 +631,7 @@ awaitable<void> Server::signal_loop() {
 
 awaitable<void> Server::shutdown() {
   stopping_ = true;
+  if (key_switch_timer_) key_switch_timer_->cancel();
   notify_systemd("STOPPING=1");
   for (auto& a : acceptors_) a->close();
   const auto rt = runtime_.get();

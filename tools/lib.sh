@@ -5,7 +5,7 @@
 # with the relay's end-to-end tests, valgrind runs them under memcheck (ctest label valgrind); exim
 # is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
-  doctest-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind)
+  doctest-dev libcli11-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind)
 
 install_packages() {
   local missing=()

@@ -11,6 +11,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
@@ -145,9 +146,9 @@ class BatvKeysTest(unittest.TestCase):
         # Only one trailing newline is stripped: "\r\n" counts as one.
         with open(self.keys) as f:
             self.assertIn('secret = "b2xkLWV4aW0tc2VjcmV0"', f.read())  # base64("old-exim-secret")
-        # Empty and oversize secrets.
-        self.assertEqual(run(self.keys, "import", "--id", "5", stdin=b"\n")[0], 64)
-        self.assertEqual(run(self.keys, "import", "--id", "5", stdin=b"x" * 65)[0], 64)
+        # Empty and oversize secrets are bad data (65, EX_DATAERR), not usage errors.
+        self.assertEqual(run(self.keys, "import", "--id", "5", stdin=b"\n")[0], 65)
+        self.assertEqual(run(self.keys, "import", "--id", "5", stdin=b"x" * 65)[0], 65)
         # The first key of a file must sign.
         other = os.path.join(self.dir.name, "other.toml")
         rc, _, err = run(other, "import", "--id", "1", stdin=b"secret\n")
@@ -243,6 +244,297 @@ class BatvKeysTest(unittest.TestCase):
         self.assertEqual(run(self.keys, "--lifetime", "30", "verify", tag, now=T1 + 31 * DAY)[0], 2)
         rc, out, _ = run(self.keys, "--hash", "lowercase-local", "sign", "John.Doe@example.com", now=T1)
         self.assertEqual(out.strip(), "prvs=1682d14978=John.Doe@example.com")
+
+
+def run_raw(*args, stdin=None):
+    p = run_checked([BIN] + list(args), input=stdin, timeout=30)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def tag_key(tag):
+    """The key digit of a prvs tag."""
+    m = re.match(r"^prvs=(\d)", tag)
+    assert m, tag
+    return int(m.group(1))
+
+
+class ConventionsTest(unittest.TestCase):
+    """batv-keys by the conventions of a Unix command (CLI11)."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.keys = os.path.join(self.dir.name, "keys.toml")
+        rc, _, err = run(self.keys, "import", "--id", "3", "--signing", stdin=b"secretkey\n", now=T1)
+        self.assertEqual(rc, 0, err)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def assert_usage_error(self, rc, err, command=None):
+        """64, one line on stderr that ends by pointing at the right --help; no help dump."""
+        self.assertEqual(rc, 64, err)
+        self.assertEqual(err.count("\n"), 1, err)
+        want = "try batv-keys %s--help\n" % (command + " " if command else "")
+        self.assertTrue(err.endswith(want), err)
+        self.assertTrue(err.startswith("batv-keys: "), err)
+        self.assertNotIn("Usage:", err)
+
+    def test_double_dash_ends_options(self):
+        # A local part may start with "-": after "--" it is the ADDRESS.
+        rc, out, err = run(self.keys, "sign", "--", "-alice@example.com", now=T1)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^prvs=3682[0-9a-f]{6}=-alice@example\.com\n$")
+        rc, out, err = run(self.keys, "verify", "--", out.strip(), now=T1)
+        self.assertEqual((rc, out), (0, "valid -alice@example.com\n"), err)
+        # Without "--" it is an unknown option, and the message says what to do.
+        rc, _, err = run(self.keys, "sign", "-alice@example.com", now=T1)
+        self.assert_usage_error(rc, err, "sign")
+        self.assertIn("goes after --", err)
+
+    def test_option_equals_value(self):
+        rc, out, err = run_raw("--keys=" + self.keys, "--now=%d" % T1, "sign", "--lifetime=30",
+                               "--hash=exact", "u@example.com")
+        self.assertEqual((rc, out), (0, run(self.keys, "--lifetime", "30", "sign", "u@example.com",
+                                            now=T1)[1]), err)
+        self.assertTrue(out.startswith("prvs=3705"), out)
+        # Global options may follow the command as well.
+        rc, out2, err = run_raw("sign", "u@example.com", "--keys", self.keys, "--now", str(T1),
+                                "--lifetime=30")
+        self.assertEqual((rc, out2), (0, out), err)
+
+    def test_per_command_help(self):
+        rc, out, err = run_raw("sign", "--help")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("Usage: batv-keys sign", out)
+        for opt in ("ADDRESS", "--hash", "--lifetime"):
+            self.assertIn(opt, out)
+        for opt in ("--force", "--json", "--at", "--signing", "--margin"):
+            self.assertNotIn(opt, out)
+        rc, out, _ = run_raw("rotate", "--help")
+        self.assertEqual(rc, 0)
+        self.assertIn("--at T", out)
+        self.assertIn("+30m", out)
+        rc, out, _ = run_raw("--help")
+        self.assertEqual(rc, 0)
+        for cmd in ("rotate", "promote", "import", "list", "retire", "prune", "sign", "verify"):
+            self.assertRegex(out, r"(?m)^  %s " % cmd)
+        self.assertIn("--keys FILE", out)
+
+    def test_options_that_do_not_apply_are_refused(self):
+        with open(self.keys, "rb") as f:
+            before = f.read()
+        cases = [
+            (["list", "--force"], "list"), (["sign", "--json", "a@example.com"], "sign"),
+            (["verify", "--at", "+1h", "a@example.com"], "verify"), (["rotate", "--id", "4"], "rotate"),
+            (["prune", "--hash", "exact"], "prune"), (["import", "--id", "4", "--force"], "import"),
+            (["--hash", "exact", "list"], "list"), (["--margin", "2", "sign", "a@example.com"], "sign"),
+            (["retire", "--id", "3", "--signing"], "retire"), (["promote", "--id", "3", "--json"], "promote"),
+        ]
+        for args, cmd in cases:
+            with self.subTest(args=args):
+                rc, out, err = run(self.keys, *args, now=T1, stdin=b"another-secret\n")
+                self.assert_usage_error(rc, err, cmd)
+                self.assertEqual(out, "")
+        with open(self.keys, "rb") as f:
+            self.assertEqual(f.read(), before)  # none of them did anything
+
+    def test_usage_errors_are_one_line(self):
+        cases = [
+            (["frobnicate"], None, "unknown command 'frobnicate'"),
+            ([], None, "no command"),
+            (["sign"], "sign", "ADDRESS is required"),
+            (["sign", "a@example.com", "b@example.com"], "sign", "unexpected argument 'b@example.com'"),
+            (["retire"], "retire", "--id is required"),
+            (["retire", "--id", "12"], "retire", "12"),
+            (["retire", "--id"], "retire", "--id"),
+            (["--now", "tomorrow", "list"], None, "--now wants"),
+            (["list", "--lifetime", "31"], "list", "31"),
+            (["verify", "--hash", "md5", "a@example.com"], "verify", "md5"),
+            (["list", "--bogus"], "list", "--bogus is not an option of list"),
+            (["rotate", "--at", "soon"], "rotate", "--at wants"),
+        ]
+        for args, cmd, text in cases:
+            with self.subTest(args=args):
+                rc, out, err = run(self.keys, *args)
+                self.assert_usage_error(rc, err, cmd)
+                self.assertIn(text, err)
+        rc, _, err = run_raw("list")
+        self.assert_usage_error(rc, err, "list")
+        self.assertIn("--keys FILE", err)
+
+    def test_version_like_batv_relay(self):
+        rc, out, err = run_raw("--version")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^batv-keys \d+\.\d+\.\d+\n$")
+        relay = os.path.join(os.path.dirname(BIN), "batv-relay")
+        if os.path.exists(relay):
+            p = run_checked([relay, "--version"], timeout=30)
+            self.assertEqual(p.stdout.decode().replace("batv-relay", "batv-keys"), out)
+
+    def test_sysexits(self):
+        # 65: bad data, on stdin or in the key file.
+        self.assertEqual(run(self.keys, "import", "--id", "5", stdin=b"")[0], 65)
+        # 74: standard input cannot be read (a directory).
+        fd = os.open(self.dir.name, os.O_RDONLY)
+        try:
+            p = run_checked([BIN, "--keys", self.keys, "import", "--id", "5"], stdin=fd, timeout=30)
+        finally:
+            os.close(fd)
+        self.assertEqual(p.returncode, 74, p.stderr)
+        self.assertIn(b"cannot read standard input", p.stderr)
+        # 66: no such key file.
+        self.assertEqual(run(os.path.join(self.dir.name, "none.toml"), "list")[0], 66)
+        # 73: the key file cannot be created (its directory is a file).
+        blocker = os.path.join(self.dir.name, "file")
+        open(blocker, "w").close()
+        rc, _, err = run(os.path.join(blocker, "keys.toml"), "rotate")
+        self.assertEqual(rc, 73, err)
+        # 78: the --config file is broken.
+        conf = os.path.join(self.dir.name, "relay.toml")
+        with open(conf, "w") as f:
+            f.write("key_file = 5\n")
+        p = run_checked([BIN, "--config", conf, "list"], timeout=30)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn(conf.encode(), p.stderr)
+
+
+class StagedRotationTest(unittest.TestCase):
+    """rotate --at T: the new key verifies at once and signs from T; promote; the refusals."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.keys = os.path.join(self.dir.name, "keys.toml")
+        rc, _, err = run(self.keys, "import", "--id", "3", "--signing", stdin=b"secretkey\n", now=T1)
+        self.assertEqual(rc, 0, err)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def content(self):
+        with open(self.keys, "rb") as f:
+            return f.read()
+
+    def sign_key(self, now):
+        rc, out, err = run(self.keys, "sign", "user@example.com", now=now)
+        self.assertEqual(rc, 0, err)
+        return tag_key(out), out.strip()
+
+    def test_staged_key_verifies_now_and_signs_from_t(self):
+        t = T1 + 3600
+        rc, out, err = run(self.keys, "rotate", "--at", "+1h", now=T1)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^key 4 \([0-9a-f]{12}\) is staged: it verifies now and signs from "
+                              r"2023-11-14T23:13:20Z \(in 1h\); key 3 \([0-9a-f]{12}\) signs until then")
+        with open(self.keys) as f:
+            text = f.read()
+        self.assertIn('state = "staged"', text)
+        self.assertIn("activate_at = 2023-11-14T23:13:20Z", text)
+        written = self.content()
+
+        keys = {k["id"]: k for k in listing(self.keys, now=T1)}
+        self.assertEqual((keys[3]["state"], keys[3]["activate_at"]), ("signing", None))
+        self.assertEqual((keys[4]["state"], keys[4]["activate_at"]), ("staged", "2023-11-14T23:13:20Z"))
+        self.assertIsNone(keys[4]["stopped_signing"])
+        rc, text, _ = run(self.keys, "list", now=T1 + 60)
+        self.assertIn("key 4 signs from 2023-11-14T23:13:20Z (in 59m); key 3 signs until then\n", text)
+
+        # The old key signs up to T, the new one from T; tags of both verify all along.
+        k_before, tag_old = self.sign_key(t - 1)
+        k_at, tag_new = self.sign_key(t)
+        self.assertEqual((k_before, k_at), (3, 4))
+        self.assertEqual(self.sign_key(T1)[0], 3)
+        for now in (T1, t - 1, t, t + DAY):
+            for tag in (tag_old, tag_new):
+                rc, out, _ = run(self.keys, "verify", tag, now=now)
+                self.assertEqual((rc, out), (0, "valid user@example.com\n"), (tag, now))
+        # From T on, list shows the switch as done: 4 signs, 3 stopped at T.
+        keys = {k["id"]: k for k in listing(self.keys, now=t)}
+        self.assertEqual((keys[4]["state"], keys[4]["activate_at"]), ("signing", None))
+        self.assertEqual((keys[3]["state"], keys[3]["stopped_signing"]), ("verify", "2023-11-14T23:13:20Z"))
+        # Reading never rewrote the file: every relay holding it switches on its own.
+        self.assertEqual(self.content(), written)
+        # The next change after T writes the settled form.
+        rc, out, err = run(self.keys, "import", "--id", "7", stdin=b"old-secret-xyz\n", now=t + 5)
+        self.assertEqual(rc, 0, err)
+        with open(self.keys) as f:
+            text = f.read()
+        self.assertNotIn('state = "staged"', text)
+        self.assertNotIn("activate_at", text)
+        self.assertEqual(self.sign_key(t + 10)[0], 4)
+        keys = {k["id"]: k for k in listing(self.keys, now=t + 10)}
+        self.assertEqual(keys[3]["stopped_signing"], "2023-11-14T23:13:20Z")
+
+    def test_time_forms_and_bounds(self):
+        for at, want in [("+90s", T1 + 90), ("+30m", T1 + 1800), ("+2h", T1 + 7200), ("+1d", T1 + DAY),
+                         (str(T1 + 5), T1 + 5), ("2023-11-15T00:00:00Z", 1700006400), ("+30d", T1 + 30 * DAY)]:
+            with self.subTest(at=at):
+                keys = os.path.join(self.dir.name, "k%d.toml" % want)
+                run(keys, "import", "--id", "1", "--signing", stdin=b"secretkey\n", now=T1)
+                rc, _, err = run(keys, "rotate", "--at", at, now=T1)
+                self.assertEqual(rc, 0, err)
+                staged = [k for k in listing(keys, now=T1) if k["state"] == "staged"]
+                self.assertEqual(len(staged), 1)
+                self.assertEqual(staged[0]["activate_at"],
+                                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(want)))
+        before = self.content()
+        for at, text in [("+0s", "is not in the future"), (str(T1 - 1), "is not in the future"),
+                         ("2023-11-14T00:00:00Z", "is not in the future"),
+                         ("+31d", "more than 30 days ahead"), (str(T1 + 30 * DAY + 1), "more than 30 days ahead"),
+                         ("+5", "--at wants"), ("+5w", "--at wants"), ("tomorrow", "--at wants")]:
+            with self.subTest(at=at):
+                rc, _, err = run(self.keys, "rotate", "--at", at, now=T1)
+                self.assertEqual(rc, 64, err)
+                self.assertIn(text, err)
+                self.assertEqual(err.count("\n"), 1, err)
+        self.assertEqual(self.content(), before)
+
+    def test_one_staged_key_at_a_time(self):
+        rc, _, err = run(self.keys, "rotate", "--at", "+1h", now=T1)
+        self.assertEqual(rc, 0, err)
+        before = self.content()
+        for args in (["rotate", "--at", "+2h"], ["rotate"]):
+            with self.subTest(args=args):
+                rc, _, err = run(self.keys, *args, now=T1 + 60)
+                self.assertEqual(rc, 1, err)
+                self.assertIn("key 4 is staged (it signs from 2023-11-14T23:13:20Z)", err)
+                self.assertIn("promote --id 4", err)
+        rc, _, err = run(self.keys, "import", "--id", "6", "--signing", stdin=b"abcdefghijklmnopq\n", now=T1)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("staged", err)
+        self.assertEqual(self.content(), before)
+        # Once T has passed the staged key is the signer, and a new rotation is fine.
+        rc, out, err = run(self.keys, "rotate", "--at", "+1h", now=T1 + 3600)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("key 5", out)
+        self.assertIn("key 4", out)
+        # A rotation without a signer to keep signing cannot be staged.
+        empty = os.path.join(self.dir.name, "empty.toml")
+        rc, _, err = run(empty, "rotate", "--at", "+1h", now=T1)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("rotate without --at", err)
+        self.assertFalse(os.path.exists(empty))
+
+    def test_promote_and_cancel(self):
+        run(self.keys, "rotate", "--at", "+1h", now=T1)
+        rc, _, err = run(self.keys, "promote", "--id", "3", now=T1)
+        self.assertEqual(rc, 1)
+        self.assertIn("key 3 is not staged (it is the signing key)", err)
+        rc, _, err = run(self.keys, "promote", "--id", "8", now=T1)
+        self.assertEqual(rc, 1)
+        self.assertIn("there is no key 8", err)
+        rc, out, err = run(self.keys, "promote", "--id", "4", now=T1 + 60)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^key 4 \([0-9a-f]{12}\) is now the signing key; key 3 \([0-9a-f]{12}\) now only verifies\n$")
+        self.assertEqual(self.sign_key(T1 + 60)[0], 4)
+        keys = {k["id"]: k for k in listing(self.keys, now=T1 + 60)}
+        self.assertEqual(keys[3]["stopped_signing"], "2023-11-14T22:14:20Z")
+        self.assertEqual((keys[4]["state"], keys[4]["activate_at"]), ("signing", None))
+        # Staging again and retiring the staged key cancels it: key 3... key 4 keeps signing after T.
+        run(self.keys, "rotate", "--at", "+1h", now=T1 + 60)
+        rc, out, err = run(self.keys, "retire", "--id", "5", now=T1 + 120)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("retired key 5", out)
+        self.assertEqual(self.sign_key(T1 + 2 * 3600)[0], 4)
 
 
 def main():

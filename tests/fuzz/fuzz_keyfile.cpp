@@ -1,9 +1,10 @@
 // Fuzz target: the key-file parser (conf/keyfile: parse_keyfile, serialize_keyfile, base64).
 // Invariants: no crash; a file is accepted iff there are no errors; an accepted file has exactly
-// one signing key, unique ids 0-9, 1-64 byte secrets, stopped_signing on verify keys only, and
-// survives serialize -> parse with every field unchanged (serialize is a fixed point); errors are
-// printable and never contain the text of a secret value from the input; base64 of any bytes
-// decodes back to them.
+// one signing key, at most one staged key, unique ids 0-9, 1-64 byte secrets, stopped_signing on
+// verify keys only, activate_at on the staged key only, and survives serialize -> parse with every
+// field unchanged (serialize is a fixed point); settle() at any time leaves a valid file without a
+// passed activation; errors are printable and never contain the text of a secret value from the
+// input; base64 of any bytes decodes back to them; parse_time_or_offset never crashes.
 #include <array>
 #include <cstdint>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <toml++/toml.h>
 
 #include "conf/keyfile.hpp"
+#include "conf/timefmt.hpp"
 
 using namespace batv::conf;
 
@@ -69,13 +71,17 @@ std::vector<std::string> secret_texts(std::string_view in) {
 }
 
 void check_file(const KeyFile& f) {
-  int signers = 0;
+  int signers = 0, staged = 0;
   for (std::size_t i = 0; i < f.keys.size(); ++i) {
     const KeyRecord& k = f.keys[i];
     if (k.id < 0 || k.id > 9 || k.secret.empty() || k.secret.size() > batv::crypto::Secret::max_size) std::abort();
+    if (k.activate_at.has_value() != (k.state == KeyState::staged)) std::abort();
     if (k.state == KeyState::signing) {
       ++signers;
       if (k.stopped_signing) std::abort();
+    } else if (k.state == KeyState::staged) {
+      ++staged;
+      if (k.stopped_signing || *k.activate_at < k.created || f.staged() != &k) std::abort();
     } else if (!k.stopped_signing) {
       std::abort();
     }
@@ -83,7 +89,7 @@ void check_file(const KeyFile& f) {
       if (f.keys[j].id == k.id) std::abort();
     if (f.find(k.id) != &k) std::abort();
   }
-  if (signers != 1 || f.signer() == nullptr) std::abort();
+  if (signers != 1 || f.signer() == nullptr || staged > 1) std::abort();
 }
 
 }  // namespace
@@ -104,16 +110,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (r.file) {
     check_file(*r.file);
     const std::string text = serialize_keyfile(*r.file);
-    const auto again = parse_keyfile(text, "again.toml");
+    auto again = parse_keyfile(text, "again.toml");
     if (!again.file || again.file->keys.size() != r.file->keys.size()) std::abort();
     for (const KeyRecord& k : r.file->keys) {
       const KeyRecord* k2 = again.file->find(k.id);
       if (k2 == nullptr || k2->state != k.state || k2->created != k.created ||
-          k2->stopped_signing != k.stopped_signing || !same_secret(k.secret, k2->secret))
+          k2->stopped_signing != k.stopped_signing || k2->activate_at != k.activate_at ||
+          !same_secret(k.secret, k2->secret))
         std::abort();
     }
     if (serialize_keyfile(*again.file) != text) std::abort();
+    // Settled at its activation time, a staged file is a plain valid one with the switch done.
+    if (const KeyRecord* st = r.file->staged()) {
+      const int next = st->id;
+      const std::int64_t at = *st->activate_at;
+      KeyFile before = std::move(*again.file);
+      if (before.settle(at - 1) || !before.staged()) std::abort();
+      if (!before.settle(at) || before.staged() || before.signer() == nullptr || before.signer()->id != next)
+        std::abort();
+      const auto settled = parse_keyfile(serialize_keyfile(before), "settled.toml");
+      if (!settled.file) std::abort();
+      check_file(*settled.file);
+    }
   }
+  (void)parse_time_or_offset(in, 0);
 
   // base64: the input bytes (at most 64, a secret's size) encode and decode back.
   const std::size_t n = std::min<std::size_t>(size, 64);

@@ -75,7 +75,7 @@ TEST_CASE("key file errors name file, line, column and key, never the secret") {
       {"[[key]]\nid = \"3\"\nstate = \"signing\"\nsecret = \"c2VjcmV0a2V5\"\ncreated = 2023-11-14T22:13:20Z\n",
        "k.toml:2:6: key[0].id: expected an integer 0-9, got a string"},
       {"[[key]]\nid = 3\nstate = \"primary\"\nsecret = \"c2VjcmV0a2V5\"\ncreated = 2023-11-14T22:13:20Z\n",
-       "k.toml:3:9: key[0].state: expected \"signing\" or \"verify\""},
+       "k.toml:3:9: key[0].state: expected \"signing\", \"verify\" or \"staged\""},
       {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"c2VjcmV0a2V5!\"\ncreated = 2023-11-14T22:13:20Z\n",
        "k.toml:4:10: key[0].secret: not valid base64, or longer than 64 bytes once decoded"},
       {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"\"\ncreated = 2023-11-14T22:13:20Z\n",
@@ -98,6 +98,27 @@ TEST_CASE("key file errors name file, line, column and key, never the secret") {
        "k.toml:8:9: key[1].state: a second signing key (key 3 signs already); exactly one key may have state \"signing\""},
       {"[[key]]\nid = 3\nstate = \"verify\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nstopped_signing = 2023-11-14T22:13:20Z\n",
        "k.toml:1:1: key: no signing key: exactly one key must have state \"signing\""},
+      // Staged keys: activate_at only on them, required on them, at most one of them.
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-15T00:00:00Z\n",
+       "k.toml:6:15: key[0].activate_at: only a staged key has an activate_at time (state = \"staged\")"},
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+       "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n",
+       "k.toml:6:1: key[1].activate_at: missing: a staged key records when it starts signing"},
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+       "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-15\n",
+       "k.toml:11:15: key[1].activate_at: expected a date-time like 2026-11-23T09:00:00Z, got a date"},
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+       "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-15T00:00:00Z\n"
+       "[[key]]\nid = 5\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-16T00:00:00Z\n",
+       "k.toml:14:9: key[2].state: a second staged key (key 4 is staged already); at most one key may wait to sign"},
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+       "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-15T00:00:00Z\nstopped_signing = 2023-11-14T22:13:20Z\n",
+       "k.toml:12:19: key[1].stopped_signing: a staged key has no stopped_signing time"},
+      {"[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-15T00:00:00Z\n",
+       "k.toml:1:1: key: no signing key: exactly one key must have state \"signing\""},
+      {"[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+       "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\nactivate_at = 2023-11-13T00:00:00Z\n",
+       "k.toml:1:1: key: key 4: activate_at is before its created time"},
       {"# nothing\n", "k.toml:1:1: key: no keys (create one with: batv-keys --keys FILE rotate)"},
       {"key = 1\n", "k.toml:1:7: key: expected [[key]] tables"},
       {"[[key]\n", "k.toml:1:7: "},
@@ -237,4 +258,36 @@ TEST_CASE("base64: RFC 4648 vectors and strict decoding") {
   CHECK(dec("Zg=") == "<error>");
   CHECK(dec(std::string(88, 'A')) == "<error>");  // 66 bytes > 64
   CHECK(dec(std::string(86, 'A') + "==") == std::string(64, '\0'));
+}
+
+TEST_CASE("a staged key round-trips, and settle() applies a passed activation") {
+  const std::string text =
+      "[[key]]\nid = 3\nstate = \"signing\"\nsecret = \"YQ==\"\ncreated = 2023-11-14T22:13:20Z\n"
+      "[[key]]\nid = 4\nstate = \"staged\"\nsecret = \"Yg==\"\ncreated = 2023-11-14T22:13:20Z\n"
+      "activate_at = 2023-11-15T00:00:00Z\n";
+  auto r = parse_keyfile(text, "k.toml");
+  REQUIRE_MESSAGE(r.status == KeyFileStatus::ok, first_error(r));
+  KeyFile f = std::move(*r.file);
+  REQUIRE(f.staged());
+  CHECK(f.staged()->id == 4);
+  CHECK(f.staged()->activate_at == 1700006400);
+  CHECK(f.signer()->id == 3);
+  // Written back, it reads the same.
+  const std::string written = serialize_keyfile(f);
+  CHECK(written.find("activate_at = 2023-11-15T00:00:00Z") != std::string::npos);
+  auto again = parse_keyfile(written, "k.toml");
+  REQUIRE_MESSAGE(again.status == KeyFileStatus::ok, first_error(again));
+  CHECK(again.file->staged()->activate_at == 1700006400);
+
+  CHECK_FALSE(f.settle(1700006399));  // before T: nothing changes
+  CHECK(f.staged());
+  CHECK(f.settle(1700006400));
+  CHECK_FALSE(f.staged());
+  CHECK(f.signer()->id == 4);
+  CHECK_FALSE(f.signer()->activate_at);
+  CHECK(f.find(3)->state == KeyState::verify);
+  CHECK(f.find(3)->stopped_signing == 1700006400);
+  CHECK_FALSE(f.settle(1700006400));  // settled once
+  auto settled = parse_keyfile(serialize_keyfile(f), "k.toml");
+  CHECK_MESSAGE(settled.status == KeyFileStatus::ok, first_error(settled));
 }

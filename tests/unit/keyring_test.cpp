@@ -94,7 +94,9 @@ TEST_CASE("hmac_sha1 matches RFC 2202 test case 2 and the one-shot HMAC") {
   CHECK(hex(mac) == "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
   CHECK_FALSE(ring->hmac_sha1(5, "x", mac));
   CHECK(ring->ids() == std::vector<int>{4});
-  CHECK(ring->signing_id() == 4);
+  CHECK(ring->signing_id(0) == 4);
+  CHECK(ring->staged_id() == -1);
+  CHECK_FALSE(ring->next_switch(0));
 }
 
 TEST_CASE("Secret: no printing, no implicit copies, wiped on move") {
@@ -124,4 +126,44 @@ TEST_CASE("generated secrets are 32 random bytes; fingerprints are stable and sh
         fingerprint(Secret(std::string_view("secretkey"))));
   CHECK_FALSE(generate_secret(0));
   CHECK_FALSE(generate_secret(65));
+}
+
+TEST_CASE("a staged key verifies at once and signs from its activation time on") {
+  constexpr std::int64_t t = 1700000000;
+  std::vector<KeyMaterial> v;
+  v.push_back(km(1, true, "old-secret"));
+  KeyMaterial staged = km(2, false, "new-secret");
+  staged.activate_at = t;
+  v.push_back(std::move(staged));
+  std::string err;
+  auto ring = Keyring::build(v, err);
+  REQUIRE_MESSAGE(ring, err);
+  CHECK(ring->has(2));
+  CHECK(ring->staged_id() == 2);
+  CHECK(ring->signing_id(t - 1) == 1);
+  CHECK(ring->signing_id(t) == 2);
+  CHECK(ring->signing_id(t + 86400) == 2);
+  CHECK(ring->next_switch(t - 1) == std::optional<std::int64_t>(t));
+  CHECK_FALSE(ring->next_switch(t));
+
+  // At most one staged key, and it is not the signer too.
+  std::vector<KeyMaterial> two;
+  two.push_back(km(1, true, "a"));
+  for (int id : {2, 3}) {
+    KeyMaterial k = km(id, false, "b");
+    k.activate_at = t + id;
+    two.push_back(std::move(k));
+  }
+  CHECK(build_error(std::move(two)).find("a second staged key (key 2") != std::string::npos);
+  std::vector<KeyMaterial> both;
+  KeyMaterial k = km(1, true, "a");
+  k.activate_at = t;
+  both.push_back(std::move(k));
+  CHECK(build_error(std::move(both)).find("cannot also be the signing key") != std::string::npos);
+  // A staged key alone does not make a ring: something must sign until it activates.
+  std::vector<KeyMaterial> alone;
+  KeyMaterial s = km(4, false, "a");
+  s.activate_at = t;
+  alone.push_back(std::move(s));
+  CHECK(build_error(std::move(alone)).starts_with("no signing key"));
 }

@@ -239,6 +239,7 @@ TEST_CASE("metrics: messages, recipients, signing, upstream errors, bytes, reloa
   CHECK(has_line(t, "batv_reloads_total{result=\"failed\"} 2"));
   // No keys configured: no key gauges.
   CHECK(t.find("batv_active_key_id") == std::string::npos);
+  CHECK(t.find("batv_next_key_switch_timestamp_seconds") == std::string::npos);
   CHECK(t.find("batv_key_age_seconds") == std::string::npos);
 }
 
@@ -339,6 +340,12 @@ TEST_CASE("metrics: active key and key ages computed at render time") {
   CHECK_FALSE(value_of(t, "batv_signing_total{decision=\"signed\",key=\"4\"}"));
   t = m.render_prometheus(now + 10);
   CHECK(has_line(t, "batv_key_age_seconds{key=\"3\"} 110"));
+  // The next staged-key switch: 0 until one is staged.
+  CHECK(has_line(t, "# TYPE batv_next_key_switch_timestamp_seconds gauge"));
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds 0"));
+  m.set_next_key_switch(now + 3600);
+  t = m.render_prometheus(now);
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds 1800003600"));
 
   m.set_keys(-1, {});
   t = m.render_prometheus(now);

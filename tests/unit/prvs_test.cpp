@@ -206,3 +206,25 @@ TEST_CASE("parse_tag exposes the parts") {
   REQUIRE(q.status == ParseStatus::ok);
   CHECK(q.tag.local == "\"a@b\"");
 }
+
+TEST_CASE("sign follows a staged key's activation time; verify takes both keys throughout") {
+  std::vector<KeyMaterial> mats;
+  mats.push_back({3, true, Secret(std::string_view("secretkey"))});
+  mats.push_back({4, false, Secret(std::string_view("newsecret")), T1 + 3600});
+  std::string err;
+  auto ring = Keyring::build(mats, err);
+  REQUIRE_MESSAGE(ring.has_value(), err);
+  const SignResult before = sign(*ring, "user@example.com", T1 + 3599);
+  const SignResult at = sign(*ring, "user@example.com", T1 + 3600);
+  REQUIRE(before.tagged);
+  REQUIRE(at.tagged);
+  CHECK(before.key_id == 3);
+  CHECK(*before.tagged == "prvs=368291fcbb=user@example.com");  // the spec vector of key 3
+  CHECK(at.key_id == 4);
+  CHECK(at.tagged->rfind("prvs=4682", 0) == 0);
+  for (const std::int64_t now : {T1, T1 + 3599, T1 + 3600, T1 + 86400}) {
+    CAPTURE(now);
+    CHECK(verify(*ring, *before.tagged, now).verdict == Verdict::valid);
+    CHECK(verify(*ring, *at.tagged, now).verdict == Verdict::valid);
+  }
+}

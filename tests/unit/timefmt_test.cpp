@@ -31,3 +31,19 @@ TEST_CASE("format_utc round-trips") {
   for (std::int64_t t = -100000000; t < 4000000000; t += 9876543)
     CHECK(parse_time(format_utc(t)) == t);
 }
+
+TEST_CASE("parse_time_or_offset: absolute times, or +N s/m/h/d from now") {
+  constexpr std::int64_t now = 1700000000;
+  CHECK(parse_time_or_offset("+90s", now) == now + 90);
+  CHECK(parse_time_or_offset("+30m", now) == now + 1800);
+  CHECK(parse_time_or_offset("+2h", now) == now + 7200);
+  CHECK(parse_time_or_offset("+1d", now) == now + 86400);
+  CHECK(parse_time_or_offset("+0s", now) == now);
+  CHECK(parse_time_or_offset("+999999999d", now) == now + 999999999LL * 86400);
+  CHECK(parse_time_or_offset("1700000600", now) == 1700000600);
+  CHECK(parse_time_or_offset("2023-11-15T00:00:00Z", now) == 1700006400);
+  for (const char* bad : {"+", "+s", "+90", "+90x", "+9 s", "+-1s", "+1000000000d", "+1.5h", "90s", "-5m"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_time_or_offset(bad, now));
+  }
+}
