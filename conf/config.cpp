@@ -407,6 +407,7 @@ constexpr Binding kBindings[] = {
     {"limits", "client_names_cached", [](Config& c, std::int64_t v) { c.limits.client_names_cached = v; }},
     {"limits", "upstream_idle_connections",
      [](Config& c, std::int64_t v) { c.limits.upstream_idle_connections = v; }},
+    {"limits", "milter_packet", [](Config& c, std::int64_t v) { c.limits.milter_packet = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -423,6 +424,9 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.timeouts.upstream_idle = std::chrono::seconds(v); }},
     {"timeouts", "client_name_ttl",
      [](Config& c, std::int64_t v) { c.timeouts.client_name_ttl = std::chrono::seconds(v); }},
+    {"timeouts", "milter_idle", [](Config& c, std::int64_t v) { c.timeouts.milter_idle = std::chrono::seconds(v); }},
+    {"timeouts", "milter_command",
+     [](Config& c, std::int64_t v) { c.timeouts.milter_command = std::chrono::seconds(v); }},
 };
 
 // Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).

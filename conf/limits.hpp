@@ -82,6 +82,12 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "is one socket (plus its TLS state) on both sides."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
+    {"limits", "milter_packet", 65536, 4096, 16777216, "bytes",
+     "Largest milter packet accepted from the MTA (command byte and data; the 4-byte length "
+     "excluded). The milter negotiates no body step, so packets are macros, addresses and, in "
+     "verify+monitor mode, one header: libmilter's own bound is MILTER_CHUNK_SIZE 65535 plus "
+     "framing. Larger: the connection ends with a protocol error (the MTA applies "
+     "milter_default_action)."},
     {"timeouts", "idle", 300, 1, 3600, "seconds",
      "Inactivity on any single read or write. RFC 5321 4.5.3.2.7: a server should wait at least "
      "5 minutes for the next command; 300 = Postfix smtpd_timeout."},
@@ -117,6 +123,13 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "client_name_ttl", 300, 0, 86400, "seconds",
      "How long a cached client name (or its absence) is reused. DNS PTR records commonly live "
      "an hour or more; 5 minutes bounds how stale a name the MX sees can be. 0 = no cache."},
+    {"timeouts", "milter_idle", 3600, 1, 86400, "seconds",
+     "Wait between two milter commands. Postfix keeps the milter connection for the whole SMTP "
+     "session, and its client may pause up to smtpd_timeout (300) per command, many times: an "
+     "hour bounds a forgotten connection without cutting a slow but live one."},
+    {"timeouts", "milter_command", 30, 1, 3600, "seconds",
+     "Deadline for the rest of a milter packet once its first byte arrived, and for writing our "
+     "replies. 30 = Postfix milter_command_timeout: the MTA gives up at the same time."},
 });
 
 // Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
@@ -167,6 +180,7 @@ struct Limits {
   std::int64_t invalid_recipients_per_session = limit("limits", "invalid_recipients_per_session").def;
   std::int64_t client_names_cached = limit("limits", "client_names_cached").def;
   std::int64_t upstream_idle_connections = limit("limits", "upstream_idle_connections").def;
+  std::int64_t milter_packet = limit("limits", "milter_packet").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -182,6 +196,8 @@ struct Timeouts {
   std::chrono::seconds shutdown_grace{limit("timeouts", "shutdown_grace").def};
   std::chrono::seconds upstream_idle{limit("timeouts", "upstream_idle").def};
   std::chrono::seconds client_name_ttl{limit("timeouts", "client_name_ttl").def};
+  std::chrono::seconds milter_idle{limit("timeouts", "milter_idle").def};
+  std::chrono::seconds milter_command{limit("timeouts", "milter_command").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };
 

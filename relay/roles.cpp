@@ -1,5 +1,6 @@
 // roles: the factory of each no-hop role, in one table.
 #include "relay/connection.hpp"
+#include "relay/milter/connection.hpp"
 
 namespace batv::relay {
 
@@ -9,6 +10,7 @@ ConnectionFactory connection_factory(conf::Role role) {
     case conf::Role::inbound:
       return nullptr;  // SMTP sessions: the server builds a Session
     case conf::Role::milter:
+      return make_milter_connection;
     case conf::Role::policy:
     case conf::Role::socketmap:
       return nullptr;  // filled in as each role lands
