@@ -115,6 +115,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.invalid_recipients_per_session", c.limits.invalid_recipients_per_session},
       {"limits.client_names_cached", c.limits.client_names_cached},
       {"limits.upstream_idle_connections", c.limits.upstream_idle_connections},
+      {"limits.milter_packet", c.limits.milter_packet},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
       {"timeouts.session", c.timeouts.session.count()},
@@ -125,6 +126,8 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"timeouts.shutdown_grace", c.timeouts.shutdown_grace.count()},
       {"timeouts.upstream_idle", c.timeouts.upstream_idle.count()},
       {"timeouts.client_name_ttl", c.timeouts.client_name_ttl.count()},
+      {"timeouts.milter_idle", c.timeouts.milter_idle.count()},
+      {"timeouts.milter_command", c.timeouts.milter_command.count()},
   };
   const std::string name = std::string(section) + "." + std::string(key);
   for (const auto& [n, v] : values)
