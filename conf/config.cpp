@@ -411,6 +411,7 @@ constexpr Binding kBindings[] = {
     {"limits", "policy_attributes", [](Config& c, std::int64_t v) { c.limits.policy_attributes = v; }},
     {"limits", "policy_attribute_length",
      [](Config& c, std::int64_t v) { c.limits.policy_attribute_length = v; }},
+    {"limits", "milter_packet", [](Config& c, std::int64_t v) { c.limits.milter_packet = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -434,6 +435,9 @@ constexpr Binding kBindings[] = {
      [](Config& c, std::int64_t v) { c.timeouts.socketmap_idle = std::chrono::seconds(v); }},
     {"timeouts", "socketmap_request",
      [](Config& c, std::int64_t v) { c.timeouts.socketmap_request = std::chrono::seconds(v); }},
+    {"timeouts", "milter_idle", [](Config& c, std::int64_t v) { c.timeouts.milter_idle = std::chrono::seconds(v); }},
+    {"timeouts", "milter_command",
+     [](Config& c, std::int64_t v) { c.timeouts.milter_command = std::chrono::seconds(v); }},
 };
 
 // Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).

@@ -95,6 +95,12 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "subjects and issuers are far shorter. Longer closes the connection unanswered."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
+    {"limits", "milter_packet", 65536, 4096, 16777216, "bytes",
+     "Largest milter packet accepted from the MTA (command byte and data; the 4-byte length "
+     "excluded). The milter negotiates no body step, so packets are macros, addresses and, in "
+     "verify+monitor mode, one header: libmilter's own bound is MILTER_CHUNK_SIZE 65535 plus "
+     "framing. Larger: the connection ends with a protocol error (the MTA applies "
+     "milter_default_action)."},
     {"timeouts", "idle", 300, 1, 3600, "seconds",
      "Inactivity on any single read or write. RFC 5321 4.5.3.2.7: a server should wait at least "
      "5 minutes for the next command; 300 = Postfix smtpd_timeout."},
@@ -146,6 +152,13 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "socketmap_request", 100, 1, 3600, "seconds",
      "Deadline for one socketmap query to arrive, from its first byte, and for its answer to be "
      "written. 100 = Postfix's own socketmap read/write timeout (dict_sockmap, fixed)."},
+    {"timeouts", "milter_idle", 3600, 1, 86400, "seconds",
+     "Wait between two milter commands. Postfix keeps the milter connection for the whole SMTP "
+     "session, and its client may pause up to smtpd_timeout (300) per command, many times: an "
+     "hour bounds a forgotten connection without cutting a slow but live one."},
+    {"timeouts", "milter_command", 30, 1, 3600, "seconds",
+     "Deadline for the rest of a milter packet once its first byte arrived, and for writing our "
+     "replies. 30 = Postfix milter_command_timeout: the MTA gives up at the same time."},
 });
 
 // Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
@@ -199,6 +212,7 @@ struct Limits {
   std::int64_t policy_request_size = limit("limits", "policy_request_size").def;
   std::int64_t policy_attributes = limit("limits", "policy_attributes").def;
   std::int64_t policy_attribute_length = limit("limits", "policy_attribute_length").def;
+  std::int64_t milter_packet = limit("limits", "milter_packet").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -218,6 +232,8 @@ struct Timeouts {
   std::chrono::seconds policy_request{limit("timeouts", "policy_request").def};
   std::chrono::seconds socketmap_idle{limit("timeouts", "socketmap_idle").def};
   std::chrono::seconds socketmap_request{limit("timeouts", "socketmap_request").def};
+  std::chrono::seconds milter_idle{limit("timeouts", "milter_idle").def};
+  std::chrono::seconds milter_command{limit("timeouts", "milter_command").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };
 

@@ -118,6 +118,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.policy_request_size", c.limits.policy_request_size},
       {"limits.policy_attributes", c.limits.policy_attributes},
       {"limits.policy_attribute_length", c.limits.policy_attribute_length},
+      {"limits.milter_packet", c.limits.milter_packet},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
       {"timeouts.session", c.timeouts.session.count()},
@@ -132,6 +133,8 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"timeouts.policy_request", c.timeouts.policy_request.count()},
       {"timeouts.socketmap_idle", c.timeouts.socketmap_idle.count()},
       {"timeouts.socketmap_request", c.timeouts.socketmap_request.count()},
+      {"timeouts.milter_idle", c.timeouts.milter_idle.count()},
+      {"timeouts.milter_command", c.timeouts.milter_command.count()},
   };
   const std::string name = std::string(section) + "." + std::string(key);
   for (const auto& [n, v] : values)
