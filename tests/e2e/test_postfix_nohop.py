@@ -67,6 +67,13 @@ def addr_of(line):
     return m.group(1) if m else None
 
 
+def bad_tag(address):
+    """A prvs tag of `address` for today whose HMAC is wrong."""
+    prvs, kdddmac, rest = harness.expected_tag(address).split("=", 2)
+    mac = "000000" if kdddmac[4:] != "000000" else "111111"
+    return "%s=%s%s=%s" % (prvs, kdddmac[:4], mac, rest)
+
+
 def message(sender, rcpt, subject, extra_headers=""):
     return ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s.%f@test>\r\n%s\r\n"
             "body of %s\r\n" % (sender, rcpt, subject, subject.replace(" ", "-"), time.time(),
@@ -354,9 +361,7 @@ class NoHopPostfixTest(unittest.TestCase):
         self.assertEqual(code, 550, text)
         self.assertIn("5.7.1", text)
         # A bounce to a tag that does not verify: refused the same way.
-        bad = harness.expected_tag(USER)
-        bad = bad[:-len(USER) - 7] + ("000000" if bad[-len(USER) - 7:-len(USER) - 1] != "000000"
-                                      else "ffffff") + "=" + USER
+        bad = bad_tag(USER)
         code, text = self.send("", bad, "forged", source=REMOTE_IP,
                                data=ndr_message(bad, "forged bounce bad tag"))
         self.assertEqual(code, 550, text)
@@ -432,8 +437,7 @@ class NoHopPostfixTest(unittest.TestCase):
         code, text = smtp_send(self.remote.port, HOST, tag, [NDR_TARGET],
                                message(tag, NDR_TARGET, "real ndr while down"))
         self.assertEqual(code, 250, text)
-        self.assertTrue(self.remote.wait_log(r"from=<>.*to=<%s>.*status=deferred"
-                                             % re.escape(tag), 30),
+        self.assertTrue(self.remote.wait_log(r"to=<%s>.*status=deferred" % re.escape(tag), 30),
                         "the remote's NDR was not deferred by our Postfix:\n%s"
                         % "\n".join(self.remote.log_lines()[-20:]))
         self.assertEqual(len(self.mailbox.accepted()), box_before, "accepted while down")
