@@ -8,15 +8,19 @@
 // modification reply up to the final continue/accept), and QUIT_NC so that the next transaction
 // starts again from connect, as an MTA reusing the milter connection would. Each transaction is
 // timed; the first (warm-up) must carry a CHGFROM with a prvs tag. Then the same number of
-// request/reply round trips through a bare unix socketpair (a thread answering each packet with
-// one byte): the floor of any milter on this machine.
+// request/reply round trips through a bare unix socketpair (a child process answering each packet
+// with one byte): the floor of any milter on this machine.
 //
-//   bench-milter SOCKET_PATH TRANSACTIONS [CLIENT_ADDR]
+//   bench-milter SOCKET_PATH TRANSACTIONS [session|message [CLIENT_ADDR]]
+//   session (default): each transaction from connect to end of message, then QUIT_NC;
+//   message: connect and helo once, then mail, rcpt, end of message per transaction (for a
+//   milter without QUIT_NC: after end of message the next message starts at MAIL).
 //   prints one line: "p50 U p99 U floor_p50 U floor_p99 U n N version V protocol 0xP rtt R
 //   macros STAGE:NAME,NAME;..." (U in microseconds, R = round trips per transaction)
 // Not a test and not a product: loopback only, exits non-zero with a message on any surprise.
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,7 +33,6 @@
 #include <cstring>
 #include <map>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -115,7 +118,9 @@ struct Milter {
   std::uint32_t version = 0, protocol = 0;
   std::map<int, std::vector<std::string>> macros;
   std::map<std::string, std::string> values;
-  int round_trips = 0;  // replies waited for per transaction (counted on the warm-up)
+  int round_trips = 0;  // replies waited for in the last transaction
+  bool per_session = true;
+  bool connected = false;
 
   // One step: macros, command, replies (empty when skipped or waived).
   std::vector<std::pair<char, std::string>> step(const Step& s, const std::string& data) {
@@ -146,8 +151,13 @@ struct Milter {
   std::vector<std::pair<char, std::string>> transaction(const std::string& sender,
                                                         const std::string& rcpt) {
     using namespace std::string_literals;
-    step(kConnect, "localhost\0"s + "4"s + "\x00\x19"s + values["{client_addr}"] + "\0"s);
-    step(kHelo, "bench.example\0"s);
+    round_trips = 0;  // what one transaction costs in this mode
+    if (per_session || !connected) {
+      step(kConnect, "localhost\0"s + "4"s + "\x00\x19"s + values["{client_addr}"] + "\0"s);
+      step(kHelo, "bench.example\0"s);
+      connected = true;
+      if (!per_session) round_trips = 0;  // connect and helo happen once in this mode
+    }
     auto r = step(kMail, "<" + sender + ">\0"s);
     if (!r.empty() && r.back().first != 'c') die("MAIL not continued: " + std::string(1, r.back().first));
     r = step(kRcpt, "<" + rcpt + ">\0"s);
@@ -159,7 +169,7 @@ struct Milter {
     auto eom = step(kEom, "");
     if (eom.empty() || (eom.back().first != 'c' && eom.back().first != 'a'))
       die("end of message not continued/accepted");
-    c.send('K');  // QUIT_NC: the next transaction starts from connect on this connection
+    if (per_session) c.send('K');  // QUIT_NC: the next transaction starts from connect
     c.flush();
     return eom;
   }
@@ -174,7 +184,9 @@ double pct(std::vector<double> xs, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) die("usage: bench-milter SOCKET_PATH TRANSACTIONS [CLIENT_ADDR]");
+  if (argc < 3) die("usage: bench-milter SOCKET_PATH TRANSACTIONS [session|message [CLIENT_ADDR]]");
+  const std::string mode = argc > 3 ? argv[3] : "session";
+  if (mode != "session" && mode != "message") die("mode must be session or message");
   const int n = std::atoi(argv[2]);
   if (n < 1) die("TRANSACTIONS must be positive");
   const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -186,7 +198,8 @@ int main(int argc, char** argv) {
     die(std::string("connect ") + argv[1] + ": " + std::strerror(errno));
 
   Milter m(fd);
-  m.values = {{"{client_addr}", argc > 3 ? argv[3] : "127.0.0.1"}, {"{daemon_name}", "bench"},
+  m.per_session = mode == "session";
+  m.values = {{"{client_addr}", argc > 4 ? argv[4] : "127.0.0.1"}, {"{daemon_name}", "bench"},
               {"i", "4ABCDEF"}, {"j", "bench.example"}, {"{auth_authen}", ""}};
   std::string opt;
   put32(opt, 6);
@@ -235,11 +248,16 @@ int main(int argc, char** argv) {
   // The floor: the same number of round trips per transaction over a bare socketpair.
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair");
-  std::thread echo([fd = sv[1]] {
-    char b[64];
-    while (::read(fd, b, sizeof b) > 0)
-      if (::write(fd, "c", 1) != 1) break;
-  });
+  const pid_t echo = ::fork();  // a process of its own, as the milter is
+  if (echo < 0) die("fork");
+  if (echo == 0) {
+    ::close(sv[0]);
+    char buf[64];
+    while (::read(sv[1], buf, sizeof buf) > 0)
+      if (::write(sv[1], "c", 1) != 1) break;
+    ::_exit(0);
+  }
+  ::close(sv[1]);
   std::vector<double> fl;
   fl.reserve(static_cast<std::size_t>(n));
   char b = 0;
@@ -249,10 +267,8 @@ int main(int argc, char** argv) {
       if (::write(sv[0], "xxxxxxxx", 8) != 8 || ::read(sv[0], &b, 1) != 1) die("socketpair echo");
     fl.push_back(std::chrono::duration<double, std::micro>(clock::now() - t0).count());
   }
-  ::shutdown(sv[0], SHUT_RDWR);
   ::close(sv[0]);
-  echo.join();
-  ::close(sv[1]);
+  ::waitpid(echo, nullptr, 0);
 
   std::string ms;
   for (const auto& [stage, names] : m.macros) {
@@ -260,8 +276,8 @@ int main(int argc, char** argv) {
     ms += std::to_string(stage) + ":";
     for (std::size_t i = 0; i < names.size(); ++i) ms += (i ? "," : "") + names[i];
   }
-  std::printf("p50 %.1f p99 %.1f floor_p50 %.1f floor_p99 %.1f n %d version %u protocol 0x%x rtt %d macros %s\n",
-              pct(xs, 50), pct(xs, 99), pct(fl, 50), pct(fl, 99), n, m.version, m.protocol, rtt,
+  std::printf("mode %s p50 %.1f p99 %.1f floor_p50 %.1f floor_p99 %.1f n %d version %u protocol 0x%x rtt %d macros %s\n",
+              mode.c_str(), pct(xs, 50), pct(xs, 99), pct(fl, 50), pct(fl, 99), n, m.version, m.protocol, rtt,
               ms.empty() ? "-" : ms.c_str());
   return 0;
 }
