@@ -302,9 +302,6 @@ class NoHopPostfixTest(unittest.TestCase):
         t = self.wait_at(self.internet, "signed via smtp")
         self.assert_tag_verifies(t.sender, USER, t0)
         self.assertEqual([addr_of(r) for r in t.rcpts], [OUTSIDE])
-        log = self.relay.wait_log(lambda r: r.get("role") == "milter"
-                                  and "prvs=" in r.get("_raw", ""), 10)
-        self.assertIsNotNone(log, "the milter logged no signing line")
 
     def test_02_sendmail_submission_signed(self):
         t0 = time.time()
