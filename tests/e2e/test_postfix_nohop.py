@@ -17,8 +17,10 @@ README's "Postfix without an extra hop" section tells users to:
                mynetworks = 127.0.0.2/32; relay_domains = example.com with relay_recipient_maps
                listing the real users (so Postfix's unknown-user check is real); transport_maps:
                example.com -> the "mailbox" sink, external.test -> the remote Postfix, the rest
-               -> the "internet" sink (both sinks harness.ScriptedUpstream); a pickup service for
-               Postfix's sendmail.
+               -> the "internet" sink (both sinks harness.ScriptedUpstream); master.cf: pickup
+               (for Postfix's sendmail) with a cleanup of its own that sets
+               milter_macro_daemon_name = ORIGINATING, which the milter's originating_daemons
+               takes as ours (the emulated client of local mail is 127.0.0.1).
   remote       a second Postfix for external.test (smtp_bind_address 127.0.0.3, so it is not our
                client) that accepts mail and then fails local delivery (error transport): it
                sends a REAL Postfix NDR to the tagged sender, back to our Postfix.
@@ -58,6 +60,16 @@ USER = "homer@example.com"
 USERS = ("homer@example.com", "marge@example.com", "noreply@example.com")
 OUTSIDE = "bart@elsewhere.example"          # routed to the "internet" sink
 NDR_TARGET = "nobody@external.test"         # the remote Postfix accepts, then bounces it
+# README (master.cf): locally submitted mail (sendmail -> pickup) goes through a cleanup of its
+# own that says {daemon_name} = ORIGINATING, so the milter (originating_daemons default
+# ["ORIGINATING"]) signs it although its emulated client is 127.0.0.1, not in allow_clients.
+# Mail from smtpd keeps the plain cleanup ($myhostname), at every milter stage.
+LOCAL_SUBMISSION_ROWS = [
+    "pickup    unix  n  -  n  60  1  pickup",
+    "  -o cleanup_service_name=cleanup-local",
+    "cleanup-local unix  n  -  n  -  0  cleanup",
+    "  -o milter_macro_daemon_name=ORIGINATING",
+]
 POLICY_DEFAULT = "451 4.3.5 BATV policy service unavailable, try again later"
 
 
@@ -181,7 +193,7 @@ class NoHopPostfixTest(unittest.TestCase):
         cls._cleanups.append(cls.remote.stop)
         cls.pf = PostfixInstance(
             workdir=cls.dir, port=our_port, myhostname="mx.example.com",
-            relay_port=cls.internet.port, pickup=True,
+            relay_port=cls.internet.port, master_cf_extra=LOCAL_SUBMISSION_ROWS,
             files={
                 "transport": "example.com smtp:[%s]:%d\nexternal.test smtp:[%s]:%d\n"
                              % (HOST, cls.mailbox.port, HOST, remote_port),
