@@ -36,7 +36,7 @@ harness.ScriptedUpstream, which then sees the Received: header Postfix added). P
   postconf(name)                 a parameter's effective value (postconf -c DIR -h)
   sendmail(args, message)        Postfix's sendmail -C DIR (needs pickup=True): exit code, output
   postmap_query(key, table)      postmap -c DIR -q KEY TABLE: (exit code, stdout, stderr)
-  flush()                        postqueue -c DIR -f: deliver what is deferred now
+  flush()                        postqueue -c DIR -f: deliver what is deferred now (needs pickup)
   stop(timeout)                  postfix stop, bounded wait, then SIGKILL of any leftover
                                  process of the instance; always safe to call (also close()).
 """
@@ -313,7 +313,8 @@ class PostfixInstance:
                 p.stderr.decode(errors="replace"))
 
     def flush(self, timeout=30.0):
-        """`postqueue -c CONFIG_DIR -f`: attempt every deferred message now."""
+        """`postqueue -c CONFIG_DIR -f`: attempt every deferred message now (postqueue also
+        wakes the pickup service: the instance needs pickup=True or its own pickup row)."""
         p = subprocess.run([POSTQUEUE, "-c", self.config_dir, "-f"], capture_output=True,
                            timeout=timeout, env=self._env(), stdin=subprocess.DEVNULL)
         return p.returncode, (p.stdout + p.stderr).decode(errors="replace")

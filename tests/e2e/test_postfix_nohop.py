@@ -179,6 +179,7 @@ class NoHopPostfixTest(unittest.TestCase):
         cls.remote = PostfixInstance(
             workdir=cls.dir, port=remote_port, myhostname="mx.external.test",
             relay_port=our_port,          # its bounces (to example.com) go to our Postfix
+            pickup=True,                  # postqueue -f (flush) wakes pickup too
             main_cf_extra={
                 "mydomain": "external.test",
                 "mydestination": "external.test",
@@ -189,6 +190,9 @@ class NoHopPostfixTest(unittest.TestCase):
                 "local_transport": "error:5.1.1 Mailbox unavailable",
                 "smtpd_reject_unlisted_recipient": "no",
                 "smtp_bind_address": REMOTE_IP,
+                # Its NDR, deferred while our daemon is down, must stay queued (the instance's
+                # default bounce_queue_lifetime = 0 would return it at once).
+                "bounce_queue_lifetime": "10m",
             })
         cls._cleanups.append(cls.remote.stop)
         cls.pf = PostfixInstance(
@@ -456,7 +460,8 @@ class NoHopPostfixTest(unittest.TestCase):
         code, text = self.send(USER, OUTSIDE, "after restart")
         self.assertEqual(code, 250, text)
         self.assert_tag_verifies(self.wait_at(self.internet, "after restart").sender, USER, t0)
-        self.remote.flush()
+        rc, out = self.remote.flush()
+        self.assertEqual(rc, 0, out)
         t = self.wait_at(self.mailbox, "real ndr while down", 60)
         self.assertEqual((t.sender, [addr_of(r) for r in t.rcpts]), ("", [USER]))
         self.assertEqual(len(self.mailbox.accepted()), box_before + 1,
