@@ -34,6 +34,9 @@ harness.ScriptedUpstream, which then sees the Received: header Postfix added). P
   wait_delivered(n, timeout)     the first n "status=sent" deliveries (or what there is)
   wait_for(predicate, timeout)   harness.wait_until
   postconf(name)                 a parameter's effective value (postconf -c DIR -h)
+  sendmail(args, message)        Postfix's sendmail -C DIR (needs pickup=True): exit code, output
+  postmap_query(key, table)      postmap -c DIR -q KEY TABLE: (exit code, stdout, stderr)
+  flush()                        postqueue -c DIR -f: deliver what is deferred now (needs pickup)
   stop(timeout)                  postfix stop, bounded wait, then SIGKILL of any leftover
                                  process of the instance; always safe to call (also close()).
 """
@@ -55,6 +58,9 @@ except ImportError:                                   # pragma: no cover - used 
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
+POSTMAP = "/usr/sbin/postmap"
+POSTQUEUE = "/usr/sbin/postqueue"
+SENDMAIL = "/usr/sbin/sendmail"
 DAEMON_DIR = "/usr/lib/postfix/sbin"
 
 Client = namedtuple("Client", "queue_id name addr port")
@@ -88,8 +94,8 @@ class PostfixInstance:
 
     def __init__(self, workdir=None, xclient_hosts="", proxy_protocol=None, relay_port=None,
                  port=None, myhostname="mx.test", smtpd_options=None, main_cf_extra=None,
-                 client_port_logging=True, command_filter=None,
-                 start=True, start_timeout=30.0):
+                 client_port_logging=True, command_filter=None, master_cf_extra=None,
+                 pickup=False, files=None, start=True, start_timeout=30.0):
         """workdir: the instance goes in a fresh directory created inside it (default: the
         system temporary directory); it is made traversable for the postfix user and removed
         by stop(). xclient_hosts: smtpd_authorized_xclient_hosts (str or list; "" = nobody).
@@ -99,7 +105,11 @@ class PostfixInstance:
         main_cf_extra: extra main.cf parameters (dict), written last. client_port_logging:
         smtpd_client_port_logging (log lines show NAME[ADDR]:PORT). command_filter: lines of a
         regexp table for smtpd_command_filter (e.g. ["/^XCLIENT / XCLIENT ADDR=bogus"]), to
-        make Postfix see a different command than the one sent."""
+        make Postfix see a different command than the one sent. master_cf_extra: rows
+        appended to master.cf as given (str or list of str; continuation lines "  -o ..."
+        included). pickup: add the pickup service, so that mail submitted with sendmail
+        (sendmail()) is delivered. files: {name: text} written into the config directory
+        (e.g. texthash: tables, which need no postmap)."""
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix instance needs root")
         self.port = port or free_port()
@@ -112,6 +122,10 @@ class PostfixInstance:
         self.main_cf_extra = dict(main_cf_extra or {})
         self.client_port_logging = client_port_logging
         self.command_filter = list(command_filter or [])
+        self.master_cf_extra = [master_cf_extra] if isinstance(master_cf_extra, str) \
+            else list(master_cf_extra or [])
+        self.pickup = pickup
+        self.files = dict(files or {})
         self.dir = tempfile.mkdtemp(prefix="batv-e2e-postfix-", dir=workdir)
         # Postfix daemons run as user postfix: every directory above the queue must be
         # searchable, and nothing may be group/world writable.
@@ -246,6 +260,9 @@ class PostfixInstance:
             "scache    unix  -  -  n  -    1  scache",
             "postlog   unix-dgram n - n -  1  postlogd",
         ]
+        if self.pickup:
+            rows.append("pickup    unix  n  -  n  60   1  pickup")
+        rows += self.master_cf_extra
         return "\n".join(rows) + "\n"
 
     def write_config(self):
@@ -253,6 +270,7 @@ class PostfixInstance:
                  "header_checks": "/^Subject:/ WARN\n"}
         if self.command_filter:
             files["command_filter"] = "".join(x + "\n" for x in self.command_filter)
+        files.update(self.files)
         for name, text in files.items():
             path = os.path.join(self.config_dir, name)
             with open(path, "w") as f:
@@ -273,6 +291,33 @@ class PostfixInstance:
         p = subprocess.run([POSTCONF, "-c", self.config_dir, "-h", name], capture_output=True,
                            timeout=30)
         return p.stdout.decode(errors="replace").strip()
+
+    def _env(self):
+        return dict(os.environ, MAIL_CONFIG=self.config_dir)
+
+    def sendmail(self, args, message, timeout=30.0):
+        """Submit `message` (bytes) with Postfix's sendmail -C CONFIG_DIR ARGS... (through
+        postdrop into the maildrop queue; the pickup service, pickup=True, takes it from
+        there): (exit code, stdout+stderr)."""
+        p = subprocess.run([SENDMAIL, "-C", self.config_dir] + list(args), input=message,
+                           capture_output=True, timeout=timeout, env=self._env())
+        return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
+
+    def postmap_query(self, key, table, timeout=30.0):
+        """`postmap -c CONFIG_DIR -q KEY TABLE`: (exit code, stdout, stderr); exit 1 = not
+        found, 0 = found (stdout is the value)."""
+        p = subprocess.run([POSTMAP, "-c", self.config_dir, "-q", key, table],
+                           capture_output=True, timeout=timeout, env=self._env(),
+                           stdin=subprocess.DEVNULL)
+        return (p.returncode, p.stdout.decode(errors="replace"),
+                p.stderr.decode(errors="replace"))
+
+    def flush(self, timeout=30.0):
+        """`postqueue -c CONFIG_DIR -f`: attempt every deferred message now (postqueue also
+        wakes the pickup service: the instance needs pickup=True or its own pickup row)."""
+        p = subprocess.run([POSTQUEUE, "-c", self.config_dir, "-f"], capture_output=True,
+                           timeout=timeout, env=self._env(), stdin=subprocess.DEVNULL)
+        return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
 
     def check(self):
         """`postfix -c DIR check` (creates missing queue directories): (exit code, output)."""
