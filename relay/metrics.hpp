@@ -90,6 +90,9 @@ class Metrics {
 
   // --- configuration ---
   void reload(bool ok);
+  // limits.sessions of the configuration in force (start-up and every reload), exported as the
+  // gauge batv_sessions_limit so that alerts can compare batv_sessions_current with it; 0 = unset.
+  void set_sessions_limit(std::int64_t limit);
   // The signing key id (-1: none) and every key with its creation time (unix seconds, 0 = unknown:
   // no age is exported for it). Ages are computed when rendering.
   void set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys);
@@ -133,6 +136,7 @@ class Metrics {
   std::array<Counter, latency_bounds.size() + 1> latency_buckets_{};  // not cumulative; last: +Inf
   Counter latency_sum_ns_{0};
   std::array<Counter, 2> reloads_{};  // [0 = ok, 1 = failed]
+  std::atomic<std::int64_t> sessions_limit_{0};
 
   std::atomic<const DomainTable*> domains_;
   mutable std::mutex mu_;  // writers of domains_; keys; rendering

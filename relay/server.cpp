@@ -97,6 +97,7 @@ int Server::run() {
   }
   metrics().set_domains(cfg.domains.verify);
   metrics().set_keys(rt->keyring.signing_id(), rt->key_created);
+  metrics().set_sessions_limit(cfg.limits.sessions);
   if (cfg.metrics.listen) {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
@@ -335,6 +336,7 @@ void Server::reload() {
     log(Level::warning, "reload_restart_needed").kv("key", "metrics.listen");
   metrics().set_domains(cfg.domains.verify);
   metrics().set_keys(next->keyring.signing_id(), next->key_created);
+  metrics().set_sessions_limit(cfg.limits.sessions);
   metrics().reload(true);
   log(Level::info, "reload")
       .kv("result", "ok")

@@ -51,7 +51,20 @@ constexpr std::string_view usage_text =
     "  --now T             the clock: unix seconds or ISO-8601 UTC (2023-11-14T22:13:20Z)\n"
     "  --lifetime DAYS     tag lifetime, 1-30 (default 7, or the config's lifetime_days)\n"
     "  --hash MODE         exact | lowercase-local (default exact, or the config's hash)\n"
-    "  --margin DAYS       extra days before a retired key is safe to remove (default 1)\n";
+    "  --margin DAYS       extra days before a retired key is safe to remove (default 1)\n"
+    "exit codes:\n"
+    "  0   success; verify: the tag is valid\n"
+    "  1   refused (rotate with all ids used, retire too early, import over a used id);\n"
+    "      verify: bad_signature\n"
+    "  2   verify: expired\n"
+    "  3   verify: unknown_key; sign: not signed\n"
+    "  4   verify: malformed or untagged\n"
+    "  64  usage error\n"
+    "  65  the key file or the config is invalid\n"
+    "  66  the key file is missing\n"
+    "  73  the key file cannot be written\n"
+    "  74  I/O error\n"
+    "  77  the key file's permissions are too open\n";
 
 struct Options {
   std::string keys;
