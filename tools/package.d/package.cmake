@@ -72,17 +72,17 @@ set(CPACK_PACKAGE_NAME batv-relay)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_CONTACT "batv-relay maintainers <batv-relay@example.org>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "BATV (prvs) signing relay and bounce-verifying gateway")
-set(CPACK_DEBIAN_PACKAGE_DESCRIPTION
-"BATV (prvs) signing relay and bounce-verifying gateway
- batv-relay ends backscatter with BATV (Bounce Address Tag Validation). As an
- outbound smarthost it rewrites the envelope sender of your mail with a signed
- prvs tag; as an inbound gateway in front of the MX it accepts bounces only for
- recipients whose tag verifies. Tags interoperate with Exim's prvs.
- .
- It is a transparent SMTP proxy, not a queue: a message is accepted only when
- the next hop accepted it. The batv-keys tool creates, rotates and retires the
- keys. Includes a hardened systemd unit, Prometheus metrics, a Grafana
- dashboard and Prometheus alerting rules.")
+# The extended description: CPack puts the summary first and indents each line by one space.
+set(CPACK_PACKAGE_DESCRIPTION
+"batv-relay ends backscatter with BATV (Bounce Address Tag Validation). As an
+outbound smarthost it rewrites the envelope sender of your mail with a signed
+prvs tag; as an inbound gateway in front of the MX it accepts bounces only for
+recipients whose tag verifies. Tags interoperate with Exim's prvs.
+
+It is a transparent SMTP proxy, not a queue: a message is accepted only when
+the next hop accepted it. The batv-keys tool creates, rotates and retires the
+keys. Includes a hardened systemd unit, Prometheus metrics, a Grafana
+dashboard and Prometheus alerting rules.")
 set(CPACK_DEBIAN_PACKAGE_SECTION mail)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
