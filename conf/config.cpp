@@ -22,7 +22,8 @@ template <class E>
 using NameTable = std::span<const std::pair<std::string_view, E>>;
 
 constexpr std::pair<std::string_view, Role> kRoleNames[] = {
-    {"outbound", Role::outbound}, {"inbound", Role::inbound}};
+    {"outbound", Role::outbound}, {"inbound", Role::inbound}, {"milter", Role::milter},
+    {"policy", Role::policy},     {"socketmap", Role::socketmap}};
 constexpr std::pair<std::string_view, InboundMode> kModeNames[] = {
     {"enforce", InboundMode::enforce}, {"monitor", InboundMode::monitor}, {"off", InboundMode::off}};
 constexpr std::pair<std::string_view, LogLevel> kLevelNames[] = {{"debug", LogLevel::debug},
@@ -446,15 +447,55 @@ void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view s
 
 // --- [[listener]] ----------------------------------------------------------------------------------
 
-// allow_clients when the key is left out, by role.
-constexpr std::array<std::string_view, 2> kOutboundClients = {"127.0.0.0/8", "::1/128"};
-constexpr std::array<std::string_view, 2> kInboundClients = {"0.0.0.0/0", "::/0"};
+// allow_clients when the key is left out: loopback (outbound, milter), everyone (inbound).
+constexpr std::array<std::string_view, 2> kLoopback = {"127.0.0.0/8", "::1/128"};
+constexpr std::array<std::string_view, 2> kEveryone = {"0.0.0.0/0", "::/0"};
 
 constexpr std::string_view kListenerKeys[] = {
     "role",        "listen",          "upstream",    "allow_clients", "forward_client",
     "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
     "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name", "allow_authenticated",
-    "plaintext_auth_loopback"};
+    "plaintext_auth_loopback", "socket_mode", "socket_owner", "socket_group", "allow_peers",
+    "originating_daemons", "verify"};
+
+// Keys that only some roles take: a key set on a listener of another role is an error (it would
+// be silently ignored otherwise). Keys not listed here apply to every role.
+struct RoleKeys {
+  std::string_view key;
+  bool outbound, inbound, milter, policy, socketmap;
+};
+constexpr RoleKeys kRoleKeys[] = {
+    {"upstream", true, true, false, false, false},
+    {"allow_clients", true, true, true, false, false},
+    {"forward_client", true, true, false, false, false},
+    {"tls_cert", true, true, false, false, false},
+    {"tls_key", true, true, false, false, false},
+    {"require_tls", true, true, false, false, false},
+    {"implicit_tls", true, true, false, false, false},
+    {"tls_min_version", true, true, false, false, false},
+    {"tls_ciphers", true, true, false, false, false},
+    {"upstream_tls", true, true, false, false, false},
+    {"upstream_ca", true, true, false, false, false},
+    {"upstream_tls_name", true, true, false, false, false},
+    {"allow_authenticated", true, false, false, false, false},
+    {"plaintext_auth_loopback", true, false, false, false, false},
+    {"allow_peers", false, false, true, true, true},
+    {"originating_daemons", false, false, true, false, false},
+    {"verify", false, false, true, false, false},
+};
+bool role_takes(Role r, const RoleKeys& k) {
+  switch (r) {
+    case Role::outbound: return k.outbound;
+    case Role::inbound: return k.inbound;
+    case Role::milter: return k.milter;
+    case Role::policy: return k.policy;
+    case Role::socketmap: return k.socketmap;
+  }
+  return false;
+}
+constexpr std::string_view kUnixPrefix = "unix:";
+// sockaddr_un.sun_path holds 108 bytes on Linux, NUL included.
+constexpr std::size_t kMaxUnixPath = 107;
 
 void Loader::load_listener_tls(const toml::table& t, const std::string& path, Listener& l) {
   auto file_key = [&](std::string_view key, std::string& out) {
@@ -518,7 +559,8 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     return;
   }
   struct Seen {
-    HostPort addr;
+    HostPort addr;          // TCP listeners
+    std::string unix_path;  // unix listeners
     std::string path;
     int line;
   };
@@ -546,57 +588,157 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     else
       ok = false;
 
+    for (const RoleKeys& rk : kRoleKeys)
+      if (role && !role_takes(*role, rk))
+        if (const toml::node* kn = t->get(rk.key)) {
+          error(*kn, path + "." + std::string(rk.key),
+                "not used by role = \"" + std::string(to_string(*role)) + "\" (leave it out)");
+          ok = false;
+        }
+    // An unknown role is checked as an SMTP role (the common case), so its other errors show too.
+    const bool proxy = !role || is_proxy(*role);
+
     if (auto s = required_string(*t, "listen", path + ".listen", here)) {
+      const toml::node& ln = *t->get("listen");
       std::string why;
-      if (auto hp = parse_host_port(*s, /*allow_hostname=*/false, &why)) {
-        const toml::node& ln = *t->get("listen");
+      if (std::string_view(*s).starts_with(kUnixPrefix)) {
+        const std::string sock = s->substr(kUnixPrefix.size());
+        if (role && proxy) {
+          error(ln, path + ".listen", "unix sockets are for the milter, policy and socketmap roles; "
+                "an SMTP listener takes host:port");
+          ok = false;
+        } else if (sock.empty() || sock[0] != '/') {
+          error(ln, path + ".listen", "bad address " + echo_value(*s) + ": write unix:/absolute/path");
+          ok = false;
+        } else if (sock.size() > kMaxUnixPath || sock.find('\0') != std::string::npos) {
+          error(ln, path + ".listen", "bad address " + echo_value(*s) + ": the path must be at most " +
+                std::to_string(kMaxUnixPath) + " bytes with no NUL");
+          ok = false;
+        } else {
+          const std::string norm = std::filesystem::path(sock).lexically_normal().string();
+          for (const Seen& other : seen) {
+            if (other.unix_path == norm) {
+              error(ln, path + ".listen", "socket " + norm + " is already used by " + other.path + ".listen (line " +
+                    std::to_string(other.line) + ")");
+              break;
+            }
+          }
+          seen.push_back({{}, norm, path, pos_of(ln.source()).line});
+          l.unix_path = norm;
+        }
+      } else if (auto hp = parse_host_port(*s, /*allow_hostname=*/false, &why)) {
         for (const Seen& other : seen) {
-          if (listen_overlaps(*hp, other.addr)) {
+          if (other.unix_path.empty() && listen_overlaps(*hp, other.addr)) {
             error(ln, path + ".listen",
                   "address " + hp->to_string() + " is already used by " + other.path + ".listen (line " +
                       std::to_string(other.line) + ")");
             break;
           }
         }
-        seen.push_back({*hp, path, pos_of(ln.source()).line});
+        seen.push_back({*hp, {}, path, pos_of(ln.source()).line});
         l.listen = std::move(*hp);
       } else {
-        error(*t->get("listen"), path + ".listen", "bad address " + echo_value(*s) + ": " + why);
+        error(ln, path + ".listen", "bad address " + echo_value(*s) + ": " + why);
         ok = false;
       }
     } else {
       ok = false;
     }
 
-    if (auto s = required_string(*t, "upstream", path + ".upstream", here)) {
-      std::string why;
-      const toml::node& un = *t->get("upstream");
-      if (auto hp = parse_host_port(*s, /*allow_hostname=*/true, &why)) {
-        if (hp->port == 0) {
-          error(un, path + ".upstream", "bad address " + echo_value(*s) + ": port must be 1 to 65535");
-        } else if (!l.listen.host.empty() && hp->is_ip_literal && listen_overlaps(l.listen, *hp)) {
-          error(un, path + ".upstream", "upstream " + hp->to_string() + " is this listener's own address (mail loop)");
+    // Unix socket file attributes.
+    for (std::string_view key : {std::string_view("socket_mode"), std::string_view("socket_owner"),
+                                 std::string_view("socket_group")}) {
+      const toml::node* kn = t->get(key);
+      if (!kn) continue;
+      const std::string kpath = path + "." + std::string(key);
+      if (l.unix_path.empty()) {
+        error(*kn, kpath, "only for listen = \"unix:/path\" (a TCP listener has no socket file)");
+        ok = false;
+        continue;
+      }
+      auto v = string_value(*kn, kpath);
+      if (!v) continue;
+      if (key == "socket_mode") {
+        // An octal string ("0660"): TOML has no octal integers that read naturally to admins.
+        const bool digits = !v->empty() && v->size() <= 4 &&
+                            std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '7'; });
+        if (!digits) {
+          error(*kn, kpath, "bad mode " + echo_value(*v) + ": write octal permission bits such as \"0660\"");
+          continue;
         }
-        l.upstream = std::move(*hp);
+        const auto mode = static_cast<std::uint32_t>(std::stoul(*v, nullptr, 8));
+        if (mode & 07000) error(*kn, kpath, "bad mode " + echo_value(*v) + ": setuid, setgid and sticky bits make no sense on a socket");
+        else if ((mode & 0200) == 0) error(*kn, kpath, "bad mode " + echo_value(*v) + ": the owner must be able to write (connect)");
+        else if (mode & 0002) error(*kn, kpath, "bad mode " + echo_value(*v) + ": world-writable lets any local user ask the relay; use a group");
+        else l.socket_mode = mode;
       } else {
-        error(un, path + ".upstream", "bad address " + echo_value(*s) + ": " + why);
-        ok = false;
+        const bool name_ok = !v->empty() && v->size() <= 32 && std::all_of(v->begin(), v->end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                 c == '-' || c == '.';
+        });
+        if (!name_ok) error(*kn, kpath, "bad name " + echo_value(*v) + ": 1-32 of letters, digits, '_', '-', '.'");
+        else (key == "socket_owner" ? l.socket_owner : l.socket_group) = *v;
       }
-    } else {
-      ok = false;
     }
 
+    if (proxy) {
+      if (auto s = required_string(*t, "upstream", path + ".upstream", here)) {
+        std::string why;
+        const toml::node& un = *t->get("upstream");
+        if (auto hp = parse_host_port(*s, /*allow_hostname=*/true, &why)) {
+          if (hp->port == 0) {
+            error(un, path + ".upstream", "bad address " + echo_value(*s) + ": port must be 1 to 65535");
+          } else if (!l.listen.host.empty() && hp->is_ip_literal && listen_overlaps(l.listen, *hp)) {
+            error(un, path + ".upstream", "upstream " + hp->to_string() + " is this listener's own address (mail loop)");
+          }
+          l.upstream = std::move(*hp);
+        } else {
+          error(un, path + ".upstream", "bad address " + echo_value(*s) + ": " + why);
+          ok = false;
+        }
+      } else {
+        ok = false;
+      }
+    }
+
+    // Outbound relays sign mail as us: only local submitters by default (and the milter signs
+    // mail of local clients by default). Inbound faces the Internet (it is the MX's front), so
+    // everyone may connect.
     if (auto nets = cidr_list(*t, "allow_clients", path + ".allow_clients")) {
       if (nets->empty() && t->get("allow_clients")->as_array()->empty())
         error(*t->get("allow_clients"), path + ".allow_clients",
               "must list at least one network (leave the key out for the default)");
       l.allow_clients = std::move(*nets);
-    } else if (role && !t->get("allow_clients")) {
-      // Outbound relays sign mail as us: only local submitters by default. Inbound faces the
-      // Internet (it is the MX's front), so everyone may connect.
-      for (std::string_view net : *role == Role::outbound ? kOutboundClients : kInboundClients)
+    } else if (role && !t->get("allow_clients") && (proxy || *role == Role::milter)) {
+      for (std::string_view net : *role == Role::inbound ? kEveryone : kLoopback)
         l.allow_clients.push_back(*parse_cidr(net));
     }
+    if (auto nets = cidr_list(*t, "allow_peers", path + ".allow_peers")) {
+      if (!l.unix_path.empty()) {
+        error(*t->get("allow_peers"), path + ".allow_peers",
+              "not for a unix socket (its socket_mode, socket_owner and socket_group decide who connects)");
+        ok = false;
+      } else if (nets->empty() && t->get("allow_peers")->as_array()->empty()) {
+        error(*t->get("allow_peers"), path + ".allow_peers",
+              "must list at least one network (leave the key out for the default)");
+      }
+      l.allow_peers = std::move(*nets);
+    } else if (role && !proxy && !t->get("allow_peers") && l.unix_path.empty()) {
+      for (std::string_view net : kLoopback) l.allow_peers.push_back(*parse_cidr(net));
+    }
+    if (const toml::node* dn = t->get("originating_daemons")) {
+      std::vector<std::string> names;
+      for_each_string(*t, "originating_daemons", path + ".originating_daemons",
+                      [&](std::string_view v, const toml::node& item, const std::string& item_path) {
+        const bool printable = !v.empty() && v.size() <= 64 && std::all_of(v.begin(), v.end(), [](char c) {
+          return c > 0x20 && c < 0x7f;
+        });
+        if (!printable) error(item, item_path, "bad daemon name " + echo_value(v) + ": 1-64 printable characters, no space");
+        else names.emplace_back(v);
+      });
+      if (dn->is_array()) l.originating_daemons = std::move(names);
+    }
+    optional_bool(*t, "verify", path + ".verify", l.milter_verify);
     // How the next hop learns the real client: inbound fronts an MX that runs SPF and RBL checks
     // on it, so XCLIENT by default (used only when offered); outbound hands mail to our own MTA.
     l.forward_client = role && *role == Role::inbound ? ForwardClient::xclient : ForwardClient::none;
@@ -645,6 +787,11 @@ std::string toml_list(const List& items) {
   return out + "]";
 }
 std::string toml_bool(bool b) { return b ? "true" : "false"; }
+std::string octal_mode(std::uint32_t mode) {
+  std::string out(4, '0');
+  for (int i = 3; i >= 0; --i, mode >>= 3) out[static_cast<std::size_t>(i)] = static_cast<char>('0' + (mode & 7));
+  return out;
+}
 
 // Defaults of the keys that have no kLimits row, computed from the default-constructed structs
 // where the default is a value (so a changed member default changes the documentation check).
@@ -661,9 +808,15 @@ constexpr DefaultText kDefaultTexts[] = {
     {"domains.verify", [] { return std::string("(domains.sign)"); }},
     {"listener.role", [] { return std::string("(required)"); }},
     {"listener.listen", [] { return std::string("(required)"); }},
-    {"listener.upstream", [] { return std::string("(required)"); }},
+    {"listener.upstream", [] { return std::string("(required for outbound and inbound)"); }},
     {"listener.allow_clients",
-     [] { return toml_list(kOutboundClients) + " (outbound), " + toml_list(kInboundClients) + " (inbound)"; }},
+     [] { return toml_list(kLoopback) + " (outbound, milter), " + toml_list(kEveryone) + " (inbound)"; }},
+    {"listener.socket_mode", [] { return toml_quote(octal_mode(kListener.socket_mode)); }},
+    {"listener.socket_owner", [] { return std::string("(the relay's user)"); }},
+    {"listener.socket_group", [] { return std::string("(the relay's group)"); }},
+    {"listener.allow_peers", [] { return toml_list(kLoopback); }},
+    {"listener.originating_daemons", [] { return toml_list(kListener.originating_daemons); }},
+    {"listener.verify", [] { return toml_bool(kListener.milter_verify); }},
     {"listener.forward_client",
      [] { return toml_quote(to_string(ForwardClient::none)) + " (outbound), " + toml_quote(to_string(ForwardClient::xclient)) +
                  " (inbound)"; }},
@@ -913,7 +1066,7 @@ Config Loader::load(const toml::table& root) {
         std::string why;
         if (auto hp = parse_host_port(*s, /*allow_hostname=*/false, &why)) {
           for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
-            if (listen_overlaps(*hp, cfg.listeners[i].listen)) {
+            if (cfg.listeners[i].unix_path.empty() && listen_overlaps(*hp, cfg.listeners[i].listen)) {
               error(*ln, "metrics.listen",
                     "address " + hp->to_string() + " is already used by " + indexed("listener", i) + ".listen");
               break;

@@ -20,6 +20,7 @@
 //   shared_ptr<const Config>) and swaps whole values on reload.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,7 +31,11 @@
 
 namespace batv::conf {
 
-enum class Role { outbound, inbound };                        // sign MAIL FROM / check bounces
+// outbound/inbound: SMTP proxy roles (sign MAIL FROM / check bounces, a next hop behind them).
+// milter/policy/socketmap: the no-hop roles that answer a Postfix (or Sendmail) in place.
+enum class Role { outbound, inbound, milter, policy, socketmap };
+// True for the proxy roles (an SMTP listener with a next hop).
+constexpr bool is_proxy(Role r) { return r == Role::outbound || r == Role::inbound; }
 enum class InboundMode { enforce, monitor, off };
 enum class LogLevel { debug, info, warning, error };
 enum class LogTarget { stderr_, syslog };
@@ -69,9 +74,27 @@ struct AddressPattern {
 
 struct Listener {
   Role role = Role::outbound;
-  HostPort listen;                  // IP literal; port 0 = kernel-chosen (tests)
-  HostPort upstream;                // hostname or IP literal; port 1..65535
-  std::vector<Cidr> allow_clients;  // default: outbound = loopback only, inbound = everyone
+  HostPort listen;                  // IP literal; port 0 = kernel-chosen (tests); empty when unix_path is set
+  // listen = "unix:/path" (no-hop roles only): a Unix-domain stream socket at this absolute path,
+  // created at start-up (a stale socket file is replaced, any other file refused), given
+  // socket_mode and, when set, socket_owner / socket_group, and removed at shutdown.
+  std::string unix_path;
+  std::uint32_t socket_mode = 0660;
+  std::string socket_owner, socket_group;
+  HostPort upstream;                // hostname or IP literal; port 1..65535 (proxy roles only)
+  // Proxy roles: who may connect (default: outbound = loopback only, inbound = everyone).
+  // milter: the SMTP clients ({client_addr} macro) whose mail is ours to sign (default loopback).
+  std::vector<Cidr> allow_clients;
+  // No-hop roles on TCP: who may connect to the socket (default loopback). The MTA asking the
+  // questions runs on this host in the usual set-up; a unix socket's file mode does this job.
+  std::vector<Cidr> allow_peers;
+  // milter: {daemon_name} values whose mail is ours (Postfix's master.cf convention sets
+  // milter_macro_daemon_name=ORIGINATING on submission and smtps), and whether the milter also
+  // verifies tagged recipients (for MTAs whose recipients reach the milter tagged).
+  std::vector<std::string> originating_daemons{"ORIGINATING"};
+  bool milter_verify = false;
+  // The configured listen address as written: "127.0.0.1:10025" or "unix:/run/batv/milter.sock".
+  std::string listen_text() const { return unix_path.empty() ? listen.to_string() : "unix:" + unix_path; }
   // How the next hop learns the real client (Postfix XCLIENT, HAProxy PROXY v1/v2).
   // Default: inbound = xclient (when the next hop offers it), outbound = none.
   ForwardClient forward_client = ForwardClient::none;

@@ -13,7 +13,8 @@ constexpr auto relaxed = std::memory_order_relaxed;
 constexpr std::array<std::string_view, Metrics::session_ends> session_end_names{
     "quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors", "too_many_commands",
     "too_many_invalid_recipients", "session_timeout", "tls_failed", "upstream_lost",
-    "upstream_unavailable", "shutdown", "access_denied", "too_many_sessions", "io_error", "other"};
+    "upstream_unavailable", "shutdown", "access_denied", "too_many_sessions", "io_error", "protocol_error",
+    "request_too_large", "other"};
 constexpr std::array<std::string_view, Metrics::rcpt_actions> rcpt_action_names{
     "accepted", "exempt", "refused", "monitored", "stripped", "kept", "passed", "relayed", "other"};
 constexpr std::array<std::string_view, Metrics::not_signed_reasons> not_signed_names{
@@ -23,7 +24,10 @@ constexpr std::array<std::string_view, Metrics::verdicts> verdict_names{
     "valid", "bad_signature", "expired", "unknown_key", "malformed", "untagged", "other"};
 constexpr std::array<std::string_view, Metrics::upstream_stages> stage_names{
     "connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "dot", "bdat", "reply", "other"};
-constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "inbound"};
+constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "inbound", "milter", "policy",
+                                                                   "socketmap"};
+constexpr std::array<std::string_view, Metrics::answers> answer_names{
+    "accept", "reject", "tempfail", "dunno", "prepend", "found", "notfound", "temp", "perm", "other"};
 // The `le` label of each bucket, as Prometheus clients write them.
 constexpr std::array<std::string_view, Metrics::latency_bounds.size() + 1> bucket_labels{
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf"};
@@ -128,6 +132,7 @@ std::string_view Metrics::name(RcptAction v) { return rcpt_action_names[static_c
 std::string_view Metrics::name(NotSigned v) { return not_signed_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Verdict v) { return verdict_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(UpstreamStage v) { return stage_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(Answer v) { return answer_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Role r) { return role_names[role_index(r)]; }
 
 Metrics::Metrics() {
@@ -167,6 +172,16 @@ void Metrics::signed_with(int key_id) {
 }
 
 void Metrics::not_signed(std::string_view reason) { inc(not_signed_[lookup(not_signed_names, reason)]); }
+
+void Metrics::set_roles(const std::vector<Role>& configured) {
+  unsigned bits = 0;
+  for (Role r : configured) bits |= 1U << role_index(r);
+  roles_shown_.fetch_or(bits, relaxed);
+}
+
+void Metrics::answer(Role role, Answer a) {
+  inc(answers_[role_index(role)][static_cast<std::size_t>(a)]);
+}
 
 void Metrics::verdict(std::string_view domain, std::string_view verdict_text) {
   const std::size_t v = lookup(verdict_names, verdict_text);
@@ -241,11 +256,13 @@ void Metrics::reset_for_tests() {
   zero(not_signed_);
   zero(verify_other_domain_);
   zero(upstream_errors_);
+  for (auto& a : answers_) zero(a);
   zero(bytes_);
   zero(latency_buckets_);
   latency_sum_ns_.store(0, relaxed);
   zero(reloads_);
   sessions_limit_.store(0, relaxed);
+  roles_shown_.store(0b11, relaxed);
   for (auto& d : all_domains_) zero(d->by_verdict);
   tables_.push_back(std::make_unique<const DomainTable>());
   domains_.store(tables_.back().get(), std::memory_order_release);
@@ -262,7 +279,7 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   out.reserve(16384);
 
   family(out, "batv_sessions_current", "gauge", "Client sessions open now, by listener role.");
-  for (std::size_t r = 0; r < roles; ++r)
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     sample(out, "batv_sessions_current", {{"role", role_names[r]}}, sessions_current_[r].load(relaxed));
 
   if (const std::int64_t limit = sessions_limit_.load(relaxed); limit > 0) {
@@ -271,24 +288,24 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   }
 
   family(out, "batv_sessions_total", "counter", "Client sessions started, by listener role.");
-  for (std::size_t r = 0; r < roles; ++r)
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     sample(out, "batv_sessions_total", {{"role", role_names[r]}}, get(sessions_total_[r]));
 
   family(out, "batv_session_end_total", "counter", "Client sessions ended, by listener role and end reason.");
-  for (std::size_t r = 0; r < roles; ++r)
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     for (std::size_t i = 0; i < session_ends; ++i)
       sample(out, "batv_session_end_total", {{"role", role_names[r]}, {"reason", session_end_names[i]}},
              get(session_end_[r][i]));
 
   family(out, "batv_messages_total", "counter",
          "Transactions that reached the end of data, by role and outcome (the next hop's answer).");
-  for (std::size_t r = 0; r < roles; ++r) {
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r)) {
     sample(out, "batv_messages_total", {{"role", role_names[r]}, {"outcome", "accepted"}}, get(messages_[r][0]));
     sample(out, "batv_messages_total", {{"role", role_names[r]}, {"outcome", "rejected"}}, get(messages_[r][1]));
   }
 
   family(out, "batv_recipients_total", "counter", "Recipients, by role and action.");
-  for (std::size_t r = 0; r < roles; ++r)
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     for (std::size_t i = 0; i < rcpt_actions; ++i)
       sample(out, "batv_recipients_total", {{"role", role_names[r]}, {"action", rcpt_action_names[i]}},
              get(recipients_[r][i]));
@@ -320,8 +337,16 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   for (std::size_t i = 0; i < upstream_stages; ++i)
     sample(out, "batv_upstream_errors_total", {{"stage", stage_names[i]}}, get(upstream_errors_[i]));
 
+  family(out, "batv_requests_total", "counter",
+         "Requests answered by the no-hop roles (milter, policy, socketmap), by role and answer.");
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r)) {
+    if (conf::is_proxy(static_cast<conf::Role>(r))) continue;
+    for (std::size_t i = 0; i < answers; ++i)
+      sample(out, "batv_requests_total", {{"role", role_names[r]}, {"answer", answer_names[i]}}, get(answers_[r][i]));
+  }
+
   family(out, "batv_bytes_total", "counter", "Message bytes relayed to the next hop, by role.");
-  for (std::size_t r = 0; r < roles; ++r)
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     sample(out, "batv_bytes_total", {{"role", role_names[r]}}, get(bytes_[r]));
 
   family(out, "batv_added_latency_seconds", "histogram",

@@ -36,7 +36,7 @@ class Metrics {
   enum class SessionEnd {
     quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
     too_many_invalid_recipients, session_timeout, tls_failed, upstream_lost, upstream_unavailable,
-    shutdown, access_denied, too_many_sessions, io_error, other
+    shutdown, access_denied, too_many_sessions, io_error, protocol_error, request_too_large, other
   };
   enum class RcptAction { accepted, exempt, refused, monitored, stripped, kept, passed, relayed, other };
   enum class NotSigned {
@@ -45,13 +45,17 @@ class Metrics {
   };
   enum class Verdict { valid, bad_signature, expired, unknown_key, malformed, untagged, other };
   enum class UpstreamStage { connect, greeting, ehlo, tls, mail, rcpt, data, dot, bdat, reply, other };
+  // What a no-hop role answered one request with (milter: accept/reject/tempfail per RCPT and
+  // end of message; policy: dunno/reject/prepend/tempfail; socketmap: found/notfound/temp/perm).
+  enum class Answer { accept, reject, tempfail, dunno, prepend, found, notfound, temp, perm, other };
 
-  static constexpr std::size_t roles = 2;  // conf::Role: outbound, inbound
+  static constexpr std::size_t roles = 5;  // conf::Role: outbound, inbound, milter, policy, socketmap
   static constexpr std::size_t session_ends = static_cast<std::size_t>(SessionEnd::other) + 1;
   static constexpr std::size_t rcpt_actions = static_cast<std::size_t>(RcptAction::other) + 1;
   static constexpr std::size_t not_signed_reasons = static_cast<std::size_t>(NotSigned::other) + 1;
   static constexpr std::size_t verdicts = static_cast<std::size_t>(Verdict::other) + 1;
   static constexpr std::size_t upstream_stages = static_cast<std::size_t>(UpstreamStage::other) + 1;
+  static constexpr std::size_t answers = static_cast<std::size_t>(Answer::other) + 1;
   static constexpr std::size_t key_ids = 10;  // the K digit of a prvs tag
   // Upper bounds (seconds, inclusive) of the latency histogram; +Inf follows.
   static constexpr std::array<double, 12> latency_bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -83,12 +87,19 @@ class Metrics {
   // The verify domains (lowercase); call at start-up and on every reload.
   void set_domains(std::vector<std::string> domains);
 
+  // --- no-hop roles (milter, policy, socketmap) ---
+  void answer(Role role, Answer a);
+
   // --- next hop, volume, latency ---
   void upstream_error(std::string_view stage);  // connect greeting ehlo tls mail rcpt data dot bdat reply
   void bytes(Role role, std::uint64_t n);
   void latency(double seconds);                 // added latency of one transaction
 
   // --- configuration ---
+  // The roles of the configured listeners; call at start-up and on every reload. Per-role series
+  // are rendered for every role configured since start (a role removed by a reload keeps its
+  // counters visible); before any call, for the two proxy roles.
+  void set_roles(const std::vector<Role>& configured);
   void reload(bool ok);
   // limits.sessions of the configuration in force (start-up and every reload), exported as the
   // gauge batv_sessions_limit so that alerts can compare batv_sessions_current with it; 0 = unset.
@@ -109,6 +120,7 @@ class Metrics {
   static std::string_view name(NotSigned v);
   static std::string_view name(Verdict v);
   static std::string_view name(UpstreamStage v);
+  static std::string_view name(Answer v);
   static std::string_view name(Role r);
 
  private:
@@ -132,12 +144,15 @@ class Metrics {
   std::array<Counter, not_signed_reasons> not_signed_{};
   std::array<Counter, verdicts> verify_other_domain_{};
   std::array<Counter, upstream_stages> upstream_errors_{};
+  std::array<std::array<Counter, answers>, roles> answers_{};
   std::array<Counter, roles> bytes_{};
   std::array<Counter, latency_bounds.size() + 1> latency_buckets_{};  // not cumulative; last: +Inf
   Counter latency_sum_ns_{0};
   std::array<Counter, 2> reloads_{};  // [0 = ok, 1 = failed]
   std::atomic<std::int64_t> sessions_limit_{0};
 
+  std::atomic<unsigned> roles_shown_{0b11};  // bit per conf::Role
+  bool role_shown(std::size_t r) const { return (roles_shown_.load(std::memory_order_relaxed) >> r) & 1U; }
   std::atomic<const DomainTable*> domains_;
   mutable std::mutex mu_;  // writers of domains_; keys; rendering
   std::vector<std::unique_ptr<DomainCounters>> all_domains_;   // every domain ever configured

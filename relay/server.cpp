@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -68,7 +69,82 @@ std::string drop_privileges(const conf::Process& p) {
   return crypto::forbid_core_dumps();
 }
 
+// Makes room for a unix listener at `path`: a stale socket file (nothing accepts on it: a
+// relay that died) is removed; a live one, or any other kind of file, is an error.
+std::string clear_socket_path(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT ? "" : std::string("cannot stat: ") + std::strerror(errno);
+  if (!S_ISSOCK(st.st_mode)) return "exists and is not a socket (refusing to replace it)";
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::string("socket: ") + std::strerror(errno);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  const int err = errno;
+  ::close(fd);
+  if (rc == 0) return "in use: another process accepts on this socket";
+  if (err != ECONNREFUSED && err != ENOENT) return std::string("cannot probe: ") + std::strerror(err);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return std::string("cannot remove stale socket: ") + std::strerror(errno);
+  return "";
+}
+
+// socket_mode, socket_owner and socket_group of a unix listener, applied between bind and
+// listen (no client can connect before listen, so there is no window with the umask's mode).
+std::string apply_socket_attributes(const conf::Listener& l) {
+  if (::chmod(l.unix_path.c_str(), static_cast<mode_t>(l.socket_mode)) != 0)
+    return std::string("chmod: ") + std::strerror(errno);
+  if (l.socket_owner.empty() && l.socket_group.empty()) return "";
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  if (!l.socket_owner.empty()) {
+    const passwd* pw = ::getpwnam(l.socket_owner.c_str());
+    if (pw == nullptr) return "socket_owner: no such user '" + l.socket_owner + "'";
+    uid = pw->pw_uid;
+  }
+  if (!l.socket_group.empty()) {
+    const group* gr = ::getgrnam(l.socket_group.c_str());
+    if (gr == nullptr) return "socket_group: no such group '" + l.socket_group + "'";
+    gid = gr->gr_gid;
+  }
+  if (::chown(l.unix_path.c_str(), uid, gid) != 0) return std::string("chown: ") + std::strerror(errno);
+  return "";
+}
+
+// "ip:port" of a generic endpoint that holds an IP address; "unix:/path" for a local one.
+std::string peer_of(const asio::generic::stream_protocol::endpoint& ep, const std::string& unix_path) {
+  const auto* sa = reinterpret_cast<const sockaddr*>(ep.data());
+  if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+    tcp::endpoint t;
+    std::memcpy(t.data(), ep.data(), std::min<std::size_t>(ep.size(), t.capacity()));
+    return to_string(t);
+  }
+  return "unix:" + unix_path;
+}
+
+// The IP of a TCP peer (v4-mapped v6 shown as v4), "" for a unix peer.
+std::string ip_of(const asio::generic::stream_protocol::endpoint& ep) {
+  const auto* sa = reinterpret_cast<const sockaddr*>(ep.data());
+  if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) return "";
+  tcp::endpoint t;
+  std::memcpy(t.data(), ep.data(), std::min<std::size_t>(ep.size(), t.capacity()));
+  auto addr = t.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  return addr.to_string();
+}
+
 }  // namespace
+
+bool Server::Listening::is_open() const { return acc ? acc->is_open() : local && local->is_open(); }
+
+void Server::Listening::close() {
+  boost::system::error_code ignored;
+  if (acc) acc->close(ignored);
+  if (local && local->is_open()) {
+    local->close(ignored);
+    if (!unix_path.empty()) ::unlink(unix_path.c_str());
+  }
+}
 
 Server::Server(RuntimeHolder& runtime, std::string config_path)
     : runtime_(runtime), config_path_(std::move(config_path)) {
@@ -90,12 +166,18 @@ int Server::run() {
     std::string err;
     auto listening = bind_listener(cfg.listeners[i], i, err);
     if (!listening) {
-      log(Level::error, "listen_failed").kv("listener", i).kv("address", cfg.listeners[i].listen.to_string()).kv("error", err);
+      log(Level::error, "listen_failed").kv("listener", i).kv("address", cfg.listeners[i].listen_text()).kv("error", err);
+      for (auto& a : acceptors_) a->close();
       return 71;  // EX_OSERR
     }
     acceptors_.push_back(std::move(listening));
   }
   metrics().set_domains(cfg.domains.verify);
+  {
+    std::vector<conf::Role> roles;
+    for (const auto& l : cfg.listeners) roles.push_back(l.role);
+    metrics().set_roles(roles);
+  }
   metrics().set_keys(rt->keyring.signing_id(), rt->key_created);
   metrics().set_sessions_limit(cfg.limits.sessions);
   if (cfg.metrics.listen) {
@@ -119,7 +201,7 @@ int Server::run() {
   if (!cfg.process.user.empty())
     log(Level::info, "privileges").kv("result", "ok").kv("uid", static_cast<std::int64_t>(::getuid()))
         .kv("gid", static_cast<std::int64_t>(::getgid()));
-  for (auto& a : acceptors_) asio::co_spawn(main, accept_loop(a), asio::detached);
+  for (auto& a : acceptors_) spawn_accept(a);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
@@ -147,29 +229,89 @@ int Server::run() {
 
 std::shared_ptr<Server::Listening> Server::bind_listener(const conf::Listener& l, std::size_t index,
                                                         std::string& error) {
-  boost::system::error_code ec;
-  const auto addr = asio::ip::make_address(l.listen.host, ec);
-  auto acc = std::make_unique<tcp::acceptor>(*contexts_[0]);
-  const tcp::endpoint ep(addr, l.listen.port);
-  if (!ec) acc->open(ep.protocol(), ec);
-  if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
-  if (!ec) acc->bind(ep, ec);
-  if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    error = ec.message();
-    return nullptr;
-  }
-  log(Level::info, "listening")
-      .kv("listener", index)
-      .kv("role", conf::to_string(l.role))
-      .kv("address", to_string(acc->local_endpoint()))
-      .kv("upstream", l.upstream.to_string());
   auto out = std::make_shared<Listening>();
-  out->acc = std::move(acc);
-  out->address = l.listen.to_string();
+  out->address = l.listen_text();
   out->index = index;
+  boost::system::error_code ec;
+  std::string bound;
+  if (conf::is_proxy(l.role)) {
+    const auto addr = asio::ip::make_address(l.listen.host, ec);
+    auto acc = std::make_unique<tcp::acceptor>(*contexts_[0]);
+    const tcp::endpoint ep(addr, l.listen.port);
+    if (!ec) acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      error = ec.message();
+      return nullptr;
+    }
+    bound = to_string(acc->local_endpoint());
+    out->acc = std::move(acc);
+  } else {
+    using generic = asio::generic::stream_protocol;
+    auto acc = std::make_unique<LocalAcceptor>(*contexts_[0]);
+    if (l.unix_path.empty()) {
+      const auto addr = asio::ip::make_address(l.listen.host, ec);
+      const tcp::endpoint ep(addr, l.listen.port);
+      const generic::endpoint gep(ep);
+      if (!ec) acc->open(gep.protocol(), ec);
+      if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec && addr.is_v6()) {
+        const int one = 1;  // v6_only is an ip::v6 option: set it by hand on the generic socket
+        if (::setsockopt(acc->native_handle(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+          ec.assign(errno, boost::system::system_category());
+      }
+      if (!ec) acc->bind(gep, ec);
+      if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        error = ec.message();
+        return nullptr;
+      }
+      tcp::endpoint local;
+      const generic::endpoint g = acc->local_endpoint(ec);
+      std::memcpy(local.data(), g.data(), std::min<std::size_t>(g.size(), local.capacity()));
+      bound = to_string(local);
+    } else {
+      if (std::string why = clear_socket_path(l.unix_path); !why.empty()) {
+        error = l.unix_path + ": " + why;
+        return nullptr;
+      }
+      const generic::endpoint gep(asio::local::stream_protocol::endpoint(l.unix_path));
+      acc->open(gep.protocol(), ec);
+      if (!ec) acc->bind(gep, ec);
+      if (ec) {
+        error = l.unix_path + ": " + ec.message();
+        return nullptr;
+      }
+      out->unix_path = l.unix_path;
+      if (std::string why = apply_socket_attributes(l); !why.empty()) {
+        acc->close(ec);
+        ::unlink(l.unix_path.c_str());
+        error = l.unix_path + ": " + why;
+        return nullptr;
+      }
+      acc->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        acc->close(ec);
+        ::unlink(l.unix_path.c_str());
+        error = l.unix_path + ": " + ec.message();
+        return nullptr;
+      }
+      bound = "unix:" + l.unix_path;
+    }
+    out->local = std::move(acc);
+  }
+  auto line = log(Level::info, "listening");
+  line.kv("listener", index).kv("role", conf::to_string(l.role)).kv("address", bound);
+  if (conf::is_proxy(l.role)) line.kv("upstream", l.upstream.to_string());
   return out;
+}
+
+void Server::spawn_accept(const std::shared_ptr<Listening>& l) {
+  if (l->acc) asio::co_spawn(*contexts_[0], accept_loop(l), asio::detached);
+  else asio::co_spawn(*contexts_[0], accept_local_loop(l), asio::detached);
 }
 
 awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
@@ -188,6 +330,83 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
     }
     start_session(std::move(sock), listening->index);
   }
+}
+
+awaitable<void> Server::accept_local_loop(std::shared_ptr<Listening> listening) {
+  auto& acc = *listening->local;
+  for (;;) {
+    asio::io_context& target = *contexts_[next_context_++ % contexts_.size()];
+    auto [ec, sock] = co_await acc.async_accept(target, asio::as_tuple(asio::use_awaitable));
+    if (stopping_ || ec == asio::error::operation_aborted || !acc.is_open()) co_return;
+    if (ec) {
+      log(Level::warning, "accept_failed").kv("listener", listening->index).kv("error", ec.message());
+      asio::steady_timer t(acc.get_executor());
+      t.expires_after(std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::use_awaitable);
+      continue;
+    }
+    start_local(std::move(sock), listening->index);
+  }
+}
+
+std::string Server::next_session_id(std::uint64_t& id) {
+  id = next_id_++;
+  char sid[32];
+  std::snprintf(sid, sizeof sid, "%08x%06llx", id_prefix_, static_cast<unsigned long long>(id & 0xffffff));
+  return sid;
+}
+
+bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c) {
+  const conf::Limits& limits = runtime_.get()->config.limits;
+  std::lock_guard lock(registry_.mu);
+  if (registry_.total >= limits.sessions) return false;
+  if (per_client && registry_.per_ip[ip] >= limits.sessions_per_client) return false;
+  ++registry_.total;
+  ++registry_.per_ip[ip];
+  registry_.live[id] = c;
+  return true;
+}
+
+// A connection of a no-hop role: peers outside allow_peers (TCP) and connections over
+// limits.sessions are closed at once with a log line (these protocols have no refusal message
+// the MTA would show; it applies its own default action, as for a daemon that is down).
+void Server::start_local(LocalSocket sock, std::size_t listener) {
+  ConnContext ctx;
+  ctx.runtime = runtime_.get();
+  ctx.listener = listener;
+  const conf::Listener& l = ctx.runtime->config.listeners[listener];
+  boost::system::error_code ec;
+  const auto remote = sock.remote_endpoint(ec);
+  if (ec) return;  // already gone
+  ctx.peer = peer_of(remote, l.unix_path);
+  const std::string ip = ip_of(remote);
+  std::uint64_t id = 0;
+  ctx.id = next_session_id(id);
+  auto refuse = [&](std::string_view reason) {
+    log(Level::warning, "session_refused").kv("sid", ctx.id).kv("role", conf::to_string(l.role))
+        .kv("peer", ctx.peer).kv("reason", reason);
+    boost::system::error_code ignored;
+    sock.close(ignored);
+  };
+  if (!ip.empty()) {
+    bool allowed = false;
+    for (const auto& net : l.allow_peers)
+      if (net.contains(std::string_view(ip))) allowed = true;
+    if (!allowed) return refuse("access_denied");
+  }
+  const ConnectionFactory make = connection_factory(l.role);
+  if (make == nullptr) return refuse("role_unavailable");
+  const std::string role(conf::to_string(l.role));
+  auto conn = make(std::move(sock), std::move(ctx));
+  if (!admit(id, ip, /*per_client=*/false, conn)) {
+    log(Level::warning, "session_refused").kv("role", role).kv("reason", "too_many_sessions");
+    return;  // conn (and its socket) go away here, before run(): nothing was counted
+  }
+  auto ex = conn->executor();
+  asio::co_spawn(ex, [this, conn, id, ip]() -> awaitable<void> {
+    co_await conn->run();
+    release(id, ip);
+  }, asio::detached);
 }
 
 void Server::start_session(tcp::socket sock, std::size_t listener) {
@@ -298,18 +517,33 @@ void Server::reload() {
   std::vector<bool> kept(acceptors_.size(), false);
   std::vector<std::shared_ptr<Listening>> fresh;
   for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
-    const std::string address = cfg.listeners[i].listen.to_string();
+    const conf::Listener& nl = cfg.listeners[i];
+    const std::string address = nl.listen_text();
     for (std::size_t j = 0; j < acceptors_.size() && !bound[i]; ++j) {
       if (!kept[j] && acceptors_[j]->address == address) {
+        // An SMTP role and a no-hop role accept through different sockets: the same address
+        // cannot change between them without closing the old socket first, which a reload
+        // that might still fail must not do.
+        if ((acceptors_[j]->acc != nullptr) != conf::is_proxy(nl.role)) {
+          for (auto& f : fresh) f->close();
+          fail("listener[" + std::to_string(i) + "].role: " + address +
+               " changes between an SMTP role and a no-hop role: restart the relay for that");
+          return;
+        }
         kept[j] = true;
         bound[i] = acceptors_[j];
+        if (!nl.unix_path.empty()) {
+          // Mode and ownership follow the new config (we own the file, even after dropping root).
+          if (std::string why = apply_socket_attributes(nl); !why.empty())
+            log(Level::warning, "socket_attributes").kv("address", address).kv("error", why);
+        }
       }
     }
     if (bound[i]) continue;
     std::string err;
     bound[i] = bind_listener(cfg.listeners[i], i, err);
     if (!bound[i]) {
-      for (auto& f : fresh) f->acc->close();
+      for (auto& f : fresh) f->close();
       fail("listener[" + std::to_string(i) + "].listen " + address + ": " + err);
       return;
     }
@@ -319,13 +553,12 @@ void Server::reload() {
   runtime_.set(next);
   for (std::size_t j = 0; j < acceptors_.size(); ++j) {
     if (kept[j]) continue;
-    boost::system::error_code ignored;
-    acceptors_[j]->acc->close(ignored);
+    acceptors_[j]->close();
     log(Level::info, "listener_closed").kv("address", acceptors_[j]->address);
   }
   for (std::size_t i = 0; i < bound.size(); ++i) bound[i]->index = i;
   acceptors_ = std::move(bound);
-  for (auto& f : fresh) asio::co_spawn(*contexts_[0], accept_loop(f), asio::detached);
+  for (auto& f : fresh) spawn_accept(f);
   configure_logging(cfg.logging);
   // What only a restart changes.
   if (cfg.threads != current->config.threads) log(Level::warning, "reload_restart_needed").kv("key", "threads");
@@ -335,6 +568,11 @@ void Server::reload() {
       (cfg.metrics.listen && cfg.metrics.listen->to_string() != current->config.metrics.listen->to_string()))
     log(Level::warning, "reload_restart_needed").kv("key", "metrics.listen");
   metrics().set_domains(cfg.domains.verify);
+  {
+    std::vector<conf::Role> roles;
+    for (const auto& l : cfg.listeners) roles.push_back(l.role);
+    metrics().set_roles(roles);
+  }
   metrics().set_keys(next->keyring.signing_id(), next->key_created);
   metrics().set_sessions_limit(cfg.limits.sessions);
   metrics().reload(true);
@@ -362,10 +600,7 @@ awaitable<void> Server::signal_loop() {
 awaitable<void> Server::shutdown() {
   stopping_ = true;
   notify_systemd("STOPPING=1");
-  for (auto& a : acceptors_) {
-    boost::system::error_code ignored;
-    a->acc->close(ignored);
-  }
+  for (auto& a : acceptors_) a->close();
   const auto rt = runtime_.get();
   asio::steady_timer timer(*contexts_[0]);
   auto live_count = [this] {
@@ -379,7 +614,7 @@ awaitable<void> Server::shutdown() {
     co_await timer.async_wait(asio::use_awaitable);
   }
   if (live_count() > 0) {
-    std::vector<std::shared_ptr<Session>> left;
+    std::vector<std::shared_ptr<Connection>> left;
     {
       std::lock_guard lock(registry_.mu);
       for (auto& [id, weak] : registry_.live)

@@ -15,13 +15,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "relay/connection.hpp"
 #include "relay/http.hpp"
 #include "relay/io.hpp"
 #include "relay/runtime.hpp"
 
 namespace batv::relay {
-
-class Session;
 
 class Server {
  public:
@@ -35,18 +34,30 @@ class Server {
     std::mutex mu;
     std::int64_t total = 0;
     std::unordered_map<std::string, std::int64_t> per_ip;
-    std::unordered_map<std::uint64_t, std::weak_ptr<Session>> live;
+    std::unordered_map<std::uint64_t, std::weak_ptr<Connection>> live;
   };
 
   // One bound listening socket. `index` is its listener's position in the current runtime's
-  // config; a reload may renumber it (all on the main context, between accepts).
+  // config; a reload may renumber it (all on the main context, between accepts). The SMTP
+  // roles accept tcp::socket (the proxy's hot path, no conversion); the no-hop roles accept
+  // through a generic acceptor, the same for TCP and unix sockets.
   struct Listening {
-    std::unique_ptr<tcp::acceptor> acc;
-    std::string address;  // as configured ("127.0.0.1:10025"): the identity kept across reloads
+    std::unique_ptr<tcp::acceptor> acc;                              // proxy roles
+    std::unique_ptr<LocalAcceptor> local;  // no-hop roles
+    std::string address;    // Listener::listen_text(): the identity kept across reloads
+    std::string unix_path;  // the socket file to remove when closed
     std::size_t index = 0;
+    bool is_open() const;
+    void close();           // closes the socket and removes a unix socket's file
   };
   std::shared_ptr<Listening> bind_listener(const conf::Listener& l, std::size_t index, std::string& error);
   awaitable<void> accept_loop(std::shared_ptr<Listening> listening);
+  awaitable<void> accept_local_loop(std::shared_ptr<Listening> listening);
+  void start_local(LocalSocket sock, std::size_t listener);
+  void spawn_accept(const std::shared_ptr<Listening>& l);
+  // Admission under limits.sessions; on success the connection is counted and registered.
+  bool admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c);
+  std::string next_session_id(std::uint64_t& id);
   awaitable<void> signal_loop();
   awaitable<void> shutdown();
   awaitable<void> watch_key_file();

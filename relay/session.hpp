@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "conf/limits.hpp"
+#include "relay/connection.hpp"
 #include "relay/io.hpp"
 #include "relay/policy.hpp"
 #include "relay/runtime.hpp"
@@ -88,17 +89,17 @@ class InputBuffer {
   std::size_t n_;
 };
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session final : public Connection, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket client, SessionContext ctx);
 
   // Runs the whole session; never throws.
-  awaitable<void> run();
+  awaitable<void> run() override;
 
   // Asks the session to end with 421 4.3.2 (shutdown). Thread-safe: posts to the session's executor.
-  void stop();
+  void stop() override;
 
-  asio::any_io_executor executor() { return client_.get_executor(); }
+  asio::any_io_executor executor() override { return client_.get_executor(); }
 
  private:
   enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };

@@ -335,6 +335,10 @@ TEST_TIMEOUTS = {"idle": 10, "command": 10, "data": 30, "upstream_connect": 3, "
                  "upstream_data_reply": 5, "shutdown_grace": 2}
 
 
+# Listener roles without a next hop (they answer an MTA in place): written without `upstream`.
+NOHOP_ROLES = ("milter", "policy", "socketmap")
+
+
 class Relay:
     """A running `batv-relay --config FILE` with parsed stderr logs.
 
@@ -344,7 +348,9 @@ class Relay:
     "tls_ciphers", "upstream_tls", "upstream_ca", "upstream_tls_name"} (keys other than upstream
     optional; forward_client and the TLS keys are written only when given); default one outbound
     listener on
-    127.0.0.1:0 towards `upstream_port`.
+    127.0.0.1:0 towards `upstream_port`. A listener of a role in NOHOP_ROLES has no upstream:
+    its keys are written as given ({"role": "policy", "listen": "unix:/path", "socket_mode":
+    "0660"}); port(i) of a unix listener is its "unix:/path".
     timeouts / limits / signing / smtp: dicts merged over the defaults written to the file
     (TEST_TIMEOUTS for timeouts, hostname "relay.test" for smtp).
     verify_domains: domains.verify (left out of the file when None: the relay defaults it to
@@ -398,6 +404,12 @@ class Relay:
             domains["verify"] = self.verify_domains
         out.append(_toml_table("domains", domains))
         for li in self.listeners:
+            if li.get("role") in NOHOP_ROLES:
+                # No next hop: every key given is written as it is (listen defaults to TCP).
+                t = {"role": li["role"], "listen": li.get("listen", HOST + ":0")}
+                t.update({k: v for k, v in li.items() if k not in ("role", "listen")})
+                out.append("[[listener]]\n" + _toml_table("x", t).split("\n", 1)[1])
+                continue
             up = li["upstream"]
             if isinstance(up, int):
                 up = "%s:%d" % (HOST, up)
@@ -469,7 +481,8 @@ class Relay:
         for i, rec in enumerate(listening):
             idx = int(rec.get("listener", i))
             addr = rec.get("address", "")
-            by_index[idx] = int(addr.rsplit(":", 1)[1])
+            # A unix listener has no port: its entry is the socket path ("unix:/path").
+            by_index[idx] = addr if addr.startswith("unix:") else int(addr.rsplit(":", 1)[1])
         self._ports = [by_index[k] for k in sorted(by_index)]
 
     def _read_stderr(self):

@@ -57,7 +57,7 @@ METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 REASONS = ("quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors",
            "too_many_commands", "too_many_invalid_recipients", "session_timeout", "tls_failed",
            "upstream_lost", "upstream_unavailable", "shutdown", "access_denied",
-           "too_many_sessions", "io_error", "other")
+           "too_many_sessions", "io_error", "protocol_error", "request_too_large", "other")
 ACTIONS = ("accepted", "exempt", "refused", "monitored", "stripped", "kept", "passed", "relayed",
            "other")
 NOT_SIGNED = ("null_sender", "malformed_address", "already_tagged", "quoted_local_part",

@@ -703,7 +703,7 @@ TEST_CASE("errors: bad enum values list the allowed ones") {
   const std::string role =
       "key_file = \"k\"\n[domains]\nsign = [\"example.com\"]\n[[listener]]\nrole = \"outgoing\"\n"
       "listen = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n";
-  check_errors(load(role), {{5, 8, "listener[0].role", "unknown value 'outgoing' (allowed: outbound, inbound)"}});
+  check_errors(load(role), {{5, 8, "listener[0].role", "unknown value 'outgoing' (allowed: outbound, inbound, milter, policy, socketmap)"}});
   check_errors(load(doc("", "[logging]\nlevel = \"warn\"\ntarget = \"file\"\nsyslog_facility = \"local8\"\n")),
                {{9, 9, "logging.level", "(allowed: debug, info, warning, error); did you mean 'warning'?"},
                 {10, 10, "logging.target", "unknown value 'file' (allowed: stderr, syslog)"},
@@ -875,4 +875,80 @@ TEST_CASE("errors: echoed values are truncated and sanitized") {
   REQUIRE(r4.errors.size() == 1);
   CHECK(r4.errors[0].message.find("\\xc2\\x9b") != std::string::npos);
   for (char ch : format(r4.errors[0])) CHECK((ch >= 0x20 && ch <= 0x7e));
+}
+
+// --- the no-hop roles (milter, policy, socketmap) -------------------------------------------------
+
+TEST_CASE("config: no-hop listeners on TCP and unix sockets, with their defaults") {
+  const std::string text = doc("",
+                               "[[listener]]\nrole = \"milter\"\nlisten = \"unix:/run/batv//milter.sock\"\n"
+                               "socket_mode = \"0640\"\nsocket_owner = \"batv\"\nsocket_group = \"postfix\"\n"
+                               "originating_daemons = [\"ORIGINATING\", \"submission\"]\nverify = true\n"
+                               "allow_clients = [\"192.0.2.0/24\"]\n"
+                               "[[listener]]\nrole = \"policy\"\nlisten = \"127.0.0.1:10040\"\n"
+                               "[[listener]]\nrole = \"socketmap\"\nlisten = \"[::1]:10041\"\nallow_peers = [\"::1/128\"]\n");
+  const Config c = require_ok(load(text));
+  REQUIRE(c.listeners.size() == 4);
+  const Listener& m = c.listeners[1];
+  CHECK(m.role == Role::milter);
+  CHECK(m.unix_path == "/run/batv/milter.sock");
+  CHECK(m.listen_text() == "unix:/run/batv/milter.sock");
+  CHECK(m.socket_mode == 0640);
+  CHECK(m.socket_owner == "batv");
+  CHECK(m.socket_group == "postfix");
+  CHECK(m.originating_daemons == std::vector<std::string>{"ORIGINATING", "submission"});
+  CHECK(m.milter_verify);
+  REQUIRE(m.allow_clients.size() == 1);
+  CHECK(m.allow_peers.empty());  // a unix socket: its mode decides
+  const Listener& p = c.listeners[2];
+  CHECK(p.role == Role::policy);
+  CHECK(p.unix_path.empty());
+  CHECK(p.listen_text() == "127.0.0.1:10040");
+  CHECK(p.upstream.host.empty());
+  CHECK(p.allow_clients.empty());
+  REQUIRE(p.allow_peers.size() == 2);  // loopback by default
+  CHECK(p.allow_peers[0].to_string() == "127.0.0.0/8");
+  CHECK(p.allow_peers[1].to_string() == "::1/128");
+  CHECK(p.originating_daemons == std::vector<std::string>{"ORIGINATING"});
+  CHECK_FALSE(p.milter_verify);
+  CHECK(c.listeners[3].allow_peers.size() == 1);
+  CHECK(to_string(Role::socketmap) == "socketmap");
+  CHECK(is_proxy(Role::inbound));
+  CHECK_FALSE(is_proxy(Role::policy));
+}
+
+TEST_CASE("errors: keys of another role, unix sockets and socket attributes") {
+  // Lines 8+: the second listener.
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n"
+                            "verify = true\n")),
+               {{11, 12, "listener[1].upstream", "not used by role = \"policy\""},
+                {12, 10, "listener[1].verify", "not used by role = \"policy\""}});
+  check_errors(load(doc("", "allow_peers = [\"10.0.0.0/8\"]\n")),
+               {{8, 15, "listener[0].allow_peers", "not used by role = \"outbound\""}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"inbound\"\nlisten = \"unix:/run/x.sock\"\nupstream = \"127.0.0.1:2\"\n")),
+               {{10, 10, "listener[1].listen", "unix sockets are for the milter, policy and socketmap roles"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"milter\"\nlisten = \"unix:run/x.sock\"\n")),
+               {{10, 10, "listener[1].listen", "write unix:/absolute/path"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"milter\"\nlisten = \"unix:/" + std::string(120, 'a') + "\"\n")),
+               {{10, 10, "listener[1].listen", "at most 107 bytes"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"milter\"\nlisten = \"unix:/run/a.sock\"\n"
+                            "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/./a.sock\"\n")),
+               {{13, 10, "listener[2].listen", "socket /run/a.sock is already used by listener[1].listen (line 10)"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"127.0.0.1:7\"\nsocket_mode = \"0600\"\n")),
+               {{11, 15, "listener[1].socket_mode", "only for listen = \"unix:/path\""}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/p\"\nsocket_mode = \"rw\"\n"
+                            "socket_owner = \"a b\"\n")),
+               {{11, 15, "listener[1].socket_mode", "write octal permission bits"},
+                {12, 16, "listener[1].socket_owner", "bad name 'a b'"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/p\"\nsocket_mode = \"0666\"\n")),
+               {{11, 15, "listener[1].socket_mode", "world-writable"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/p\"\nsocket_mode = \"4660\"\n")),
+               {{11, 15, "listener[1].socket_mode", "setuid"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/p\"\nsocket_mode = \"0060\"\n")),
+               {{11, 15, "listener[1].socket_mode", "owner must be able to write"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"unix:/run/p\"\nallow_peers = [\"::1/128\"]\n")),
+               {{11, 15, "listener[1].allow_peers", "not for a unix socket"}});
+  check_errors(load(doc("", "[[listener]]\nrole = \"milter\"\nlisten = \"127.0.0.1:9\"\noriginating_daemons = [\"a b\", \"\"]\n")),
+               {{11, 24, "listener[1].originating_daemons[0]", "bad daemon name"},
+                {11, 31, "listener[1].originating_daemons[1]", "bad daemon name"}});
 }

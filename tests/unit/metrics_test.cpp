@@ -171,7 +171,7 @@ TEST_CASE("metrics: sessions by role, end reasons, unknown reason counts as othe
   for (const char* r : {"quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors",
                         "too_many_commands", "too_many_invalid_recipients", "session_timeout", "tls_failed",
                         "upstream_lost", "upstream_unavailable", "shutdown", "access_denied",
-                        "too_many_sessions", "io_error"}) {
+                        "too_many_sessions", "io_error", "protocol_error", "request_too_large"}) {
     Metrics one;
     one.session_ended(Role::outbound, r);
     CHECK_MESSAGE(has_line(one.render_prometheus(0),
@@ -716,4 +716,36 @@ TEST_CASE("MetricsServer: start reports a port in use") {
   relay::MetricsServer second(io.ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port), {});
   const auto ec = second.start();
   CHECK(ec == asio::error::address_in_use);
+}
+
+TEST_CASE("metrics: the no-hop roles show once configured, with their answers") {
+  Metrics m;
+  std::string t = m.render_prometheus(0);
+  CHECK(has_line(t, "batv_sessions_total{role=\"outbound\"} 0"));
+  CHECK(t.find("role=\"milter\"") == std::string::npos);  // not configured: no series
+  CHECK(t.find("batv_requests_total{") == std::string::npos);
+  m.set_roles({Role::outbound, Role::milter, Role::policy});
+  m.session_started(Role::milter);
+  m.session_ended(Role::milter, "protocol_error");
+  m.answer(Role::milter, Metrics::Answer::accept);
+  m.answer(Role::milter, Metrics::Answer::accept);
+  m.answer(Role::policy, Metrics::Answer::reject);
+  m.answer(Role::socketmap, Metrics::Answer::found);  // counted, shown once configured
+  t = m.render_prometheus(0);
+  CHECK(has_line(t, "batv_sessions_total{role=\"milter\"} 1"));
+  CHECK(has_line(t, "batv_sessions_current{role=\"milter\"} 0"));
+  CHECK(has_line(t, "batv_session_end_total{role=\"milter\",reason=\"protocol_error\"} 1"));
+  CHECK(has_line(t, "batv_requests_total{role=\"milter\",answer=\"accept\"} 2"));
+  CHECK(has_line(t, "batv_requests_total{role=\"policy\",answer=\"reject\"} 1"));
+  CHECK(has_line(t, "batv_requests_total{role=\"policy\",answer=\"dunno\"} 0"));
+  CHECK(t.find("batv_requests_total{role=\"outbound\"") == std::string::npos);  // proxy roles answer SMTP
+  CHECK(t.find("role=\"socketmap\"") == std::string::npos);
+  // A reload that drops a role keeps its series; a new one adds its own.
+  m.set_roles({Role::socketmap});
+  t = m.render_prometheus(0);
+  CHECK(has_line(t, "batv_requests_total{role=\"milter\",answer=\"accept\"} 2"));
+  CHECK(has_line(t, "batv_requests_total{role=\"socketmap\",answer=\"found\"} 1"));
+  for (std::size_t i = 0; i < Metrics::answers; ++i)
+    CHECK_FALSE(Metrics::name(static_cast<Metrics::Answer>(i)).empty());
+  CHECK(Metrics::name(Metrics::Answer::notfound) == "notfound");
 }
