@@ -25,6 +25,9 @@ the package, removes the user and any dependency it had apt install.
   6. dpkg -r: the programs are gone, config, key and user stay. dpkg -P: nothing of the package
      is left (files, /etc/batv-relay, /run/batv-relay, the user and group, deb-systemd-helper
      state); postrm purge run once more is harmless.
+  7. Once more, where systemd-sysusers is missing: postinst makes the same user with useradd.
+Not covered here: a machine where systemd runs (CI containers have none), where postinst also
+enables and starts the unit and prerm stops it.
 """
 import argparse
 import glob
@@ -143,6 +146,7 @@ class PackageTest(unittest.TestCase):
         self.send_through_packaged_relay()
         self.upgrade_keeps_admin_edit(upgrade)
         self.remove_and_purge(deb)
+        self.install_without_sysusers(deb)
         sys.stderr.write("package lifecycle: %.1f s\n" % (time.monotonic() - t0))
 
     def build(self):
@@ -379,6 +383,36 @@ class PackageTest(unittest.TestCase):
             run(["sh", os.path.join(control, script), arg])
         self.assertFalse(os.path.lexists(ETC))
         self.assertEqual(systemd_state(), [], "systemd state left by the scripts")
+
+
+    def install_without_sysusers(self, deb):
+        """Where systemd-sysusers is missing (a minimal container), postinst creates the same
+        user with useradd: dpkg runs with a PATH that has every program but systemd-sysusers."""
+        farm = os.path.join(self.work, "path-without-sysusers")
+        os.mkdir(farm)
+        for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            if not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                if name == "systemd-sysusers" or os.path.lexists(os.path.join(farm, name)):
+                    continue
+                os.symlink(os.path.join(d, name), os.path.join(farm, name))
+        # The package's own programs, not installed yet (the links dangle until dpkg unpacks).
+        for path in ("/usr/bin/batv-keys", "/usr/sbin/batv-relay"):
+            os.symlink(path, os.path.join(farm, os.path.basename(path)))
+        env = dict(dpkg_env(), PATH=farm)
+        run(["dpkg", "-i", deb], env=env)
+        u = pwd.getpwnam(USER)
+        self.assertLess(u.pw_uid, 1000)
+        self.assertEqual(grp.getgrgid(u.pw_gid).gr_name, USER)
+        self.assertEqual((u.pw_dir, u.pw_shell), ("/nonexistent", "/usr/sbin/nologin"))
+        self.assertFalse(os.path.exists("/nonexistent"))
+        st = os.stat(KEYS)
+        self.assertEqual((pwd.getpwuid(st.st_uid).pw_name, stat.S_IMODE(st.st_mode)), (USER, 0o600))
+        run(["dpkg", "-P", PKG], env=env)
+        self.assertFalse(user_exists())
+        self.assertFalse(os.path.lexists(ETC))
+        self.assertEqual(systemd_state(), [])
 
 
 def main():
