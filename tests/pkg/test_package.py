@@ -341,7 +341,18 @@ class PackageTest(unittest.TestCase):
         with open(CONF, "w") as f:
             f.write(text)
         key_before = (sha256(KEYS), os.stat(KEYS).st_uid, stat.S_IMODE(os.stat(KEYS).st_mode))
-        run(["dpkg", "--force-confold", "--force-confdef", "-i", upgrade], env=dpkg_env())
+        # The upgrade runs the scripts' "systemd is running" branch: /run/systemd/system exists
+        # for its duration (made here when missing, removed after). With no systemd behind it,
+        # systemctl fails and policy-rc.d (if any) refuses the restart: the upgrade must still
+        # succeed.
+        fake = not os.path.exists("/run/systemd/system")
+        if fake:
+            os.makedirs("/run/systemd/system")
+        try:
+            run(["dpkg", "--force-confold", "--force-confdef", "-i", upgrade], env=dpkg_env())
+        finally:
+            if fake:
+                os.rmdir("/run/systemd/system")
         self.assertEqual(package_status(), "install ok installed " + self.new_version)
         with open(CONF) as f:
             now = f.read()
