@@ -345,14 +345,14 @@ class PackageTest(unittest.TestCase):
         # for its duration (made here when missing, removed after). With no systemd behind it,
         # systemctl fails and policy-rc.d (if any) refuses the restart: the upgrade must still
         # succeed.
-        fake = not os.path.exists("/run/systemd/system")
-        if fake:
-            os.makedirs("/run/systemd/system")
+        made = [d for d in ("/run/systemd", "/run/systemd/system") if not os.path.exists(d)]
+        for d in made:
+            os.mkdir(d)
         try:
             run(["dpkg", "--force-confold", "--force-confdef", "-i", upgrade], env=dpkg_env())
         finally:
-            if fake:
-                os.rmdir("/run/systemd/system")
+            for d in reversed(made):
+                os.rmdir(d)
         self.assertEqual(package_status(), "install ok installed " + self.new_version)
         with open(CONF) as f:
             now = f.read()
