@@ -49,19 +49,28 @@ def entries(lines):
     return out
 
 
+SECTION_ALIASES = {"subcommands": "commands", "positionals": "arguments"}
+
+
 def help_sections(text):
-    """{"commands": [...], "options": [...], "exit codes": [...]} from a usage text whose
-    sections start with "NAME:" at column 0 and list one item per indented line."""
+    """{"commands": [...], "options": [...], "exit codes": [...]} from a usage text whose sections
+    start with "NAME:" at column 0 (any case; CLI11 writes "SUBCOMMANDS:" and "OPTIONS:") and list
+    one item per line indented by two spaces (continuation lines are indented deeper). An option
+    item "-h,--help" or "-h, --help" gives both names."""
     out, current = {}, None
     for line in text.splitlines():
-        m = re.match(r"^([a-z][a-z ]*):\s*$", line)
+        m = re.match(r"^([A-Za-z][A-Za-z ]*):\s*$", line)
         if m:
-            current = m.group(1)
-            out[current] = []
+            name = m.group(1).lower()
+            current = SECTION_ALIASES.get(name, name)
+            out.setdefault(current, [])
             continue
-        m = re.match(r"^  (\S+)", line)
+        m = re.match(r"^  (\S+(?:, -\S+)*)", line)
         if current and m:
-            out[current].append(m.group(1).rstrip(","))
+            if current == "options":
+                out[current].extend(x for x in re.split(r",\s*", m.group(1)) if x.startswith("-"))
+            else:
+                out[current].append(m.group(1).rstrip(","))
     return out
 
 
