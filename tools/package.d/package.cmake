@@ -30,9 +30,17 @@ foreach(pair
   endif()
   string(REPLACE "${from}" "${to}" batv_conffile "${batv_conffile}")
 endforeach()
-string(REGEX MATCH "0\\.0\\.0\\.0:[0-9]+|\\[::\\]:[0-9]+" wildcard "${batv_conffile}")
-if(wildcard)
-  message(FATAL_ERROR "tools/package.d/package.cmake: the packaged config would listen on ${wildcard}")
+# Every active (uncommented) listen address: loopback or a unix socket.
+string(REGEX MATCHALL "(^|\n)(listen = \"[^\"]*\")" batv_listens "${batv_conffile}")
+foreach(l ${batv_listens})
+  if(NOT l MATCHES "listen = \"(127\\.0\\.0\\.1:|\\[::1\\]:|unix:/)")
+    string(STRIP "${l}" l)
+    message(FATAL_ERROR "tools/package.d/package.cmake: the packaged config would have ${l}, not on loopback")
+  endif()
+endforeach()
+list(LENGTH batv_listens batv_listen_count)
+if(batv_listen_count EQUAL 0)
+  message(FATAL_ERROR "tools/package.d/package.cmake: no listen address found in the packaged config")
 endif()
 file(WRITE ${BATV_PKG_STAGE}/relay.toml
   "# batv-relay configuration (Debian package). A conffile: your edits survive upgrades.\n"
