@@ -74,6 +74,24 @@ def help_sections(text):
     return out
 
 
+def help_exit_codes(text):
+    """The exit codes a help text lists after "exit codes:" (any case), up to the next blank line
+    or section: one per indented line ("  64  usage error") or a paragraph ("0 ok; 1 refused;
+    verify 1-4 ...; 64 usage"), ranges expanded."""
+    m = re.search(r"(?im)^exit codes:", text)
+    if not m:
+        return []
+    block = []
+    for line in text[m.end():].splitlines()[0:]:
+        if block and (not line.strip() or re.match(r"^[A-Za-z][A-Za-z ]*:\s*$", line)):
+            break
+        block.append(line)
+    codes = set()
+    for a, b in re.findall(r"(?<![\w/.-])(\d+)(?:-(\d+))?(?![\w/.-])", "\n".join(block)):
+        codes.update(range(int(a), int(b or a) + 1))
+    return sorted(codes)
+
+
 def read(path):
     with open(path) as f:
         return f.read()
@@ -103,23 +121,29 @@ class ManPages(unittest.TestCase):
     def test_batv_keys_commands_and_exit_codes(self):
         r = run([ARGS.keys, "--help"])
         self.assertEqual(r.returncode, 0)
-        h = help_sections(r.stdout.decode())
-        for s in ("commands", "options", "exit codes"):
-            self.assertIn(s, h, "batv-keys --help has no %r section:\n%s" % (s, r.stdout.decode()))
+        text = r.stdout.decode()
+        h = help_sections(text)
+        for s in ("commands", "options"):
+            self.assertIn(s, h, "batv-keys --help has no %r section:\n%s" % (s, text))
             self.assertTrue(h[s], s)
+        help_codes = help_exit_codes(text)
+        self.assertTrue(help_codes, "batv-keys --help lists no exit codes:\n" + text)
         page = sections(self.page_src("tools/batv-keys.8.scd"))
         commands = entries(page["COMMANDS"])
         codes = entries(page["EXIT STATUS"])
-        options_text = "\n".join(page["OPTIONS"])
-        self.assertEqual(sorted(commands), sorted(h["commands"]),
+        options_text = "\n".join(page["OPTIONS"] + page["COMMANDS"])
+        self.assertEqual(sorted(c.split("*")[0].strip() for c in commands), sorted(h["commands"]),
                          "batv-keys(8) COMMANDS vs batv-keys --help")
-        self.assertEqual(sorted(codes, key=int), sorted(h["exit codes"], key=int),
+        self.assertEqual(sorted(int(c) for c in codes), help_codes,
                          "batv-keys(8) EXIT STATUS vs batv-keys --help")
-        for opt in h["options"]:
-            self.assertIn("*%s*" % opt, options_text, "batv-keys(8) OPTIONS lacks %s" % opt)
-        # The help's own options and the command arguments are documented too.
-        for opt in ("--help", "--id", "--signing", "--force", "--json"):
-            self.assertIn("*%s*" % opt, options_text)
+        # Every option of the help, and of each command's own help, is in the page.
+        options = set(h["options"])
+        for cmd in h["commands"]:
+            rc = run([ARGS.keys, cmd, "--help"])
+            self.assertEqual(rc.returncode, 0, "%s --help: %s" % (cmd, rc.stderr.decode()))
+            options.update(help_sections(rc.stdout.decode()).get("options", []))
+        for opt in sorted(options):
+            self.assertIn("*%s*" % opt, options_text, "batv-keys(8) lacks option %s" % opt)
         # Each exit code the help lists is one the program really uses: a usage error is 64,
         # a missing key file 66, verify of an untagged address 4.
         missing = os.path.join(os.path.dirname(ARGS.man_dir), "no-such-keys.toml")
