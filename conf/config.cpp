@@ -462,6 +462,10 @@ void Loader::load_limits(const toml::table& tbl, Config& cfg, std::string_view s
 
 // --- [[listener]] ----------------------------------------------------------------------------------
 
+// allow_clients when the key is left out: loopback (outbound, milter), everyone (inbound).
+constexpr std::array<std::string_view, 2> kLoopback = {"127.0.0.0/8", "::1/128"};
+constexpr std::array<std::string_view, 2> kEveryone = {"0.0.0.0/0", "::/0"};
+
 constexpr std::string_view kListenerKeys[] = {
     "role",        "listen",          "upstream",    "allow_clients", "forward_client",
     "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
@@ -715,8 +719,6 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     // Outbound relays sign mail as us: only local submitters by default (and the milter signs
     // mail of local clients by default). Inbound faces the Internet (it is the MX's front), so
     // everyone may connect.
-    static constexpr std::array<std::string_view, 2> kLoopback = {"127.0.0.0/8", "::1/128"};
-    static constexpr std::array<std::string_view, 2> kEveryone = {"0.0.0.0/0", "::/0"};
     if (auto nets = cidr_list(*t, "allow_clients", path + ".allow_clients")) {
       if (nets->empty() && t->get("allow_clients")->as_array()->empty())
         error(*t->get("allow_clients"), path + ".allow_clients",
@@ -787,6 +789,122 @@ constexpr std::string_view kInboundKeys[] = {"mode", "exempt_local_parts", "acce
                                              "mailer_daemon_is_bounce", "bad_signature", "domain_mode"};
 constexpr std::string_view kLoggingKeys[] = {"level", "target", "syslog_facility"};
 constexpr std::string_view kMetricsKeys[] = {"listen"};
+
+// --- The documented key list (config_keys) ---------------------------------------------------------
+
+std::string toml_quote(std::string_view v) { return "\"" + std::string(v) + "\""; }
+std::string_view text_of(std::string_view v) { return v; }
+std::string text_of(const AddressPattern& p) { return p.to_string(); }
+template <class List>
+std::string toml_list(const List& items) {
+  std::string out = "[";
+  for (const auto& item : items) out += (out.size() > 1 ? ", " : "") + toml_quote(text_of(item));
+  return out + "]";
+}
+std::string toml_bool(bool b) { return b ? "true" : "false"; }
+std::string octal_mode(std::uint32_t mode) {
+  std::string out(4, '0');
+  for (int i = 3; i >= 0; --i, mode >>= 3) out[static_cast<std::size_t>(i)] = static_cast<char>('0' + (mode & 7));
+  return out;
+}
+
+// Defaults of the keys that have no kLimits row, computed from the default-constructed structs
+// where the default is a value (so a changed member default changes the documentation check).
+struct DefaultText {
+  std::string_view key;
+  std::string (*text)();
+};
+const Listener kListener{};
+const Config kConfig{};
+constexpr DefaultText kDefaultTexts[] = {
+    {"key_file", [] { return std::string("(required)"); }},
+    {"hash", [] { return toml_quote(to_string(kConfig.hash)); }},
+    {"domains.sign", [] { return std::string("(required)"); }},
+    {"domains.verify", [] { return std::string("(domains.sign)"); }},
+    {"listener.role", [] { return std::string("(required)"); }},
+    {"listener.listen", [] { return std::string("(required)"); }},
+    {"listener.upstream", [] { return std::string("(required for outbound and inbound)"); }},
+    {"listener.allow_clients",
+     [] { return toml_list(kLoopback) + " (outbound, milter), " + toml_list(kEveryone) + " (inbound)"; }},
+    {"listener.socket_mode", [] { return toml_quote(octal_mode(kListener.socket_mode)); }},
+    {"listener.socket_owner", [] { return std::string("(the relay's user)"); }},
+    {"listener.socket_group", [] { return std::string("(the relay's group)"); }},
+    {"listener.allow_peers", [] { return toml_list(kLoopback); }},
+    {"listener.originating_daemons", [] { return toml_list(kListener.originating_daemons); }},
+    {"listener.verify", [] { return toml_bool(kListener.milter_verify); }},
+    {"listener.forward_client",
+     [] { return toml_quote(to_string(ForwardClient::none)) + " (outbound), " + toml_quote(to_string(ForwardClient::xclient)) +
+                 " (inbound)"; }},
+    {"listener.tls_cert", [] { return std::string("(none)"); }},
+    {"listener.tls_key", [] { return std::string("(none)"); }},
+    {"listener.require_tls", [] { return toml_bool(kListener.require_tls); }},
+    {"listener.implicit_tls", [] { return toml_bool(kListener.implicit_tls); }},
+    {"listener.tls_min_version", [] { return toml_quote(to_string(kListener.tls_min_version)); }},
+    {"listener.tls_ciphers", [] { return toml_quote(kListener.tls_ciphers); }},
+    {"listener.upstream_tls", [] { return toml_quote(to_string(kListener.upstream_tls)); }},
+    {"listener.upstream_ca", [] { return toml_quote(kListener.upstream_ca); }},
+    {"listener.upstream_tls_name", [] { return std::string("(the upstream host)"); }},
+    {"listener.allow_authenticated", [] { return toml_bool(kListener.allow_authenticated); }},
+    {"listener.plaintext_auth_loopback", [] { return toml_bool(kListener.plaintext_auth_loopback); }},
+    {"signing.exempt_senders", [] { return toml_list(kConfig.signing.exempt_senders); }},
+    {"signing.exempt_destinations", [] { return toml_list(kConfig.signing.exempt_destinations); }},
+    {"inbound.mode", [] { return toml_quote(to_string(kConfig.inbound.mode)); }},
+    {"inbound.exempt_local_parts", [] { return toml_list(kConfig.inbound.exempt_local_parts); }},
+    {"inbound.accept_untagged_from", [] { return toml_list(std::vector<std::string>{}); }},
+    {"inbound.mailer_daemon_is_bounce", [] { return toml_bool(kConfig.inbound.mailer_daemon_is_bounce); }},
+    {"inbound.bad_signature", [] { return toml_quote(to_string(kConfig.inbound.bad_signature)); }},
+    {"inbound.domain_mode", [] { return std::string("(none)"); }},
+    {"logging.level", [] { return toml_quote(to_string(kConfig.logging.level)); }},
+    {"logging.target", [] { return toml_quote(to_string(kConfig.logging.target)); }},
+    {"logging.syslog_facility", [] { return toml_quote(to_string(kConfig.logging.syslog_facility)); }},
+    {"metrics.listen", [] { return std::string("(none)"); }},
+    {"smtp.hostname", [] { return std::string("(the system host name)"); }},
+    {"smtp.vrfy", [] { return toml_quote(to_string(kConfig.smtp.vrfy)); }},
+    {"process.user", [] { return std::string("(none)"); }},
+    {"process.group", [] { return std::string("(the user's primary group)"); }},
+    {"process.run_as_root", [] { return toml_bool(kConfig.process.run_as_root); }},
+};
+
+std::vector<std::string_view> keys_of_section(std::string_view section);
+
+// The tables of the file and the key list the loader checks each against, in documentation order.
+struct Section {
+  std::string_view name;  // "" = top level
+  std::span<const std::string_view> keys;
+};
+
+std::vector<KeyInfo> build_config_keys() {
+  const std::vector<std::string_view> limit_keys = keys_of_section("limits");
+  const std::vector<std::string_view> timeout_keys = keys_of_section("timeouts");
+  const Section sections[] = {
+      {"", kTopKeys},           {"domains", kDomainsKeys}, {"listener", kListenerKeys},
+      {"signing", kSigningKeys}, {"inbound", kInboundKeys}, {"limits", limit_keys},
+      {"timeouts", timeout_keys}, {"smtp", kSmtpKeys},     {"process", kProcessKeys},
+      {"logging", kLoggingKeys}, {"metrics", kMetricsKeys},
+  };
+  auto is_table = [&](std::string_view key) {
+    for (const Section& s : sections)
+      if (s.name == key) return true;
+    return false;
+  };
+  std::vector<KeyInfo> out;
+  for (const Section& s : sections) {
+    for (std::string_view key : s.keys) {
+      if (s.name.empty() && is_table(key)) continue;
+      KeyInfo info;
+      info.key = s.name.empty() ? std::string(key) : std::string(s.name) + "." + std::string(key);
+      if (const Limit* l = find_limit(s.name, key)) {
+        info.limit = l;
+        info.default_value = std::to_string(l->def);
+      } else {
+        for (const DefaultText& d : kDefaultTexts)
+          if (d.key == info.key) info.default_value = d.text();
+      }
+      out.push_back(std::move(info));
+    }
+  }
+  return out;
+}
 
 std::vector<std::string_view> keys_of_section(std::string_view section) {
   std::vector<std::string_view> out;
@@ -994,6 +1112,8 @@ std::string_view to_string(ForwardClient v) { return name_of<ForwardClient>(kFor
 std::string_view to_string(UpstreamTls v) { return name_of<UpstreamTls>(kUpstreamTlsNames, v); }
 std::string_view to_string(TlsVersion v) { return name_of<TlsVersion>(kTlsVersionNames, v); }
 std::string_view to_string(BadSignatureAction v) { return name_of<BadSignatureAction>(kBadSigNames, v); }
+
+std::vector<KeyInfo> config_keys() { return build_config_keys(); }
 
 InboundMode Inbound::mode_for(std::string_view domain) const {
   for (const auto& [d, m] : domain_mode)

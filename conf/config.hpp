@@ -205,6 +205,21 @@ struct LoadResult {
   std::vector<ConfigError> errors;
 };
 
+// Every key the loader accepts, in the order of the documentation (top level, then each table),
+// with its default as it would be written in the file (`7`, `"exact"`, `["postmaster", "abuse"]`)
+// or, where no literal value is the default, a phrase in parentheses: `(required)`, `(none)`,
+// `(domains.sign)`. Keys of [[listener]] tables are "listener.KEY"; [inbound.domain_mode], whose
+// keys are domains, is the single entry "inbound.domain_mode". Built from the same key lists the
+// loader checks files against and from kLimits, so it cannot drift from what the loader accepts;
+// a key without a documented default has an empty `default_value` (a unit test forbids that).
+// The manual page batv-relay.toml(5) is checked against this list (tests/unit/manpage_test.cpp).
+struct KeyInfo {
+  std::string key;            // dotted path: "limits.line_length", "listener.role"
+  std::string default_value;  // "2048", "\"exact\"", "(required)"
+  const Limit* limit = nullptr;  // its kLimits row, for numeric keys
+};
+std::vector<KeyInfo> config_keys();
+
 // Reads at most fixed::max_config_file_bytes from `path`; relative key_file paths are resolved
 // against the directory of `path` made absolute.
 LoadResult load_config_file(const std::string& path);

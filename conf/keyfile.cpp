@@ -472,7 +472,9 @@ bool write_keyfile_atomic(const std::string& path, const KeyFile& file, std::str
   // and the owner differs: then the file keeps ours, as any other write would.)
   struct stat old {};
   if (ok && ::stat(path.c_str(), &old) == 0 && (old.st_uid != ::geteuid() || old.st_gid != ::getegid()))
-    (void)::fchown(fd, old.st_uid, old.st_gid);
+    if (::fchown(fd, old.st_uid, old.st_gid) != 0) {
+      // Not root and the owner differs (EPERM): the new file keeps ours, as explained above.
+    }
   std::size_t done = 0;
   while (ok && done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);

@@ -233,6 +233,8 @@ void Metrics::latency(double seconds) {
 
 void Metrics::reload(bool ok) { inc(reloads_[ok ? 0 : 1]); }
 
+void Metrics::set_sessions_limit(std::int64_t limit) { sessions_limit_.store(limit, relaxed); }
+
 void Metrics::set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys) {
   std::lock_guard lock(mu_);
   active_key_ = active_key_id;
@@ -264,6 +266,7 @@ void Metrics::reset_for_tests() {
   zero(latency_buckets_);
   latency_sum_ns_.store(0, relaxed);
   zero(reloads_);
+  sessions_limit_.store(0, relaxed);
   roles_shown_.store(0b11, relaxed);
   for (auto& d : all_domains_) zero(d->by_verdict);
   tables_.push_back(std::make_unique<const DomainTable>());
@@ -284,6 +287,11 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   family(out, "batv_sessions_current", "gauge", "Client sessions open now, by listener role.");
   for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     sample(out, "batv_sessions_current", {{"role", role_names[r]}}, sessions_current_[r].load(relaxed));
+
+  if (const std::int64_t limit = sessions_limit_.load(relaxed); limit > 0) {
+    family(out, "batv_sessions_limit", "gauge", "limits.sessions: concurrent sessions over it get 421.");
+    sample(out, "batv_sessions_limit", {}, limit);
+  }
 
   family(out, "batv_sessions_total", "counter", "Client sessions started, by listener role.");
   for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))

@@ -101,6 +101,9 @@ class Metrics {
   // counters visible); before any call, for the two proxy roles.
   void set_roles(const std::vector<Role>& configured);
   void reload(bool ok);
+  // limits.sessions of the configuration in force (start-up and every reload), exported as the
+  // gauge batv_sessions_limit so that alerts can compare batv_sessions_current with it; 0 = unset.
+  void set_sessions_limit(std::int64_t limit);
   // The signing key id (-1: none) and every key with its creation time (unix seconds, 0 = unknown:
   // no age is exported for it). Ages are computed when rendering.
   void set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys);
@@ -148,6 +151,7 @@ class Metrics {
   std::array<Counter, latency_bounds.size() + 1> latency_buckets_{};  // not cumulative; last: +Inf
   Counter latency_sum_ns_{0};
   std::array<Counter, 2> reloads_{};  // [0 = ok, 1 = failed]
+  std::atomic<std::int64_t> sessions_limit_{0};
 
   std::atomic<unsigned> roles_shown_{0b11};  // bit per conf::Role
   bool role_shown(std::size_t r) const { return (roles_shown_.load(std::memory_order_relaxed) >> r) & 1U; }

@@ -181,6 +181,7 @@ int Server::run() {
   }
   key_switch_timer_ = std::make_unique<asio::system_timer>(main);
   arm_key_switch();  // sets the key metrics too
+  metrics().set_sessions_limit(cfg.limits.sessions);
   if (cfg.metrics.listen) {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
@@ -576,6 +577,7 @@ void Server::reload() {
     metrics().set_roles(roles);
   }
   arm_key_switch();
+  metrics().set_sessions_limit(cfg.limits.sessions);
   metrics().reload(true);
   log(Level::info, "reload")
       .kv("result", "ok")

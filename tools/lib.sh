@@ -5,7 +5,8 @@
 # with the relay's end-to-end tests, valgrind runs them under memcheck (ctest label valgrind); exim
 # is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
-  doctest-dev libcli11-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind)
+  doctest-dev libcli11-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind
+  scdoc dpkg-dev lintian prometheus man-db gzip systemd)
 
 install_packages() {
   local missing=()

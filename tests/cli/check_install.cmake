@@ -9,9 +9,20 @@ if(NOT rc EQUAL 0)
 endif()
 foreach(f usr/local/sbin/batv-relay usr/local/bin/batv-keys
           usr/local/share/doc/batv-relay/batv-relay.example.toml
-          usr/local/share/doc/batv-relay/README.md usr/local/lib/systemd/system/batv-relay.service)
+          usr/local/share/doc/batv-relay/README.md usr/local/lib/systemd/system/batv-relay.service
+          usr/local/share/man/man8/batv-relay.8.gz usr/local/share/man/man8/batv-keys.8.gz
+          usr/local/share/man/man5/batv-relay.toml.5.gz
+          usr/local/share/batv-relay/grafana/batv-relay.json
+          usr/local/share/batv-relay/prometheus/batv-relay.rules.yml)
   if(NOT EXISTS "${DEST}/${f}")
     message(FATAL_ERROR "not installed: ${f}")
+  endif()
+endforeach()
+# The package-only files (component "deb": the conffile, sysusers.d, tmpfiles.d, the /lib unit)
+# are never written by `cmake --install`: it must not touch /etc or the system's unit directory.
+foreach(f etc lib usr/lib usr/local/lib/sysusers.d usr/local/share/doc/batv-relay/copyright)
+  if(EXISTS "${DEST}/${f}")
+    message(FATAL_ERROR "cmake --install wrote a package-only path: ${f}")
   endif()
 endforeach()
 file(READ "${DEST}/usr/local/lib/systemd/system/batv-relay.service" unit)

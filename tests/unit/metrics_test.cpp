@@ -353,6 +353,21 @@ TEST_CASE("metrics: active key and key ages computed at render time") {
   CHECK(t.find("batv_key_age_seconds") == std::string::npos);
 }
 
+TEST_CASE("metrics: the sessions limit is a gauge once set, and follows reloads") {
+  Metrics m;
+  std::string t = m.render_prometheus(0);
+  CHECK(t.find("batv_sessions_limit") == std::string::npos);  // not configured yet: no series
+  m.set_sessions_limit(500);
+  t = m.render_prometheus(0);
+  check_format(t);
+  CHECK(has_line(t, "# TYPE batv_sessions_limit gauge"));
+  CHECK(has_line(t, "batv_sessions_limit 500"));
+  m.set_sessions_limit(20);
+  CHECK(has_line(m.render_prometheus(0), "batv_sessions_limit 20"));
+  m.reset_for_tests();
+  CHECK(m.render_prometheus(0).find("batv_sessions_limit") == std::string::npos);
+}
+
 TEST_CASE("metrics: concurrent updates and domain swaps lose nothing") {
   Metrics m;
   m.set_domains({"example.com"});
