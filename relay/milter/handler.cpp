@@ -234,8 +234,10 @@ void Handler::on_packet(const Packet& p, std::string& out) {
   }
   if (std::holds_alternative<OptNeg>(c)) return fail("negotiation_repeated", out);
   if (const auto* m = std::get_if<Macros>(&c)) {
-    for (const auto& [k, v] : m->values) {
-      auto it = std::find_if(macros_.begin(), macros_.end(), [&](const auto& kv) { return kv.first == k; });
+    for (const auto& kv_in : m->values) {
+      const auto& k = kv_in.first;
+      const auto& v = kv_in.second;
+      auto it = std::find_if(macros_.begin(), macros_.end(), [&k](const auto& kv) { return kv.first == k; });
       if (it != macros_.end()) it->second = v;
       else if (macros_.size() < 64) macros_.emplace_back(k, v);
     }

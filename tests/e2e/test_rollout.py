@@ -61,7 +61,9 @@ class Node:
         self.relay = Relay(RELAY, workdir, self.keys,
                            listeners=[{"role": "outbound", "upstream": self.smarthost.port},
                                       {"role": "inbound", "upstream": self.mx.port}],
-                           verify_domains=["example.com"], extra_toml=METRICS_TOML, start=False)
+                           verify_domains=["example.com"], extra_toml=METRICS_TOML, start=False,
+                           # A session stays open across T in one test: idle longer than the wait.
+                           timeouts={"idle": 2 * STAGE_SECONDS + 30, "command": 2 * STAGE_SECONDS + 30})
         test.watch_relay(self.relay)
         self.relay.start()
         rec = self.relay.wait_log("metrics_listening", 10)
