@@ -115,8 +115,8 @@ void Handler::negotiate(const OptNeg& o, std::string& out) {
   if (headers) need |= act::addhdrs | act::chghdrs;
   if ((o.actions & need) != need) return fail("milter_actions_missing", out);
   std::uint32_t skip = proto::noconnect | proto::nohelo | proto::nobody | proto::noeoh | proto::nounknown |
-                       proto::nodata | proto::nr_conn | proto::nr_helo | proto::nr_data | proto::nr_unkn |
-                       proto::nr_eoh | proto::nr_body;
+                       proto::nodata | proto::nr_conn | proto::nr_helo | proto::nr_mail | proto::nr_data |
+                       proto::nr_unkn | proto::nr_eoh | proto::nr_body;
   skip |= headers ? proto::nr_hdr : proto::nohdrs;
   actions_ = need;
   protocol_ = skip & o.protocol;
@@ -133,7 +133,9 @@ void Handler::on_mail(const Envelope& e, std::string& out) {
   bounce_ = is_bounce(rt_->config, sender_);
   local_ = non_smtpd();
   is_ours_ = local_ || ours();
-  out += encode_continue();
+  // MAIL is never refused here (the decision needs the first RCPT): when the MTA offers it, it
+  // does not wait for this answer, one round trip per message fewer (Postfix: SMFIP_NR_MAIL).
+  if (!(protocol_ & proto::nr_mail)) out += encode_continue();
 }
 
 void Handler::on_rcpt(const Envelope& e, std::string& out) {

@@ -80,6 +80,15 @@ TEST_CASE("milter codec: framing bounds and malformed packets") {
   CHECK(split_replies(encode_replycode("550 5.7.1 100% bad\r\n")).at(0).data == std::string("550 5.7.1 100%% bad\0", 20));
 }
 
+TEST_CASE("milter MAIL: answered with continue when the MTA cannot skip the reply") {
+  Driver d(runtime(""));
+  REQUIRE(d.send('O', be32(6) + be32(0x1ff) + be32(0x3fff)).at(0).cmd == 'O');  // no SMFIP_NR_MAIL
+  d.macros("127.0.0.1");
+  const auto m = d.send('M', str({"<user@example.com>"}));
+  REQUIRE(m.size() == 1);
+  CHECK(m[0].cmd == 'c');
+}
+
 TEST_CASE("milter negotiation: only the steps and actions needed; macros by stage") {
   Driver d(runtime(""));
   auto r = d.send('O', be32(6) + be32(0x1ff) + be32(0x1fffff));
@@ -96,6 +105,8 @@ TEST_CASE("milter negotiation: only the steps and actions needed; macros by stag
   CHECK((u32(8) & proto::nobody));
   CHECK_FALSE((u32(8) & proto::nomail));
   CHECK_FALSE((u32(8) & proto::norcpt));
+  CHECK((u32(8) & proto::nr_mail));   // MAIL is never refused: no reply, one round trip fewer
+  CHECK_FALSE((u32(8) & proto::nr_rcpt));
   CHECK(o.find("{client_addr} {client_name} {auth_authen} {daemon_name} i") != std::string::npos);
 
   Driver mon(runtime("verify = true\n", "[inbound]\nmode = \"monitor\"\n"));
@@ -127,7 +138,7 @@ TEST_CASE("milter signing: ours by client, auth or daemon name; CHGFROM keeps ES
     Driver d(runtime(""));
     d.negotiate();
     d.macros(c.addr, c.auth, c.daemon);
-    CHECK(d.send('M', str({"<user@example.com>", "SIZE=10", "BODY=8BITMIME"})).at(0).cmd == 'c');
+    CHECK(d.send('M', str({"<user@example.com>", "SIZE=10", "BODY=8BITMIME"})).empty());  // SMFIP_NR_MAIL
     CHECK(d.send('R', str({"<x@elsewhere.org>"})).at(0).cmd == 'c');
     auto e = d.send('E');
     REQUIRE_FALSE(e.empty());
