@@ -33,6 +33,9 @@ tag) gets 550 5.7.1 at RCPT; `postmap -q` answers through our Postfix's own map 
 mode (SIGHUP) delivers the forged NDR with X-BATV-Status; the daemon stopped: Postfix defers
 (4xx), the mailbox sink gets nothing, the remote keeps its NDR queued, and after a restart
 everything flows (the NDR included).
+A second class runs the milter with `verify = true` and no policy service (the socketmap stays:
+it makes tagged recipients known): forged bounces get the milter's 550 5.7.1 at RCPT, a valid tag
+is delivered once, untagged, and signing is unchanged.
 
 The fixtures are shared by the whole class (two Postfix instances and the relay start once);
 test methods are numbered and run in that order; each one counts only what it caused.
@@ -132,8 +135,11 @@ def smtp_send(port, source, sender, rcpts, data, timeout=20):
             s.close()
 
 
-class NoHopPostfixTest(unittest.TestCase):
+class PostfixFixture(unittest.TestCase):
+    """Both Postfix instances, the sinks and the relay; no tests of its own."""
     relay = pf = remote = mailbox = internet = None
+    MILTER_VERIFY = False   # the milter's `verify` key
+    USE_POLICY = True       # check_policy_service in smtpd_recipient_restrictions
 
     # -- fixtures (once for the class) --
     @classmethod
@@ -210,7 +216,7 @@ class NoHopPostfixTest(unittest.TestCase):
     def our_main_cf(cls):
         """Our Postfix's main.cf lines for the no-hop roles, as in the README (plus the test's
         own routing)."""
-        return {
+        cf = {
             "mydomain": "example.com",
             "mynetworks": CLIENT_IP + "/32",
             "relay_domains": "example.com",
@@ -223,20 +229,23 @@ class NoHopPostfixTest(unittest.TestCase):
             "non_smtpd_milters": "unix:" + cls.milter_sock,
             "milter_protocol": "6",
             "milter_default_action": "tempfail",
-            # README: the policy service refuses forged bounces at RCPT
-            "smtpd_recipient_restrictions":
-                "check_policy_service inet:%s:%d" % (HOST, cls.policy_port),
-            "smtpd_policy_service_default_action": POLICY_DEFAULT,
             # README: the socketmap strips valid tags and makes them known recipients
             "recipient_canonical_maps": "socketmap:inet:%s:%d:strip" % (HOST, cls.socketmap_port),
             "recipient_canonical_classes": "envelope_recipient",
         }
+        if cls.USE_POLICY:
+            # README: the policy service refuses forged bounces at RCPT
+            cf["smtpd_recipient_restrictions"] = \
+                "check_policy_service inet:%s:%d" % (HOST, cls.policy_port)
+            cf["smtpd_policy_service_default_action"] = POLICY_DEFAULT
+        return cf
 
     @classmethod
     def start_relay(cls, inbound=None):
         r = Relay(RELAY, cls.dir, cls.keys, start=False, listeners=[
             {"role": "milter", "listen": "unix:" + cls.milter_sock, "socket_mode": "0660",
-             "socket_group": "postfix", "allow_clients": [CLIENT_IP + "/32"]},
+             "socket_group": "postfix", "allow_clients": [CLIENT_IP + "/32"],
+             "verify": cls.MILTER_VERIFY},
             {"role": "policy", "listen": "%s:%d" % (HOST, cls.policy_port)},
             {"role": "socketmap", "listen": "%s:%d" % (HOST, cls.socketmap_port)},
         ], signing={"exempt_senders": ["noreply@example.com"],
@@ -309,6 +318,11 @@ class NoHopPostfixTest(unittest.TestCase):
         self.assertTrue(harness.tag_matches(tagged, address, t0, time.time()),
                         "%r is not the tag of %s" % (tagged, address))
         self.assertEqual(self.keys.verify(tagged), (0, "valid"))
+
+
+
+class NoHopPostfixTest(PostfixFixture):
+    """The README's recipe: the milter signs, the policy service verifies, the socketmap strips."""
 
     # -- signing (milter) --
     def test_01_internal_client_mail_leaves_signed(self):
@@ -466,6 +480,47 @@ class NoHopPostfixTest(unittest.TestCase):
         self.assertEqual((t.sender, [addr_of(r) for r in t.rcpts]), ("", [USER]))
         self.assertEqual(len(self.mailbox.accepted()), box_before + 1,
                          [x.mail for x in self.mailbox.accepted()[box_before:]])
+
+
+class MilterVerifyPostfixTest(PostfixFixture):
+    """The milter verifying too (`verify = true`), with the socketmap and without the policy
+    service: the tagged recipient reaches the milter at RCPT (the socketmap made it known, and
+    canonical rewriting happens later, in cleanup), so the milter refuses forged bounces with
+    SMFIR_REPLYCODE; a valid tag is stripped once (by the socketmap in cleanup; the milter's
+    DELRCPT + ADDRCPT_PAR must not make a second copy)."""
+    MILTER_VERIFY = True
+    USE_POLICY = False
+
+    def test_01_signing_unchanged(self):
+        t0 = time.time()
+        code, text = self.send(USER, OUTSIDE, "verify milter signs")
+        self.assertEqual(code, 250, text)
+        self.assert_tag_verifies(self.wait_at(self.internet, "verify milter signs").sender, USER, t0)
+
+    def test_02_forged_ndr_refused_by_the_milter(self):
+        before = len(self.mailbox.accepted())
+        for rcpt, subject in ((USER, "forged to milter"), (bad_tag(USER), "bad tag to milter")):
+            code, text = self.send("", rcpt, "forged", source=REMOTE_IP,
+                                   data=ndr_message(rcpt, subject))
+            self.assertEqual(code, 550, text)
+            self.assertIn("5.7.1", text)
+            self.assertIn("bounce refused", text)
+        self.assertTrue(self.pf.wait_log(r"milter-reject: RCPT from", 10),
+                        "Postfix did not log the milter's refusal")
+        self.assertEqual(len(self.mailbox.accepted()), before)
+
+    def test_03_valid_tag_delivered_once_untagged(self):
+        before = len(self.mailbox.accepted())
+        tag = harness.expected_tag(USER)
+        code, text = self.send("", tag, "tagged", source=REMOTE_IP,
+                               data=ndr_message(tag, "valid tag to milter"))
+        self.assertEqual(code, 250, text)
+        t = self.wait_at(self.mailbox, "valid tag to milter")
+        self.assertEqual((t.sender, [addr_of(r) for r in t.rcpts]), ("", [USER]))
+        # Bounded wait for a duplicate that must not come.
+        time.sleep(scaled(1.0))
+        got = [x for x in self.mailbox.accepted()[before:] if b"valid tag to milter" in x.data]
+        self.assertEqual(len(got), 1, [x.rcpts for x in got])
 
 
 if __name__ == "__main__":
