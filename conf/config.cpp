@@ -97,6 +97,10 @@ std::string printable(std::string_view s) {
 
 std::string echo_value(std::string_view s) { return "'" + printable(s) + "'"; }
 
+bool domain_in_list(const std::vector<std::string>& list, const std::string& d) {
+  return std::find(list.begin(), list.end(), d) != list.end();
+}
+
 // Optimal string alignment distance (Levenshtein plus adjacent transposition), ASCII-case-blind.
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   const std::size_t n = a.size(), m = b.size();
@@ -380,6 +384,10 @@ class Loader {
   }
 
   void load_listeners(const toml::table& root, Config& cfg);
+  void load_domain_keys(const toml::table& root, Config& cfg);
+  // A file name of the config (key_file, domain_keys[i].key_file): non-empty, no NUL, a relative
+  // name joined to the config file's directory. Empty (after an error) when it is not usable.
+  std::string path_value(const toml::node& n, const std::string& path, const std::string& text);
   void load_listener_tls(const toml::table& t, const std::string& path, Listener& l);
   void load_limits(const toml::table& root, Config& cfg, std::string_view section);
 };
@@ -778,9 +786,10 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
 // --- Top level -------------------------------------------------------------------------------------
 
 constexpr std::string_view kTopKeys[] = {"key_file", "lifetime_days", "hash",     "threads",
-                                         "domains",  "listener",      "signing",  "inbound",
-                                         "limits",   "timeouts",      "logging",  "metrics",
-                                         "smtp",     "process"};
+                                         "domains",  "domain_keys",   "listener", "signing",
+                                         "inbound",  "limits",        "timeouts", "logging",
+                                         "metrics",  "smtp",          "process"};
+constexpr std::string_view kDomainKeysKeys[] = {"domains", "key_file"};
 constexpr std::string_view kProcessKeys[] = {"user", "group", "run_as_root"};
 constexpr std::string_view kSmtpKeys[] = {"hostname", "vrfy"};
 constexpr std::string_view kDomainsKeys[] = {"sign", "verify"};
@@ -821,6 +830,8 @@ constexpr DefaultText kDefaultTexts[] = {
     {"hash", [] { return toml_quote(to_string(kConfig.hash)); }},
     {"domains.sign", [] { return std::string("(required)"); }},
     {"domains.verify", [] { return std::string("(domains.sign)"); }},
+    {"domain_keys.domains", [] { return std::string("(required)"); }},
+    {"domain_keys.key_file", [] { return std::string("(required)"); }},
     {"listener.role", [] { return std::string("(required)"); }},
     {"listener.listen", [] { return std::string("(required)"); }},
     {"listener.upstream", [] { return std::string("(required for outbound and inbound)"); }},
@@ -877,7 +888,8 @@ std::vector<KeyInfo> build_config_keys() {
   const std::vector<std::string_view> limit_keys = keys_of_section("limits");
   const std::vector<std::string_view> timeout_keys = keys_of_section("timeouts");
   const Section sections[] = {
-      {"", kTopKeys},           {"domains", kDomainsKeys}, {"listener", kListenerKeys},
+      {"", kTopKeys},           {"domains", kDomainsKeys}, {"domain_keys", kDomainKeysKeys},
+      {"listener", kListenerKeys},
       {"signing", kSigningKeys}, {"inbound", kInboundKeys}, {"limits", limit_keys},
       {"timeouts", timeout_keys}, {"smtp", kSmtpKeys},     {"process", kProcessKeys},
       {"logging", kLoggingKeys}, {"metrics", kMetricsKeys},
@@ -913,24 +925,123 @@ std::vector<std::string_view> keys_of_section(std::string_view section) {
   return out;
 }
 
+std::string Loader::path_value(const toml::node& n, const std::string& path, const std::string& text) {
+  if (text.empty()) {
+    error(n, path, "must not be empty");
+    return {};
+  }
+  if (text.find('\0') != std::string::npos) {
+    error(n, path, "must not contain a NUL character");
+    return {};
+  }
+  std::filesystem::path p(text);
+  if (p.is_relative() && !base_dir_.empty()) p = std::filesystem::path(base_dir_) / p;
+  return p.lexically_normal().string();
+}
+
+// [[domain_keys]]: after [domains] (each domain must be one we sign or verify) and key_file (no
+// ring may share the default ring's file: rotating one would rotate the other).
+void Loader::load_domain_keys(const toml::table& root, Config& cfg) {
+  const toml::node* n = root.get("domain_keys");
+  if (!n) return;
+  const toml::array* arr = n->as_array();
+  if (!arr) {
+    error(*n, "domain_keys",
+          "expected an array of tables ([[domain_keys]]), got " + std::string(type_phrase(n->type())));
+    return;
+  }
+  if (arr->size() > fixed::max_domain_keys) {
+    error(*n, "domain_keys",
+          std::to_string(arr->size()) + " entries: at most " + std::to_string(fixed::max_domain_keys) +
+              " (list a customer's domains in one entry)");
+    return;
+  }
+  struct Seen {
+    std::string what;  // a domain or a key file
+    std::string entry;
+    int line;
+  };
+  std::vector<Seen> domains_seen, files_seen;
+  auto where_text = [&](Pos p) { return file_ + ":" + std::to_string(p.line) + ":" + std::to_string(p.column); };
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const toml::node& el = *arr->get(i);
+    const std::string path = indexed("domain_keys", i);
+    const toml::table* t = el.as_table();
+    if (!t) {
+      type_error(el, path, "a table");
+      continue;
+    }
+    const Pos here = pos_of(t->source());
+    check_keys(*t, path, kDomainKeysKeys);
+    DomainKeys dk;
+    dk.where = where_text(here);
+    bool ok = true;
+    if (const toml::node* dn = t->get("domains")) {
+      if (auto list = domain_list(*t, "domains", path + ".domains")) {
+        if (dn->as_array()->empty()) {
+          error(*dn, path + ".domains", "must list at least one domain");
+          ok = false;
+        }
+        for (std::size_t j = 0; j < list->size(); ++j) {
+          const std::string& d = (*list)[j];
+          const toml::node& dnode = *dn->as_array()->get(j);
+          const std::string el_path = indexed(path + ".domains", j);
+          if (!domain_in_list(cfg.domains.sign, d) && !domain_in_list(cfg.domains.verify, d)) {
+            error(dnode, el_path,
+                  "domain " + d + " is in neither domains.sign nor domains.verify: its keys would never be used");
+            ok = false;
+          }
+          for (const Seen& s : domains_seen)
+            if (s.what == d) {
+              error(dnode, el_path,
+                    "domain " + d + " already has a keyring: " + s.entry + " (" + file_ + ":" +
+                        std::to_string(s.line) + ")");
+              ok = false;
+            }
+          domains_seen.push_back({d, path, pos_of(dnode.source()).line});
+        }
+        dk.domains = std::move(*list);
+      } else {
+        ok = false;
+      }
+    } else {
+      error(here, path + ".domains", "required key is missing");
+      ok = false;
+    }
+    if (auto kf = required_string(*t, "key_file", path + ".key_file", here)) {
+      const toml::node& kn = *t->get("key_file");
+      dk.key_file = path_value(kn, path + ".key_file", *kf);
+      if (dk.key_file.empty()) {
+        ok = false;
+      } else if (dk.key_file == cfg.key_file) {
+        error(kn, path + ".key_file",
+              dk.key_file + " is the default key_file: a domain ring needs a key file of its own");
+        ok = false;
+      } else {
+        for (const Seen& s : files_seen)
+          if (s.what == dk.key_file) {
+            error(kn, path + ".key_file",
+                  dk.key_file + " is already the key file of " + s.entry + " (" + file_ + ":" +
+                      std::to_string(s.line) + "): list both entries' domains in one entry");
+            ok = false;
+          }
+        files_seen.push_back({dk.key_file, path, pos_of(kn.source()).line});
+      }
+    } else {
+      ok = false;
+    }
+    if (ok) cfg.domain_keys.push_back(std::move(dk));
+  }
+}
+
 Config Loader::load(const toml::table& root) {
   Config cfg;
   cfg.source = file_;
   check_keys(root, "", kTopKeys);
 
   // key_file: stored, never opened here.
-  if (auto kf = required_string(root, "key_file", "key_file", kTop)) {
-    const toml::node& n = *root.get("key_file");
-    if (kf->empty()) {
-      error(n, "key_file", "must not be empty");
-    } else if (kf->find('\0') != std::string::npos) {
-      error(n, "key_file", "must not contain a NUL character");
-    } else {
-      std::filesystem::path p(*kf);
-      if (p.is_relative() && !base_dir_.empty()) p = std::filesystem::path(base_dir_) / p;
-      cfg.key_file = p.lexically_normal().string();
-    }
-  }
+  if (auto kf = required_string(root, "key_file", "key_file", kTop))
+    cfg.key_file = path_value(*root.get("key_file"), "key_file", *kf);
 
   load_limits(root, cfg, "");
   optional_enum<HashSetting>(root, "hash", "hash", kHashNames, cfg.hash);
@@ -953,6 +1064,7 @@ Config Loader::load(const toml::table& root) {
     }
   }
 
+  load_domain_keys(root, cfg);
   load_listeners(root, cfg);
 
   // [signing]

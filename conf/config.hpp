@@ -14,7 +14,9 @@
 //   conf/limits.hpp ranges; unknown enum values; bad CIDR, host:port or domain syntax; missing
 //   required keys (reported at the enclosing table, 1:1 for the top level); duplicate or
 //   overlapping listen addresses (metrics.listen included); an upstream equal to its own listen
-//   address; limits.sessions_per_client above limits.sessions.
+//   address; limits.sessions_per_client above limits.sessions; a [[domain_keys]] domain that is
+//   in neither domains.sign nor domains.verify, listed in two entries (the message names the
+//   other entry's line), or a key file shared by two rings.
 // - Values echoed in messages are cut at 100 characters and non-printable bytes shown as \xNN.
 // - Immutability: Config is a plain value; the relay holds it as `const Config` (or
 //   shared_ptr<const Config>) and swaps whole values on reload.
@@ -122,6 +124,16 @@ struct Domains {
   std::vector<std::string> verify;  // lowercase; defaults to `sign`
 };
 
+// [[domain_keys]]: a keyring of its own for some domains (a hosting customer's), beside the
+// default key_file. Signing and verification of an address in `domains` use this entry's key file
+// and nothing else; every other domain uses key_file. Domains are compared exactly (any case), as
+// [domains] compares them: a subdomain is not matched.
+struct DomainKeys {
+  std::vector<std::string> domains;  // lowercase, at least one, each in domains.sign or domains.verify
+  std::string key_file;              // resolved like key_file; never opened by conf
+  std::string where;                 // "file:line:col" of the entry, for errors found reading the file
+};
+
 struct Signing {
   std::vector<AddressPattern> exempt_senders;
   std::vector<AddressPattern> exempt_destinations;
@@ -173,6 +185,9 @@ struct Config {
   HashSetting hash = HashSetting::exact;
   int threads = static_cast<int>(limit("", "threads").def);  // 0 = one per core (relay decides)
   Domains domains;
+  // TOML [[domain_keys]], in file order: no domain in two entries, no key file used twice (the
+  // default key_file included), at most fixed::max_domain_keys entries.
+  std::vector<DomainKeys> domain_keys;
   std::vector<Listener> listeners;  // TOML [[listener]]; at least one
   Signing signing;
   Inbound inbound;
@@ -208,7 +223,8 @@ struct LoadResult {
 // Every key the loader accepts, in the order of the documentation (top level, then each table),
 // with its default as it would be written in the file (`7`, `"exact"`, `["postmaster", "abuse"]`)
 // or, where no literal value is the default, a phrase in parentheses: `(required)`, `(none)`,
-// `(domains.sign)`. Keys of [[listener]] tables are "listener.KEY"; [inbound.domain_mode], whose
+// `(domains.sign)`. Keys of [[listener]] tables are "listener.KEY" (of [[domain_keys]],
+// "domain_keys.KEY"); [inbound.domain_mode], whose
 // keys are domains, is the single entry "inbound.domain_mode". Built from the same key lists the
 // loader checks files against and from kLimits, so it cannot drift from what the loader accepts;
 // a key without a documented default has an empty `default_value` (a unit test forbids that).

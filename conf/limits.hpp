@@ -248,6 +248,10 @@ inline constexpr std::size_t max_echoed_value_chars = 100;  // config values quo
 // reach every relay (minutes to hours); 30 days, the longest tag lifetime, still allows a monthly
 // schedule and catches slips such as +90d meant as +90m.
 inline constexpr std::int64_t max_key_activation_delay_seconds = 30 * 86400;
+// [[domain_keys]] entries (one key file each): the relay stats every key file every 2 seconds and
+// reads them all on each reload, so the count bounds that work. A hosting relay with a ring per
+// customer domain stays far below it (a customer with many domains lists them in one entry).
+inline constexpr std::size_t max_domain_keys = 1000;
 // Session input buffers: a small one for commands, a large one while a body streams through.
 // Freed large buffers are kept for the next body, up to this many per thread (16 x 64 KiB = 1 MiB
 // per thread): without them every message allocates and frees 64 KiB, which glibc returns to the

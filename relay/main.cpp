@@ -1,14 +1,17 @@
 // batv-relay: the daemon's entry point.
 //
-//   batv-relay --check-config FILE   load the config, the key file and the keyring; print
-//                                    "configuration OK" or every error; exit 0 or 78
+//   batv-relay --check-config FILE   load the config, every key file and keyring; print
+//                                    "configuration OK" (with [[domain_keys]], then one line
+//                                    per ring) or every error; exit 0 or 78
 //   batv-relay --config FILE         run the relay (foreground, logs to stderr by default)
 //   batv-relay --version
 #include <csignal>
+#include <ctime>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "conf/timefmt.hpp"
 #include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
 #include "relay/runtime.hpp"
@@ -50,8 +53,25 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args.size() == 2 && args[0] == "--check-config") {
-    if (!load(args[1])) return ex_config;
+    const auto rt = load(args[1]);
+    if (!rt) return ex_config;
     std::cout << "configuration OK\n";
+    // With [[domain_keys]], which file signs for which domains, so a typo in a path or a domain
+    // shows here rather than in the first bounce.
+    const auto& rings = rt->keys.rings();
+    if (rings.size() > 1) {
+      const auto now = static_cast<std::int64_t>(std::time(nullptr));
+      for (const auto& r : rings) {
+        std::cout << "ring " << r.name << ": " << r.key_file << ": " << r.key_count
+                  << (r.key_count == 1 ? " key" : " keys") << ", signing key " << r.keyring.signing_id(now);
+        if (const auto next = r.keyring.next_switch(now))
+          std::cout << ", key " << r.keyring.staged_id() << " signs from " << conf::format_utc(*next);
+        std::cout << ", domains: ";
+        if (r.domains.empty()) std::cout << "(every other domain)";
+        for (std::size_t i = 0; i < r.domains.size(); ++i) std::cout << (i ? " " : "") << r.domains[i];
+        std::cout << "\n";
+      }
+    }
     return 0;
   }
   if (args.size() == 2 && args[0] == "--config") {

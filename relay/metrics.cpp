@@ -235,16 +235,9 @@ void Metrics::reload(bool ok) { inc(reloads_[ok ? 0 : 1]); }
 
 void Metrics::set_sessions_limit(std::int64_t limit) { sessions_limit_.store(limit, relaxed); }
 
-void Metrics::set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys) {
+void Metrics::set_rings(std::vector<RingKeys> rings) {
   std::lock_guard lock(mu_);
-  active_key_ = active_key_id;
-  keys_ = std::move(keys);
-  keys_set_ = true;
-}
-
-void Metrics::set_next_key_switch(std::int64_t unix_time) {
-  std::lock_guard lock(mu_);
-  next_key_switch_ = unix_time;
+  rings_ = std::move(rings);
 }
 
 void Metrics::reset_for_tests() {
@@ -271,10 +264,7 @@ void Metrics::reset_for_tests() {
   for (auto& d : all_domains_) zero(d->by_verdict);
   tables_.push_back(std::make_unique<const DomainTable>());
   domains_.store(tables_.back().get(), std::memory_order_release);
-  active_key_ = -1;
-  next_key_switch_ = 0;
-  keys_.clear();
-  keys_set_ = false;
+  rings_.clear();
 }
 
 // --- rendering -----------------------------------------------------------------------------------
@@ -320,7 +310,8 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
          "Outbound signing decisions: signed per key id, or not signed per reason.");
   for (std::size_t k = 0; k < key_ids; ++k) {
     bool known = false;
-    for (const auto& key : keys_) known = known || key.first == static_cast<int>(k);
+    for (const auto& ring : rings_)
+      for (const auto& key : ring.keys) known = known || key.first == static_cast<int>(k);
     const std::uint64_t n = get(signed_[k]);
     if (!known && n == 0) continue;
     const char digit[2] = {static_cast<char>('0' + k), '\0'};
@@ -369,21 +360,29 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   sample(out, "batv_reloads_total", {{"result", "ok"}}, get(reloads_[0]));
   sample(out, "batv_reloads_total", {{"result", "failed"}}, get(reloads_[1]));
 
-  if (keys_set_ && active_key_ >= 0) {
-    family(out, "batv_active_key_id", "gauge", "The id of the key that signs.");
-    sample(out, "batv_active_key_id", {}, static_cast<std::int64_t>(active_key_));
+  // Per ring (label ring): a fleet alert compares relays ring by ring.
+  bool any_signer = false;
+  for (const auto& r : rings_) any_signer = any_signer || r.active_key_id >= 0;
+  if (any_signer) {
+    family(out, "batv_active_key_id", "gauge", "The id of the key that signs, per keyring.");
+    for (const auto& r : rings_)
+      if (r.active_key_id >= 0)
+        sample(out, "batv_active_key_id", {{"ring", r.ring}}, static_cast<std::int64_t>(r.active_key_id));
     family(out, "batv_next_key_switch_timestamp_seconds", "gauge",
-           "When a staged key starts signing (unix seconds); 0 when no key is staged.");
-    sample(out, "batv_next_key_switch_timestamp_seconds", {}, next_key_switch_);
+           "When a staged key starts signing (unix seconds), per keyring; 0 when no key is staged.");
+    for (const auto& r : rings_)
+      if (r.active_key_id >= 0) sample(out, "batv_next_key_switch_timestamp_seconds", {{"ring", r.ring}}, r.next_switch);
   }
   bool any_age = false;
-  for (const auto& [id, created] : keys_) {
-    if (created <= 0 || id < 0 || id > 9) continue;
-    if (!any_age) family(out, "batv_key_age_seconds", "gauge", "Seconds since each key was created.");
-    any_age = true;
-    const char digit[2] = {static_cast<char>('0' + id), '\0'};
-    sample(out, "batv_key_age_seconds", {{"key", digit}}, now_unix > created ? now_unix - created : std::int64_t{0});
-  }
+  for (const auto& r : rings_)
+    for (const auto& [id, created] : r.keys) {
+      if (created <= 0 || id < 0 || id > 9) continue;
+      if (!any_age) family(out, "batv_key_age_seconds", "gauge", "Seconds since each key was created, per keyring.");
+      any_age = true;
+      const char digit[2] = {static_cast<char>('0' + id), '\0'};
+      sample(out, "batv_key_age_seconds", {{"ring", r.ring}, {"key", digit}},
+             now_unix > created ? now_unix - created : std::int64_t{0});
+    }
   return out;
 }
 

@@ -8,7 +8,7 @@
 // "other". The one runtime-defined label, the verification domain, is a small configured set
 // published by set_domains() with a copy-on-write pointer swap: readers load one atomic pointer
 // and never lock; tables are never freed while the registry lives, and a domain keeps its
-// counters across reloads. Keys (set_keys) and rendering take a mutex: neither is on the hot path.
+// counters across reloads. Keys (set_rings) and rendering take a mutex: neither is on the hot path.
 //
 // Thread-safe throughout. Counters are monotonic for the life of the process (reset_for_tests
 // aside); sessions_current is a gauge.
@@ -104,11 +104,19 @@ class Metrics {
   // limits.sessions of the configuration in force (start-up and every reload), exported as the
   // gauge batv_sessions_limit so that alerts can compare batv_sessions_current with it; 0 = unset.
   void set_sessions_limit(std::int64_t limit);
-  // The signing key id (-1: none) and every key with its creation time (unix seconds, 0 = unknown:
-  // no age is exported for it). Ages are computed when rendering.
-  void set_keys(int active_key_id, std::vector<std::pair<int, std::int64_t>> keys);
-  // When a staged key takes over signing (unix seconds), 0 when none is staged.
-  void set_next_key_switch(std::int64_t unix_time);
+  // One keyring's key state: its name (the label ring="default", or a [[domain_keys]] entry's
+  // first domain), the signing key id (-1: none), every key with its creation time (unix
+  // seconds, 0 = unknown: no age is exported for it; ages are computed when rendering) and when
+  // a staged key takes over signing (unix seconds, 0 when none is staged).
+  struct RingKeys {
+    std::string ring;
+    int active_key_id = -1;
+    std::vector<std::pair<int, std::int64_t>> keys;
+    std::int64_t next_switch = 0;
+  };
+  // Every ring of the runtime in force (start-up, every reload and every key switch); replaces
+  // the previous set, so a ring removed by a reload disappears from the key gauges.
+  void set_rings(std::vector<RingKeys> rings);
 
   // The whole registry in the text exposition format 0.0.4 (# HELP and # TYPE per family).
   [[nodiscard]] std::string render_prometheus(std::int64_t now_unix) const;
@@ -159,10 +167,7 @@ class Metrics {
   mutable std::mutex mu_;  // writers of domains_; keys; rendering
   std::vector<std::unique_ptr<DomainCounters>> all_domains_;   // every domain ever configured
   std::vector<std::unique_ptr<const DomainTable>> tables_;     // every table ever published
-  int active_key_ = -1;
-  std::int64_t next_key_switch_ = 0;
-  bool keys_set_ = false;
-  std::vector<std::pair<int, std::int64_t>> keys_;
+  std::vector<RingKeys> rings_;
 };
 
 // The process-wide registry.

@@ -16,6 +16,47 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 }  // namespace
 
+Keyrings::Keyrings(crypto::Keyring only) {
+  rings_.push_back(Ring{"default", {}, {}, std::move(only), 0, {}});
+}
+
+Keyrings::Keyrings(std::vector<Ring> rings) : rings_(std::move(rings)) { index(); }
+
+void Keyrings::index() {
+  for (std::size_t i = 1; i < rings_.size(); ++i)
+    for (const std::string& d : rings_[i].domains) {
+      std::string lower(d);
+      for (char& c : lower)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+      by_domain_.emplace_back(std::move(lower), i);
+    }
+  // Stable: of two rings listing one domain, the first keeps it.
+  std::stable_sort(by_domain_.begin(), by_domain_.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+}
+
+const Ring& Keyrings::for_domain(std::string_view domain) const {
+  if (by_domain_.empty()) return rings_.front();
+  // Lowercased into a stack buffer: a longer name is no configured domain (253 at most).
+  char buf[conf::fixed::max_domain_length];
+  if (domain.size() > sizeof buf) return rings_.front();
+  for (std::size_t i = 0; i < domain.size(); ++i) {
+    const char c = domain[i];
+    buf[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+  }
+  const std::string_view key(buf, domain.size());
+  auto it = std::lower_bound(by_domain_.begin(), by_domain_.end(), key,
+                             [](const auto& e, std::string_view k) { return std::string_view(e.first) < k; });
+  if (it == by_domain_.end() || it->first != key) return rings_.front();
+  return rings_[it->second];
+}
+
+const Ring& Keyrings::for_address(std::string_view address) const {
+  const auto at = address.rfind('@');
+  if (at == std::string_view::npos) return rings_.front();
+  return for_domain(address.substr(at + 1));
+}
+
 bool domain_in(const std::vector<std::string>& list, std::string_view domain) {
   return std::any_of(list.begin(), list.end(), [&](const std::string& d) { return iequals(d, domain); });
 }
@@ -28,7 +69,7 @@ crypto::PrvsParams prvs_params(const conf::Config& cfg) {
   return p;
 }
 
-SenderDecision decide_sender(const conf::Config& cfg, const crypto::Keyring& keys,
+SenderDecision decide_sender(const conf::Config& cfg, KeyringsRef keyrings,
                              const crypto::PrvsParams& params, std::string_view sender,
                              std::string_view first_recipient, std::int64_t now) {
   SenderDecision d;
@@ -46,7 +87,7 @@ SenderDecision decide_sender(const conf::Config& cfg, const crypto::Keyring& key
     if (p.matches(sender)) return no(crypto::NoSignReason::exempt_sender);
   for (const auto& p : cfg.signing.exempt_destinations)
     if (p.matches(first_recipient)) return no(crypto::NoSignReason::exempt_destination);
-  crypto::SignResult s = crypto::sign(keys, sender, now, params);
+  crypto::SignResult s = crypto::sign(keyrings.for_address(sender), sender, now, params);
   if (!s.tagged) return no(s.reason);
   d.sign = true;
   d.key_id = s.key_id;
@@ -89,7 +130,7 @@ crypto::Verdict worse(crypto::Verdict a, crypto::Verdict b) {
   return rank(a) >= rank(b) ? a : b;
 }
 
-RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& keys,
+RcptDecision decide_recipient(const conf::Config& cfg, KeyringsRef keyrings,
                               const crypto::PrvsParams& params, bool bounce, bool client_exempt,
                               std::string_view recipient, std::int64_t now) {
   RcptDecision d;
@@ -97,7 +138,7 @@ RcptDecision decide_recipient(const conf::Config& cfg, const crypto::Keyring& ke
   const auto at = recipient.rfind('@');
   if (at == std::string_view::npos || !domain_in(cfg.domains.verify, recipient.substr(at + 1))) return d;
   d.ours = true;
-  crypto::VerifyResult v = crypto::verify(keys, recipient, now, params);
+  crypto::VerifyResult v = crypto::verify(keyrings.for_address(recipient), recipient, now, params);
   // A tag whose stripped address is no mailbox ("prvs=...=.x@d" leaves ".x@d", not a Dot-string,
   // RFC 5321 4.1.2; Exim signs such addresses all the same) counts as malformed: the next hop never
   // gets an address the relay would refuse itself.

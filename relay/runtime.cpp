@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <optional>
+#include <utility>
 
 #include "conf/keyfile.hpp"
 #include "relay/policy.hpp"
@@ -18,25 +19,27 @@ std::string system_hostname() {
   return buf;
 }
 
-std::optional<crypto::Keyring> load_keys(const conf::Config& cfg, std::size_t& count,
-                                         std::vector<std::string>& errors,
-                                         std::vector<std::pair<int, std::int64_t>>* created = nullptr) {
-  auto keys = conf::load_keyfile(cfg.key_file);
+// One ring from its key file. `origin` says where the config set the file, for the errors.
+std::optional<Ring> load_ring(std::string name, std::vector<std::string> domains, const std::string& key_file,
+                              const std::string& origin, std::vector<std::string>& errors) {
+  auto keys = conf::load_keyfile(key_file);
   if (!keys.file) {
-    for (const auto& e : keys.errors)
-      errors.push_back(conf::format(e) + " (key_file, set in " + cfg.source + ")");
+    for (const auto& e : keys.errors) errors.push_back(conf::format(e) + " (" + origin + ")");
     return std::nullopt;
   }
   std::vector<crypto::KeyMaterial> mats;
-  for (const auto& k : keys.file->keys)
+  std::vector<std::pair<int, std::int64_t>> created;
+  for (const auto& k : keys.file->keys) {
     mats.push_back({k.id, k.state == conf::KeyState::signing, k.secret.clone(), k.activate_at});
-  if (created)
-    for (const auto& k : keys.file->keys) created->emplace_back(k.id, k.created);
+    created.emplace_back(k.id, k.created);
+  }
   std::string err;
   auto ring = crypto::Keyring::build(mats, err);
-  if (!ring) errors.push_back(cfg.key_file + ": " + err);
-  count = mats.size();
-  return ring;
+  if (!ring) {
+    errors.push_back(key_file + ": " + err + " (" + origin + ")");
+    return std::nullopt;
+  }
+  return Ring{std::move(name), std::move(domains), key_file, std::move(*ring), mats.size(), std::move(created)};
 }
 
 }  // namespace
@@ -55,18 +58,32 @@ std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
     for (const auto& e : loaded.errors) errors.push_back(conf::format(e));
     return nullptr;
   }
-  std::size_t count = 0;
-  std::vector<std::pair<int, std::int64_t>> created;
-  // Before the read: a change from here on differs from this stamp, so the watcher reloads.
-  const FileStamp key_stamp = stamp_of(loaded.config->key_file);
-  auto ring = load_keys(*loaded.config, count, errors, &created);
-  auto tls = build_tls(*loaded.config, errors);
-  if (!ring || !errors.empty()) return nullptr;
   const conf::Config& cfg = *loaded.config;
+  std::vector<Ring> rings;
+  std::vector<FileStamp> stamps;
+  bool keys_ok = true;
+  // Before each read: a change from here on differs from this stamp, so the watcher reloads.
+  stamps.push_back(stamp_of(cfg.key_file));
+  if (auto r = load_ring("default", {}, cfg.key_file, "key_file, set in " + cfg.source, errors))
+    rings.push_back(std::move(*r));
+  else
+    keys_ok = false;
+  for (std::size_t i = 0; i < cfg.domain_keys.size(); ++i) {
+    const conf::DomainKeys& dk = cfg.domain_keys[i];
+    stamps.push_back(stamp_of(dk.key_file));
+    // Every file is read even after a failure: all errors at once.
+    if (auto r = load_ring(dk.domains.front(), dk.domains, dk.key_file,
+                           "domain_keys[" + std::to_string(i) + "].key_file, set at " + dk.where, errors))
+      rings.push_back(std::move(*r));
+    else
+      keys_ok = false;
+  }
+  auto tls = build_tls(cfg, errors);
+  if (!keys_ok || !errors.empty()) return nullptr;
   const crypto::PrvsParams params = prvs_params(cfg);
   std::string host = cfg.smtp.hostname.empty() ? system_hostname() : cfg.smtp.hostname;
-  return std::make_shared<const Runtime>(
-      Runtime{std::move(*loaded.config), std::move(*ring), params, std::move(host), count, std::move(created), std::move(tls), key_stamp});
+  return std::make_shared<const Runtime>(Runtime{std::move(*loaded.config), Keyrings(std::move(rings)), params,
+                                                 std::move(host), std::move(tls), std::move(stamps)});
 }
 
 

@@ -16,6 +16,7 @@
 #include "conf/config.hpp"
 #include "crypto/keyring.hpp"
 #include "crypto/prvs.hpp"
+#include "relay/policy.hpp"
 #include "relay/tls.hpp"
 
 namespace batv::relay {
@@ -35,17 +36,21 @@ FileStamp stamp_of(const std::string& path);
 
 struct Runtime {
   conf::Config config;
-  crypto::Keyring keyring;
+  // The default ring (config.key_file) first, then one per [[domain_keys]] entry in file order.
+  // Every role picks the ring of an address through keys.for_address (relay/policy.hpp).
+  Keyrings keys;
   crypto::PrvsParams prvs;
   std::string hostname;  // config smtp.hostname, or the system host name
-  std::size_t key_count = 0;
-  std::vector<std::pair<int, std::int64_t>> key_created;  // (key id, created unix seconds), for metrics
   std::vector<ListenerTls> tls;  // one per listener, same order as config.listeners
-  FileStamp key_stamp;           // the key file as it was just before it was read
+  // Each ring's key file as it was just before it was read (same order as keys.rings()): the
+  // watcher's baseline.
+  std::vector<FileStamp> key_stamps;
 };
 
-// Loads the config file, its key file and the keyring. On failure returns nullptr and fills
-// `errors` with one line each (file:line:col: key: message).
+// Loads the config file, every key file (the default one and each [[domain_keys]] file, each with
+// the same safety checks) and the keyrings. All or nothing: one bad file fails the whole load. On
+// failure returns nullptr and fills `errors` with one line each (file:line:col: key: message),
+// naming the key file and the config entry that set it.
 std::shared_ptr<const Runtime> load_runtime(const std::string& config_path,
                                             std::vector<std::string>& errors);
 

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <map>
+#include <optional>
 
 #include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
@@ -209,7 +211,8 @@ int Server::run() {
   asio::co_spawn(main, signal_loop(), asio::detached);
   asio::co_spawn(main, watch_key_file(), asio::detached);
   notify_systemd("READY=1");
-  log(Level::info, "ready").kv("threads", threads).kv("keys", rt->key_count).kv("signing_key", announced_signer_);
+  log(Level::info, "ready").kv("threads", threads).kv("keys", rt->keys.default_ring().key_count)
+      .kv("signing_key", announced_signers_.front()).kv("rings", rt->keys.rings().size());
 
   std::vector<std::thread> pool;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
@@ -472,24 +475,37 @@ void Server::release(std::uint64_t id, const std::string& ip) {
   registry_.live.erase(id);
 }
 
-// Polls the key file (bounded work: one stat(2) per period) and reloads when it changed, so a
-// `batv-keys rotate` on a shared key file reaches every relay without a signal. A file that is
-// missing or half-written makes the reload fail and the old keys stay; the next change retries.
+// Polls every key file of the running runtime (the default one and each [[domain_keys]] file;
+// bounded work: one stat(2) per file per period) and reloads when one changed, so a `batv-keys
+// rotate` of any ring reaches every relay without a signal. A file that is missing or
+// half-written makes the reload fail and the old keys stay; the next change retries.
 awaitable<void> Server::watch_key_file() {
   constexpr auto period = std::chrono::seconds(2);
   asio::steady_timer timer(*contexts_[0]);
-  // The baseline is the file the running keys were read from, not the file as it is when this
-  // first runs (after "ready"): a rotation during start-up is a change too.
-  FileStamp last = runtime_.get()->key_stamp;
+  // Per file, the stamp last acted on. A file without an entry is compared with the stamp the
+  // running keys were read from, not the file as it is when this first runs (after "ready"): a
+  // rotation during start-up is a change too, and so is one between a reload and the next tick.
+  std::map<std::string, FileStamp> last;
   while (!stopping_) {
     timer.expires_after(period);
     auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     if (ec || stopping_) co_return;
-    const FileStamp now = stamp_of(runtime_.get()->config.key_file);
-    if (now == last || !now.exists) continue;
-    last = now;
-    log(Level::info, "key_file_changed").kv("file", runtime_.get()->config.key_file);
-    reload();
+    const auto rt = runtime_.get();
+    const auto& rings = rt->keys.rings();
+    std::map<std::string, FileStamp> seen;
+    std::string changed;
+    for (std::size_t i = 0; i < rings.size(); ++i) {
+      const std::string& path = rings[i].key_file;
+      const auto it = last.find(path);
+      const FileStamp base = it != last.end() ? it->second : rt->key_stamps.at(i);
+      const FileStamp now = stamp_of(path);
+      seen[path] = now.exists ? now : base;
+      if (now == base || !now.exists) continue;
+      log(Level::info, "key_file_changed").kv("file", path).kv("ring", rings[i].name);
+      if (changed.empty()) changed = path;
+    }
+    last = std::move(seen);  // files no longer configured are forgotten
+    if (!changed.empty()) reload();
   }
 }
 
@@ -581,8 +597,9 @@ void Server::reload() {
   metrics().reload(true);
   log(Level::info, "reload")
       .kv("result", "ok")
-      .kv("keys", next->key_count)
-      .kv("signing_key", announced_signer_)
+      .kv("keys", next->keys.default_ring().key_count)
+      .kv("signing_key", announced_signers_.front())
+      .kv("rings", next->keys.rings().size())
       .kv("listeners", static_cast<std::int64_t>(acceptors_.size()));
 }
 
@@ -592,17 +609,27 @@ std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); 
 
 void Server::arm_key_switch() {
   const auto rt = runtime_.get();
-  // One reading of the clock for the metrics, the announced signer and the timer, so that a
+  // One reading of the clock for the metrics, the announced signers and the timer, so that a
   // reload in the very second of a switch cannot show one key and arm for none.
   const std::int64_t now = unix_now();
-  announced_signer_ = rt->keyring.signing_id(now);
-  const auto next = rt->keyring.next_switch(now);
-  metrics().set_keys(announced_signer_, rt->key_created);
-  metrics().set_next_key_switch(next.value_or(0));
+  const auto& rings = rt->keys.rings();
+  std::vector<Metrics::RingKeys> shown;
+  announced_signers_.clear();
+  // Each ring switches on its own schedule: the timer waits for the earliest of them, and each
+  // firing re-arms for the next.
+  std::optional<std::int64_t> earliest;
+  for (const Ring& r : rings) {
+    const int signer = r.keyring.signing_id(now);
+    const auto next = r.keyring.next_switch(now);
+    announced_signers_.push_back(signer);
+    shown.push_back({r.name, signer, r.key_created, next.value_or(0)});
+    if (next && (!earliest || *next < *earliest)) earliest = next;
+  }
+  metrics().set_rings(std::move(shown));
   const std::uint64_t generation = ++key_switch_generation_;
   key_switch_timer_->cancel();
-  if (!next || stopping_) return;
-  key_switch_timer_->expires_at(std::chrono::system_clock::from_time_t(static_cast<std::time_t>(*next)));
+  if (!earliest || stopping_) return;
+  key_switch_timer_->expires_at(std::chrono::system_clock::from_time_t(static_cast<std::time_t>(*earliest)));
   key_switch_timer_->async_wait([this, generation](const boost::system::error_code& ec) {
     if (!ec) on_key_switch(generation);
   });
@@ -610,11 +637,14 @@ void Server::arm_key_switch() {
 
 void Server::on_key_switch(std::uint64_t generation) {
   if (generation != key_switch_generation_ || stopping_) return;  // re-armed or stopping meanwhile
-  const int before = announced_signer_;
+  const std::vector<int> before = announced_signers_;
   arm_key_switch();  // the metrics, then the next switch (or, the clock stepped back, this one again)
   // Sessions need nothing: their keyring snapshot signs with the new key from this second on.
-  if (announced_signer_ != before)
-    log(Level::info, "signing_key_switch").kv("from", before).kv("to", announced_signer_);
+  const auto rt = runtime_.get();
+  for (std::size_t i = 0; i < announced_signers_.size() && i < before.size(); ++i)
+    if (announced_signers_[i] != before[i])
+      log(Level::info, "signing_key_switch").kv("ring", rt->keys.rings()[i].name).kv("from", before[i])
+          .kv("to", announced_signers_[i]);
 }
 
 awaitable<void> Server::signal_loop() {

@@ -66,10 +66,11 @@ class Server {
   void start_session(tcp::socket sock, std::size_t listener);
   void release(std::uint64_t id, const std::string& ip);
   void reload();
-  // Staged keys (crypto::Keyring::next_switch): the keyring already signs with the right key at
-  // any time; this timer, armed for the next switch and re-armed on every reload, only logs the
-  // switch (event=signing_key_switch) and updates the key metrics when it happens.
-  // arm_key_switch also sets the key metrics (batv_active_key_id, the next switch time).
+  // Staged keys (crypto::Keyring::next_switch): each ring already signs with the right key at
+  // any time; this timer, armed for the earliest next switch of all rings and re-armed on every
+  // reload and every firing, only logs the switch (event=signing_key_switch ring=...) and updates
+  // the key metrics when it happens. arm_key_switch also sets the key metrics per ring
+  // (batv_active_key_id{ring}, the next switch time).
   void arm_key_switch();
   void on_key_switch(std::uint64_t generation);
 
@@ -86,7 +87,7 @@ class Server {
   std::unique_ptr<MetricsServer> metrics_server_;  // after contexts_: destroyed before them
   std::unique_ptr<asio::system_timer> key_switch_timer_;  // on the main context; after contexts_
   std::uint64_t key_switch_generation_ = 0;  // a wait from before the last re-arm is stale
-  int announced_signer_ = -1;                // the signer the log and the metrics last showed
+  std::vector<int> announced_signers_{-1};   // per ring: the signer the log and the metrics last showed
 };
 
 }  // namespace batv::relay

@@ -897,7 +897,7 @@ void Session::handle_rcpt(std::string_view args) {
   }
   std::string forward_path = path.address;
   if (listener_.role == conf::Role::inbound) {
-    const RcptDecision rd = decide_recipient(cfg_, rt_->keyring, rt_->prvs, tx_.bounce, client_exempt_,
+    const RcptDecision rd = decide_recipient(cfg_, rt_->keys, rt_->prvs, tx_.bounce, client_exempt_,
                                              path.address, static_cast<std::int64_t>(std::time(nullptr)));
     auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
@@ -938,7 +938,7 @@ void Session::handle_rcpt(std::string_view args) {
   // Only the outbound role signs; an inbound listener passes senders through untouched.
   const bool outbound = listener_.role == conf::Role::outbound;
   auto decide = [&] {
-    if (outbound) return decide_sender(cfg_, rt_->keyring, rt_->prvs, tx_.sender, path.address, now);
+    if (outbound) return decide_sender(cfg_, rt_->keys, rt_->prvs, tx_.sender, path.address, now);
     SenderDecision d;
     d.upstream_from = tx_.sender;
     return d;

@@ -150,7 +150,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
     bool client_exempt = false;
     for (const auto& c : cfg.inbound.accept_untagged_from)
       if (c.contains(std::string_view(addr))) client_exempt = true;
-    const RcptDecision rd = decide_recipient(cfg, rt_->keyring, rt_->prvs, bounce_, client_exempt, rcpt, now);
+    const RcptDecision rd = decide_recipient(cfg, rt_->keys, rt_->prvs, bounce_, client_exempt, rcpt, now);
     if (rd.ours) {
       const auto at = rcpt.rfind('@');
       metrics().verdict(lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), crypto::to_string(rd.verdict));
@@ -172,7 +172,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
   }
 
   if (is_ours_) {
-    const SenderDecision d = decide_sender(cfg, rt_->keyring, rt_->prvs, sender_, upstream, now);
+    const SenderDecision d = decide_sender(cfg, rt_->keys, rt_->prvs, sender_, upstream, now);
     if (!decided_) {
       decision_ = d;
       decided_ = true;

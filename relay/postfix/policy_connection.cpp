@@ -57,7 +57,7 @@ class PolicyConnection final : public RequestConnection {
         st.detail = std::string(to_string(p.error)) + " at line " + std::to_string(p.line);
         return st;
       }
-      const PolicyDecision d = decide_policy(rt.config, rt.keyring, rt.prvs, p.request, now);
+      const PolicyDecision d = decide_policy(rt.config, rt.keys, rt.prvs, p.request, now);
       if (!d.error.empty()) {
         st.close = true;
         st.reason = "protocol_error";

@@ -32,7 +32,7 @@ std::string without_crlf(std::string reply) {
 }
 }  // namespace
 
-PolicyDecision decide_policy(const conf::Config& cfg, const crypto::Keyring& keys,
+PolicyDecision decide_policy(const conf::Config& cfg, KeyringsRef keys,
                              const crypto::PrvsParams& params, const PolicyRequest& request,
                              std::int64_t now) {
   PolicyDecision d;

@@ -59,7 +59,7 @@ struct PolicyDecision {
 };
 
 // Pure. `now`: unix seconds.
-PolicyDecision decide_policy(const conf::Config& cfg, const crypto::Keyring& keys,
+PolicyDecision decide_policy(const conf::Config& cfg, KeyringsRef keys,
                              const crypto::PrvsParams& params, const PolicyRequest& request,
                              std::int64_t now);
 

@@ -11,7 +11,7 @@ std::string_view to_string(MapAnswer a) {
   return "?";
 }
 
-SocketmapDecision decide_socketmap(const conf::Config& cfg, const crypto::Keyring& keys,
+SocketmapDecision decide_socketmap(const conf::Config& cfg, KeyringsRef keys,
                                    const crypto::PrvsParams& params, std::string_view query, std::int64_t now) {
   SocketmapDecision d;
   const std::size_t sp = query.find(' ');

@@ -57,7 +57,7 @@ struct SocketmapDecision {
 };
 
 // Pure. `query`: one netstring's payload. `now`: unix seconds.
-SocketmapDecision decide_socketmap(const conf::Config& cfg, const crypto::Keyring& keys,
+SocketmapDecision decide_socketmap(const conf::Config& cfg, KeyringsRef keys,
                                    const crypto::PrvsParams& params, std::string_view query, std::int64_t now);
 
 // The connection of a socketmap listener (relay/roles.cpp): see the top of this file.

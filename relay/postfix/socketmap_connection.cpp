@@ -42,7 +42,7 @@ class SocketmapConnection final : public RequestConnection {
         st.detail = "netstring " + std::string(to_string(r.error));
         return st;
       }
-      const SocketmapDecision d = decide_socketmap(rt.config, rt.keyring, rt.prvs, r.payload, now);
+      const SocketmapDecision d = decide_socketmap(rt.config, rt.keys, rt.prvs, r.payload, now);
       // Our replies are "OK " plus an address shorter than the query, or a fixed text.
       append_netstring(out, std::string_view(d.reply).substr(0, conf::fixed::socketmap_max_reply));
       st.consumed += r.consumed;

@@ -29,7 +29,7 @@ std::shared_ptr<const relay::Runtime> make_runtime() {
   if (!ring) std::abort();
   const auto params = relay::prvs_params(*r.config);
   return std::make_shared<const relay::Runtime>(
-      relay::Runtime{std::move(*r.config), std::move(*ring), params, "mx.test", 1, {}, {}, {}});
+      relay::Runtime{std::move(*r.config), std::move(*ring), params, "mx.test", {}, {}});
 }
 }  // namespace
 

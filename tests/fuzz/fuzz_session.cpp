@@ -224,7 +224,7 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
     cfg.listeners[0].require_tls = s.strict() && s.inbound();
   }
   auto rt = std::make_shared<const relay::Runtime>(relay::Runtime{std::move(cfg), std::move(*ring), params, kHostname,
-                                                                   2, {}, std::move(tls), {}});
+                                                                   std::move(tls), {}});
   cache.emplace(listener_byte, rt);
   return rt;
 }
@@ -250,7 +250,7 @@ std::string expand_tags(std::string_view in, const relay::Runtime& rt) {
     std::size_t end = in.find_first_of("> \r\n", start);
     if (end == std::string_view::npos) end = in.size();
     const std::string_view address = in.substr(start, end - start);
-    const auto s = crypto::sign(rt.keyring, address, old ? now - 40 * 86400 : now, rt.prvs);
+    const auto s = crypto::sign(rt.keys.default_ring().keyring, address, old ? now - 40 * 86400 : now, rt.prvs);
     out.append(s.tagged ? std::string_view(*s.tagged) : address);
     pos = end;
   }
@@ -417,7 +417,7 @@ class Upstream {
     if (!ehlo_seen_) fail("MAIL before EHLO/HELO to the next hop");
     const std::string& from = p.path->address;
     if (!s_.inbound()) {
-      const auto v = crypto::verify(run_.rt->keyring, from, std::time(nullptr), run_.rt->prvs);
+      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, from, std::time(nullptr), run_.rt->prvs);
       if (v.verdict == crypto::Verdict::valid && crypto::check_signable(v.original))
         fail("outbound sent a tag on an address that must not be signed: " + from);
     }
@@ -439,7 +439,7 @@ class Upstream {
     const std::string& to = p.path->address;
     if (s_.inbound()) {
       const auto at = to.rfind('@');
-      const auto v = crypto::verify(run_.rt->keyring, to, std::time(nullptr), run_.rt->prvs);
+      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, to, std::time(nullptr), run_.rt->prvs);
       if (at != std::string::npos && relay::domain_in(run_.rt->config.domains.verify, to.substr(at + 1)) &&
           (v.verdict == crypto::Verdict::valid || v.verdict == crypto::Verdict::expired))
         fail("inbound passed one of our tags on instead of stripping it: " + to);

@@ -63,10 +63,10 @@ TEST_CASE("config_keys: every key has a default, numeric ones their kLimits row"
   CHECK(limits == batv::conf::kLimits.size());
   // Spot checks that the list is the loader's: required keys and table members are present.
   for (const char* k : {"key_file", "domains.sign", "listener.role", "listener.upstream", "limits.sessions",
-                        "timeouts.idle", "metrics.listen", "inbound.domain_mode"})
+                        "timeouts.idle", "metrics.listen", "inbound.domain_mode", "domain_keys.key_file"})
     CHECK_MESSAGE(seen.count(k) == 1, "missing: ", k);
   // Table names are not keys.
-  for (const char* k : {"domains", "listener", "limits", "metrics"}) CHECK(seen.count(k) == 0);
+  for (const char* k : {"domains", "domain_keys", "listener", "limits", "metrics"}) CHECK(seen.count(k) == 0);
 }
 
 TEST_CASE("config_keys: the loader accepts every listed key and checks its value") {
@@ -89,6 +89,11 @@ TEST_CASE("config_keys: the loader accepts every listed key and checks its value
       if (table == "listener") {
         t = root["listener"].as_array()->get(0)->as_table();
         where = "listener[0]." + name;
+      } else if (table == "domain_keys") {
+        root.insert("domain_keys", toml::array{toml::table{{"domains", toml::array{"example.com"}},
+                                                           {"key_file", "customer.toml"}}});
+        t = root["domain_keys"].as_array()->get(0)->as_table();
+        where = "domain_keys[0]." + name;
       } else {
         if (!root.contains(table)) root.insert(table, toml::table{});
         t = root[table].as_table();

@@ -324,33 +324,58 @@ TEST_CASE("metrics: latency histogram buckets are cumulative, with _sum and _cou
 TEST_CASE("metrics: active key and key ages computed at render time") {
   Metrics m;
   const std::int64_t now = 1'800'000'000;
-  m.set_keys(3, {{2, now - 86400}, {3, now - 100}, {5, 0}, {6, now + 50}});
+  m.set_rings({{"default", 3, {{2, now - 86400}, {3, now - 100}, {5, 0}, {6, now + 50}}, 0}});
   std::string t = m.render_prometheus(now);
   check_format(t);
   CHECK(has_line(t, "# TYPE batv_active_key_id gauge"));
-  CHECK(has_line(t, "batv_active_key_id 3"));
+  CHECK(has_line(t, "batv_active_key_id{ring=\"default\"} 3"));
   CHECK(has_line(t, "# TYPE batv_key_age_seconds gauge"));
-  CHECK(has_line(t, "batv_key_age_seconds{key=\"2\"} 86400"));
-  CHECK(has_line(t, "batv_key_age_seconds{key=\"3\"} 100"));
-  CHECK(has_line(t, "batv_key_age_seconds{key=\"6\"} 0"));  // created in the future: clamped
-  CHECK_FALSE(value_of(t, "batv_key_age_seconds{key=\"5\"}"));  // creation time unknown
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"default\",key=\"2\"} 86400"));
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"default\",key=\"3\"} 100"));
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"default\",key=\"6\"} 0"));  // created in the future: clamped
+  CHECK_FALSE(value_of(t, "batv_key_age_seconds{ring=\"default\",key=\"5\"}"));  // creation time unknown
   // Every configured key has a signed series, even before it signs.
   CHECK(has_line(t, "batv_signing_total{decision=\"signed\",key=\"2\"} 0"));
   CHECK(has_line(t, "batv_signing_total{decision=\"signed\",key=\"5\"} 0"));
   CHECK_FALSE(value_of(t, "batv_signing_total{decision=\"signed\",key=\"4\"}"));
   t = m.render_prometheus(now + 10);
-  CHECK(has_line(t, "batv_key_age_seconds{key=\"3\"} 110"));
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"default\",key=\"3\"} 110"));
   // The next staged-key switch: 0 until one is staged.
   CHECK(has_line(t, "# TYPE batv_next_key_switch_timestamp_seconds gauge"));
-  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds 0"));
-  m.set_next_key_switch(now + 3600);
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds{ring=\"default\"} 0"));
+  m.set_rings({{"default", 3, {{3, now - 100}}, now + 3600}});
   t = m.render_prometheus(now);
-  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds 1800003600"));
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds{ring=\"default\"} 1800003600"));
 
-  m.set_keys(-1, {});
+  m.set_rings({{"default", -1, {}, 0}});
   t = m.render_prometheus(now);
   CHECK(t.find("batv_active_key_id") == std::string::npos);
   CHECK(t.find("batv_key_age_seconds") == std::string::npos);
+}
+
+TEST_CASE("metrics: one series per keyring, each with its own signer, ages and next switch") {
+  Metrics m;
+  const std::int64_t now = 1'800'000'000;
+  m.set_rings({{"default", 3, {{3, now - 100}}, 0},
+               {"a.example", 1, {{1, now - 50}, {2, now - 10}}, now + 600},
+               {"b.example", 7, {{7, now - 5}}, 0}});
+  std::string t = m.render_prometheus(now);
+  check_format(t);
+  CHECK(has_line(t, "batv_active_key_id{ring=\"default\"} 3"));
+  CHECK(has_line(t, "batv_active_key_id{ring=\"a.example\"} 1"));
+  CHECK(has_line(t, "batv_active_key_id{ring=\"b.example\"} 7"));
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds{ring=\"default\"} 0"));
+  CHECK(has_line(t, "batv_next_key_switch_timestamp_seconds{ring=\"a.example\"} 1800000600"));
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"a.example\",key=\"2\"} 10"));
+  CHECK(has_line(t, "batv_key_age_seconds{ring=\"b.example\",key=\"7\"} 5"));
+  // Key ids of every ring have a signed series.
+  for (const char* k : {"1", "2", "3", "7"})
+    CHECK(has_line(t, std::string("batv_signing_total{decision=\"signed\",key=\"") + k + "\"} 0"));
+  // A reload that drops a ring drops its series.
+  m.set_rings({{"default", 3, {{3, now - 100}}, 0}});
+  t = m.render_prometheus(now);
+  CHECK(t.find("a.example") == std::string::npos);
+  CHECK(t.find("b.example") == std::string::npos);
 }
 
 TEST_CASE("metrics: the sessions limit is a gauge once set, and follows reloads") {
@@ -408,7 +433,7 @@ TEST_CASE("metrics: concurrent updates and domain swaps lose nothing") {
 TEST_CASE("metrics: reset_for_tests zeroes everything and forgets domains and keys") {
   Metrics m;
   m.set_domains({"example.com"});
-  m.set_keys(1, {{1, 100}});
+  m.set_rings({{"default", 1, {{1, 100}}, 0}});
   m.session_started(Role::inbound);
   m.verdict("example.com", "valid");
   m.latency(1);

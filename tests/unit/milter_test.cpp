@@ -20,7 +20,7 @@ std::shared_ptr<const relay::Runtime> runtime(const std::string& listener_extra,
   auto r = conf::load_config_string(text, "t.toml", "");
   REQUIRE_MESSAGE(r.config.has_value(), (r.errors.empty() ? "" : conf::format(r.errors[0])));
   const auto params = relay::prvs_params(*r.config);
-  return std::make_shared<const relay::Runtime>(relay::Runtime{std::move(*r.config), test::spec_ring(), params, "mx.test", 1, {}, {}, {}});
+  return std::make_shared<const relay::Runtime>(relay::Runtime{std::move(*r.config), test::spec_ring(), params, "mx.test", {}, {}});
 }
 
 std::string str(std::initializer_list<std::string_view> parts) {

@@ -30,7 +30,7 @@ std::shared_ptr<const Runtime> runtime_for(std::string_view role, const std::str
   REQUIRE_MESSAGE(r.config.has_value(), (r.errors.empty() ? "" : conf::format(r.errors[0])));
   const crypto::PrvsParams params = prvs_params(*r.config);
   return std::make_shared<const Runtime>(
-      Runtime{std::move(*r.config), test::spec_ring(), params, "relay.test", 1, {}, {}, {}});
+      Runtime{std::move(*r.config), test::spec_ring(), params, "relay.test", {}, {}});
 }
 
 struct Harness {
