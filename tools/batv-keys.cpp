@@ -1,7 +1,7 @@
 // batv-keys: the key-lifecycle and offline sign/verify CLI.
 //
 // Arguments follow the conventions of a Unix command (CLI11): global options (--keys, --config,
-// --now) before or after the command, per-command options and help (batv-keys sign --help),
+// --domain, --now) before or after the command, per-command options and help (batv-keys sign --help),
 // --opt=value, "--" ends the options (sign -- -alice@example.com), an option a command does not
 // take is refused, and a usage error is one line ending in "try ... --help".
 //
@@ -32,6 +32,7 @@
 #include "conf/config.hpp"
 #include "conf/keyfile.hpp"
 #include "conf/limits.hpp"
+#include "conf/net.hpp"
 #include "conf/timefmt.hpp"
 #include "crypto/keyring.hpp"
 #include "crypto/no_dump.hpp"
@@ -50,6 +51,7 @@ constexpr int max_margin_days = 365;
 struct Options {
   std::string keys;
   std::string config;
+  std::string domain;  // --domain: the ring of this domain in --config
   std::string command;
   std::string address;  // sign / verify
   std::optional<int> id;
@@ -68,6 +70,14 @@ struct Options {
             << "; try batv-keys " << (context.empty() ? "" : std::string(context) + " ")
             << "--help\n";
   std::exit(EX_USAGE);
+}
+
+// The key file of the [[domain_keys]] entry that lists `domain` (lowercase), as the relay picks
+// it (relay/policy.hpp Keyrings: exact match); nullptr for the default ring.
+const std::string* ring_file(const conf::Config& cfg, const std::string& domain) {
+  for (const auto& dk : cfg.domain_keys)
+    if (std::find(dk.domains.begin(), dk.domains.end(), domain) != dk.domains.end()) return &dk.key_file;
+  return nullptr;
 }
 
 // Parses the command line into Options or exits: 0 after --help/--version, 64 on a usage error,
@@ -91,6 +101,10 @@ Options parse_args(int argc, char** argv) {
   app.add_option("--config", o.config,
                  "take key_file, lifetime_days and hash from this batv-relay config")
       ->type_name("RELAY.toml");
+  app.add_option("--domain", o.domain,
+                 "with --config: the key file of this domain's keyring ([[domain_keys]], else "
+                 "key_file); sign and verify pick it from the address by themselves")
+      ->type_name("D");
   app.add_option("--now", now_text,
                  "the clock: unix seconds or ISO-8601 UTC (2023-11-14T22:13:20Z); default: now")
       ->type_name("T");
@@ -227,11 +241,39 @@ Options parse_args(int argc, char** argv) {
   }
   if (o.keys.empty() && o.config.empty())
     usage_error(o.command, "--keys FILE (or --config RELAY.toml) is required");
+  if (!o.domain.empty() && o.config.empty())
+    usage_error(o.command, "--domain needs --config RELAY.toml (the config names each domain's key file)");
+  if (!o.domain.empty() && !o.keys.empty())
+    usage_error(o.command, "--domain and --keys exclude each other: --domain picks the key file from --config");
   if (!o.config.empty()) {
     auto loaded = conf::load_config_file(o.config);
     if (!loaded.config) {
       for (const auto& e : loaded.errors) std::cerr << "batv-keys: " << conf::format(e) << "\n";
       std::exit(EX_CONFIG);
+    }
+    const conf::Config& cfg = *loaded.config;
+    if (!o.domain.empty()) {
+      std::string why;
+      const auto d = conf::normalize_domain(o.domain, &why);
+      if (!d) usage_error(o.command, "--domain '" + o.domain + "': " + why);
+      auto listed = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), *d) != l.end(); };
+      const std::string* file = ring_file(cfg, *d);
+      // A domain the relay does not serve would silently act on the default ring: a typo in
+      // "--domain custmer.example rotate" must not rotate every other customer's key.
+      if (!file && !listed(cfg.domains.sign) && !listed(cfg.domains.verify))
+        usage_error(o.command, "--domain " + *d + " is in neither domains.sign, domains.verify nor any "
+                               "[[domain_keys]] of " + o.config);
+      o.keys = file ? *file : cfg.key_file;
+    } else if (o.keys.empty() && (o.command == "sign" || o.command == "verify")) {
+      // The ring the relay would use for this address: its domain's [[domain_keys]] entry.
+      const auto at = o.address.rfind('@');
+      const std::string* file = nullptr;
+      if (at != std::string::npos) {
+        std::string domain = o.address.substr(at + 1);
+        if (!domain.empty() && domain.back() == '>') domain.pop_back();
+        if (auto d = conf::normalize_domain(domain)) file = ring_file(cfg, *d);
+      }
+      o.keys = file ? *file : cfg.key_file;
     }
     if (o.keys.empty()) o.keys = loaded.config->key_file;
     o.prvs.lifetime_days = loaded.config->lifetime_days;

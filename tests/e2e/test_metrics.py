@@ -22,8 +22,8 @@ The contract checked (issue 6, relay/metrics.hpp):
   verification    batv_verify_total{domain,verdict} per inbound RCPT in domains.verify
   bytes           batv_bytes_total{role}: the `size` of every accepted `event=message`
   latency         batv_added_latency_seconds: one observation per message counted above
-  reloads / keys  batv_reloads_total{result} = the `event=reload` lines; batv_active_key_id;
-                  batv_key_age_seconds{key} from the key file's creation times
+  reloads / keys  batv_reloads_total{result} = the `event=reload` lines; batv_active_key_id{ring};
+                  batv_key_age_seconds{ring,key} from the key file's creation times
   /healthz        200 "ok\\n"; unknown paths 404; other methods 405
 
 Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is always printed.
@@ -362,10 +362,10 @@ class MetricsTestCase(RelayLogMixin, unittest.TestCase):
         self.assertTrue(math.isfinite(total) and 0 <= total < 60, total)
 
         # Keys: key 3 signs, created when the test imported it.
-        self.assertEqual(exp.get("batv_active_key_id"), 3)
+        self.assertEqual(exp.get("batv_active_key_id", ring="default"), 3)
         ages = exp.family("batv_key_age_seconds")
-        self.assertEqual(set(ages), {frozenset({("key", "3")})}, ages)
-        age = exp.get("batv_key_age_seconds", key="3")
+        self.assertEqual(set(ages), {frozenset({("ring", "default"), ("key", "3")})}, ages)
+        age = exp.get("batv_key_age_seconds", ring="default", key="3")
         self.assertGreaterEqual(age, 0)
         self.assertLessEqual(age, time.time() - self.t_keys + 5)
 
@@ -384,7 +384,7 @@ class MetricsTestCase(RelayLogMixin, unittest.TestCase):
     def test_reloads_and_key_rotation(self):
         r, smarthost, _ = self.start_relay()
         exp = self.scrape()
-        self.assertEqual(exp.get("batv_active_key_id"), 3)
+        self.assertEqual(exp.get("batv_active_key_id", ring="default"), 3)
 
         def reload_lines(result):
             return [x for x in r.logs("reload") if x.get("result") == result]
@@ -396,9 +396,9 @@ class MetricsTestCase(RelayLogMixin, unittest.TestCase):
         self.assertIsNotNone(r.wait_log(lambda x: x.get("event") == "reload"
                                         and x.get("signing_key") == str(new_id), 10),
                              "no event=reload with the new signing key")
-        exp = self.scrape_when(lambda e: e.has("batv_active_key_id")
-                               and e.get("batv_active_key_id") == new_id)
-        self.assertEqual(exp.get("batv_active_key_id"), new_id)
+        exp = self.scrape_when(lambda e: e.has("batv_active_key_id", ring="default")
+                               and e.get("batv_active_key_id", ring="default") == new_id)
+        self.assertEqual(exp.get("batv_active_key_id", ring="default"), new_id)
         self.assertEqual({dict(k)["key"] for k in exp.family("batv_key_age_seconds")},
                          {"3", str(new_id)})
         self.assertTrue(exp.has("batv_signing_total", decision="signed", key=str(new_id)))
@@ -420,7 +420,7 @@ class MetricsTestCase(RelayLogMixin, unittest.TestCase):
         self.assertGreaterEqual(exp.get("batv_reloads_total", result="ok"), 1)
         self.assertEqual(exp.get("batv_reloads_total", result="failed"), len(reload_lines("failed")))
         self.assertGreaterEqual(exp.get("batv_reloads_total", result="failed"), 1)
-        self.assertEqual(exp.get("batv_active_key_id"), new_id)
+        self.assertEqual(exp.get("batv_active_key_id", ring="default"), new_id)
         self.assertEqual(exp.get("batv_signing_total", decision="signed", key=str(new_id)), 1)
         self.assertTrue(r.running())
 

@@ -87,7 +87,7 @@ class Node:
             text = r.read().decode()
         out = {}
         for name in ("batv_active_key_id", "batv_next_key_switch_timestamp_seconds"):
-            m = re.search(r"(?m)^%s (\d+)$" % name, text)
+            m = re.search(r'(?m)^%s\{ring="default"\} (\d+)$' % name, text)
             out[name] = int(m.group(1)) if m else None
         return out
 
