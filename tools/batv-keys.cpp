@@ -239,10 +239,10 @@ Options parse_args(int argc, char** argv) {
                                 " days ahead; stage a key for when the key file has reached every relay");
     o.at = *t;
   }
-  if (o.keys.empty() && o.config.empty())
-    usage_error(o.command, "--keys FILE (or --config RELAY.toml) is required");
   if (!o.domain.empty() && o.config.empty())
     usage_error(o.command, "--domain needs --config RELAY.toml (the config names each domain's key file)");
+  if (o.keys.empty() && o.config.empty())
+    usage_error(o.command, "--keys FILE (or --config RELAY.toml) is required");
   if (!o.domain.empty() && !o.keys.empty())
     usage_error(o.command, "--domain and --keys exclude each other: --domain picks the key file from --config");
   if (!o.config.empty()) {

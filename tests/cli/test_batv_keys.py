@@ -536,6 +536,132 @@ class StagedRotationTest(unittest.TestCase):
         self.assertIn("retired key 5", out)
         self.assertEqual(self.sign_key(T1 + 2 * 3600)[0], 4)
 
+class DomainKeysTest(unittest.TestCase):
+    """--config FILE --domain D: every command on D's ring; sign/verify pick the ring by the
+    address's domain. Default ring: key 3 "secretkey"; a.example: key 1; b.example and
+    www.b.example: key 2 (both made by rotate, so their secrets are random)."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        d = self.dir.name
+        self.conf = os.path.join(d, "relay.toml")
+        self.default = os.path.join(d, "keys.toml")
+        os.mkdir(os.path.join(d, "keys.d"))
+        self.a = os.path.join(d, "keys.d", "a.toml")
+        self.b = os.path.join(d, "b.toml")
+        with open(self.conf, "w") as f:
+            f.write('key_file = "keys.toml"\n'
+                    '[domains]\nsign = ["example.com", "a.example", "b.example", "www.b.example"]\n'
+                    '[[domain_keys]]\ndomains = ["a.example"]\nkey_file = "keys.d/a.toml"\n'
+                    '[[domain_keys]]\ndomains = ["B.example", "www.b.example"]\nkey_file = "%s"\n'
+                    '[[listener]]\nrole = "outbound"\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:25"\n'
+                    % self.b)
+        rc, _, err = run(self.default, "import", "--id", "3", "--signing", stdin=b"secretkey\n", now=T1)
+        self.assertEqual(rc, 0, err)
+        # Ring a: key 0 then rotated to key 1; ring b: keys 0, 1, 2 (so the ids differ per ring).
+        for domain, times in (("a.example", 2), ("b.example", 3)):
+            for i in range(times):
+                rc, out, err = self.cfg("--domain", domain, "rotate", now=T1 + i)
+                self.assertEqual(rc, 0, err)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def cfg(self, *args, now=T1 + 10):
+        p = run_checked([BIN, "--config", self.conf, "--now", str(now)] + list(args), timeout=30)
+        return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+    def test_each_command_acts_on_the_domains_ring_only(self):
+        # rotate wrote each ring's own file, relative names resolved against the config's directory.
+        self.assertEqual([k["id"] for k in listing(self.a)], [0, 1])
+        self.assertEqual([k["id"] for k in listing(self.b)], [0, 1, 2])
+        self.assertEqual([k["id"] for k in listing(self.default)], [3])
+        self.assertEqual(stat.S_IMODE(os.stat(self.a).st_mode), 0o600)
+        # list --json by domain; any case; a second domain of an entry is the same ring.
+        for domain, ids in (("a.example", [0, 1]), ("B.EXAMPLE", [0, 1, 2]), ("www.b.example", [0, 1, 2]),
+                            ("example.com", [3])):
+            rc, out, err = self.cfg("--domain", domain, "list", "--json")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual([k["id"] for k in json.loads(out)], ids, domain)
+        # sign / verify with --domain.
+        rc, tag_a, err = self.cfg("--domain", "a.example", "sign", "user@a.example")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(tag_a.startswith("prvs=1"), tag_a)
+        self.assertEqual(self.cfg("--domain", "a.example", "verify", tag_a.strip())[:2],
+                         (0, "valid user@a.example\n"))
+        # promote / retire / import / prune take it as well (retire: key 0 of ring a, forced).
+        rc, out, err = self.cfg("--domain", "a.example", "retire", "--id", "0", "--force")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([k["id"] for k in listing(self.a)], [1])
+        self.assertEqual([k["id"] for k in listing(self.b)], [0, 1, 2])
+        p = run_checked([BIN, "--config", self.conf, "--domain", "b.example", "import", "--id", "7"],
+                        input=b"imported-b\n", timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual([k["id"] for k in listing(self.b)], [0, 1, 2, 7])
+        self.assertEqual([k["id"] for k in listing(self.a)], [1])
+        rc, out, err = self.cfg("--domain", "b.example", "prune", now=T1 + 60 * DAY)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([k["id"] for k in listing(self.b, now=T1 + 60 * DAY)], [2, 7])
+        rc, out, err = self.cfg("--domain", "a.example", "rotate", "--at", "+1h")
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.cfg("--domain", "a.example", "promote", "--id", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([k["state"] for k in listing(self.a, now=T1 + 20)], ["verify", "signing"])
+        self.assertEqual([k["state"] for k in listing(self.b, now=T1 + 20)], ["signing", "verify"])
+
+    def test_sign_and_verify_pick_the_ring_by_the_address(self):
+        tags = {}
+        for addr, key in (("user@a.example", "1"), ("user@b.example", "2"), ("user@www.b.example", "2"),
+                          ("user@example.com", "3"), ("user@elsewhere.org", "3")):
+            rc, out, err = self.cfg("sign", addr)
+            self.assertEqual(rc, 0, err)
+            self.assertTrue(out.startswith("prvs=" + key), (addr, out))
+            tags[addr] = out.strip()
+            self.assertEqual(self.cfg("verify", out.strip())[:2], (0, "valid %s\n" % addr))
+        self.assertEqual(tags["user@example.com"], "prvs=368291fcbb=user@example.com")  # the spec's tag
+        # The offline check by file agrees: each tag verifies with its ring's file only.
+        self.assertEqual(run(self.a, "verify", tags["user@a.example"], now=T1 + 10)[0], 0)
+        self.assertEqual(run(self.b, "verify", tags["user@a.example"], now=T1 + 10)[0], 1)  # key 1 of b: other secret
+        self.assertEqual(run(self.a, "verify", tags["user@b.example"], now=T1 + 10)[0], 3)  # no key 2 in a
+        # Another ring's tag moved to a domain: refused by that domain's ring.
+        moved = tags["user@a.example"].replace("@a.example", "@b.example")
+        rc, out, _ = self.cfg("verify", moved)
+        self.assertEqual((rc, out.split()[0]), (1, "bad_signature"))
+        rc, out, _ = self.cfg("verify", "<" + tags["user@b.example"] + ">")
+        self.assertEqual(rc, 0, out)
+        # --domain wins over the address: the ring named is the one used.
+        self.assertEqual(self.cfg("--domain", "a.example", "verify", tags["user@b.example"])[0], 3)
+        # No subdomain match: mail.a.example is the default ring's.
+        rc, out, _ = self.cfg("sign", "user@mail.a.example")
+        self.assertTrue(out.startswith("prvs=3"), out)
+
+    def test_refusals(self):
+        # A domain the config does not know: refused, nothing written (a typo must not rotate the
+        # default ring).
+        before = listing(self.default)
+        rc, _, err = self.cfg("--domain", "a.exampel", "rotate")
+        self.assertEqual(rc, 64, err)
+        self.assertIn("a.exampel is in neither domains.sign, domains.verify nor any [[domain_keys]]", err)
+        self.assertTrue(err.endswith("try batv-keys rotate --help\n"), err)
+        self.assertEqual(listing(self.default), before)
+        self.assertEqual(self.cfg("--domain", "bad..domain", "list")[0], 64)
+        # --domain needs --config and excludes --keys.
+        rc, _, err = self.cfg("--keys", self.default, "--domain", "a.example", "list")
+        self.assertEqual(rc, 64, err)
+        self.assertIn("--domain and --keys exclude each other", err)
+        p = run_checked([BIN, "--domain", "a.example", "list"], timeout=30)
+        self.assertEqual(p.returncode, 64, p.stderr)
+        self.assertIn(b"--domain needs --config", p.stderr)
+        # A ring whose file is missing: 66, naming the file.
+        os.unlink(self.a)
+        rc, _, err = self.cfg("--domain", "a.example", "list")
+        self.assertEqual(rc, 66, err)
+        self.assertIn(self.a, err)
+        # Too open: 77 for that ring, the others still work.
+        os.chmod(self.b, 0o644)
+        self.assertEqual(self.cfg("--domain", "b.example", "list")[0], 77)
+        self.assertEqual(self.cfg("--domain", "example.com", "list")[0], 0)
+
 
 def main():
     global BIN
