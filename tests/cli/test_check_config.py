@@ -45,6 +45,64 @@ class CheckConfigTest(unittest.TestCase):
         self.rotate()
         self.assertEqual(check(self.config), (0, "configuration OK\n", ""))
 
+    def domain_keys_config(self):
+        """The example with two [[domain_keys]] rings (customer.example + www, other.example)."""
+        text = self.example.replace(
+            'sign = ["example.com"]',
+            'sign = ["example.com", "customer.example", "www.customer.example", "other.example"]', 1)
+        self.assertNotEqual(text, self.example)
+        text = text.replace("\n[[listener]]", '\n[[domain_keys]]\ndomains = ["customer.example", '
+                            '"www.customer.example"]\nkey_file = "keys.d/customer.toml"\n'
+                            '[[domain_keys]]\ndomains = ["other.example"]\nkey_file = "other.toml"\n'
+                            "\n[[listener]]", 1)
+        with open(self.config, "w") as f:
+            f.write(text)
+        os.mkdir(os.path.join(self.d, "keys.d"))
+        self.customer = os.path.join(self.d, "keys.d", "customer.toml")
+        self.other = os.path.join(self.d, "other.toml")
+        self.rotate()
+        for path, times in ((self.customer, 2), (self.other, 1)):
+            for _ in range(times):
+                p = run_checked([KEYS, "--keys", path, "rotate"], timeout=30)
+                self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_domain_keys_every_ring_listed(self):
+        self.domain_keys_config()
+        rc, out, err = check(self.config)
+        self.assertEqual((rc, err), (0, ""), out)
+        self.assertEqual(out.splitlines(), [
+            "configuration OK",
+            f"ring default: {self.keyfile}: 1 key, signing key 0, domains: (every other domain)",
+            f"ring customer.example: {self.customer}: 2 keys, signing key 1, domains: customer.example "
+            "www.customer.example",
+            f"ring other.example: {self.other}: 1 key, signing key 0, domains: other.example",
+        ])
+        # A staged key shows its switch.
+        p = run_checked([KEYS, "--keys", self.other, "rotate", "--at", "+1d"], timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rc, out, _ = check(self.config)
+        self.assertRegex(out, r"(?m)^ring other\.example: .*: 2 keys, signing key 0, key 1 signs from "
+                              r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, domains: other\.example$")
+
+    def test_domain_keys_each_ring_file_checked(self):
+        self.domain_keys_config()
+        # Too open, missing: each reported with the file and the entry that set it; all at once.
+        os.chmod(self.customer, 0o644)
+        os.unlink(self.other)
+        rc, out, err = check(self.config)
+        self.assertEqual((rc, out), (78, ""))
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 2, err)
+        self.assertIn("permissions 0644 are too open", lines[0])
+        self.assertIn(f"(domain_keys[0].key_file, set at {self.config}:", lines[0])
+        self.assertEqual(lines[1], f"{self.other}: no such key file (domain_keys[1].key_file, set at "
+                                   f"{self.config}:{self.entry_line(1)}:1)")
+
+    def entry_line(self, i):
+        with open(self.config) as f:
+            starts = [n for n, line in enumerate(f, 1) if line.startswith("[[domain_keys]]")]
+        return starts[i]
+
     def test_missing_key_file(self):
         rc, out, err = check(self.config)
         self.assertEqual(rc, 78)
