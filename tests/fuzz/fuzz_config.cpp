@@ -7,8 +7,11 @@
 // postmaster always exempt, no upstream equal to its own listen address, sessions_per_client
 // within sessions, listen addresses that are IP literals, and it round-trips its enum spellings.
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "conf/config.hpp"
 #include "conf/limits.hpp"
@@ -78,6 +81,22 @@ void check_config(const Config& c) {
     if (p.domain.empty() || !lowercase(p.domain)) std::abort();
   for (const auto& [domain, mode] : c.inbound.domain_mode)
     if (!lowercase(domain)) std::abort();
+  // [[domain_keys]]: bounded; every ring has domains, each ours and in one ring only, and a key
+  // file of its own.
+  if (c.domain_keys.size() > fixed::max_domain_keys) std::abort();
+  std::vector<std::string> ring_domains, ring_files{c.key_file};
+  for (const auto& dk : c.domain_keys) {
+    if (dk.domains.empty() || dk.key_file.empty()) std::abort();
+    if (std::find(ring_files.begin(), ring_files.end(), dk.key_file) != ring_files.end()) std::abort();
+    ring_files.push_back(dk.key_file);
+    for (const auto& d : dk.domains) {
+      if (!lowercase(d)) std::abort();
+      const bool ours = std::find(c.domains.sign.begin(), c.domains.sign.end(), d) != c.domains.sign.end() ||
+                        std::find(c.domains.verify.begin(), c.domains.verify.end(), d) != c.domains.verify.end();
+      if (!ours || std::find(ring_domains.begin(), ring_domains.end(), d) != ring_domains.end()) std::abort();
+      ring_domains.push_back(d);
+    }
+  }
   if (to_string(c.hash).empty() || to_string(c.inbound.mode).empty() || to_string(c.logging.level).empty())
     std::abort();
 }
