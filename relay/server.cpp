@@ -493,19 +493,21 @@ awaitable<void> Server::watch_key_file() {
     const auto rt = runtime_.get();
     const auto& rings = rt->keys.rings();
     std::map<std::string, FileStamp> seen;
-    std::string changed;
+    bool changed = false;  // one reload for however many files changed
     for (std::size_t i = 0; i < rings.size(); ++i) {
       const std::string& path = rings[i].key_file;
       const auto it = last.find(path);
-      const FileStamp base = it != last.end() ? it->second : rt->key_stamps.at(i);
+      const FileStamp base = it != last.end()                ? it->second
+                             : i < rt->key_stamps.size() ? rt->key_stamps[i]
+                                                         : FileStamp{};
       const FileStamp now = stamp_of(path);
       seen[path] = now.exists ? now : base;
       if (now == base || !now.exists) continue;
       log(Level::info, "key_file_changed").kv("file", path).kv("ring", rings[i].name);
-      if (changed.empty()) changed = path;
+      changed = true;
     }
     last = std::move(seen);  // files no longer configured are forgotten
-    if (!changed.empty()) reload();
+    if (changed) reload();
   }
 }
 
