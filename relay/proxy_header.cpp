@@ -133,14 +133,17 @@ ProxyParse parse_v1_line(std::string_view line, std::size_t length) {
 ProxyParse parse_v1(std::string_view in) {
   const std::string_view window = in.substr(0, std::min(in.size(), proxy_v1_max_line));
   const std::size_t end = window.find_first_of("\r\n");
+  // Not "PROXY " at all (SMTP, HTTP, TLS, ...), or a PROXY line gone wrong.
+  const std::string_view start = window.substr(0, std::min(end, kV1Prefix.size()));
+  if (start != kV1Prefix.substr(0, start.size()) || (end != std::string_view::npos && end < kV1Prefix.size()))
+    return fail(ProxyError::not_proxy);
   if (end == std::string_view::npos) {
-    if (!v1_prefix_ok(window)) return fail(window.size() < kV1Prefix.size() ? ProxyError::not_proxy : ProxyError::bad_line);
+    if (!v1_prefix_ok(window)) return fail(ProxyError::bad_line);
     // The CRLF is still to come: two more bytes at least, within the 107.
     if (in.size() + 2 > proxy_v1_max_line) return fail(ProxyError::line_too_long);
     return need(std::max<std::size_t>(2, kV1MinLine > in.size() ? kV1MinLine - in.size() : 0));
   }
-  if (!v1_prefix_ok(window.substr(0, end)) || end < kV1Prefix.size())
-    return fail(end < kV1Prefix.size() ? ProxyError::not_proxy : ProxyError::bad_line);
+  if (!v1_prefix_ok(window.substr(0, end))) return fail(ProxyError::bad_line);
   if (window[end] == '\n') return fail(ProxyError::bad_line);  // a lone LF
   if (end + 2 > proxy_v1_max_line) return fail(ProxyError::line_too_long);
   if (end + 1 == in.size()) return need(1);                  // the LF after this CR
