@@ -341,10 +341,10 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
       co_await t.async_wait(asio::use_awaitable);
       continue;
     }
-    boost::system::error_code ec2;
-    const tcp::endpoint remote = sock.remote_endpoint(ec2);
-    const tcp::endpoint local = sock.local_endpoint(ec2);
-    if (ec2) continue;  // already gone
+    boost::system::error_code remote_ec, local_ec;
+    const tcp::endpoint remote = sock.remote_endpoint(remote_ec);
+    const tcp::endpoint local = sock.local_endpoint(local_ec);
+    if (remote_ec || local_ec) continue;  // already gone (a health check's reset, say)
     auto rt = runtime_.get();
     const std::size_t index = listening->index;
     // A load balancer in accept_proxy_from speaks first: its PROXY header names the client. Anyone
