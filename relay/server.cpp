@@ -392,7 +392,16 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
                        timer.async_wait(asio::as_tuple(asio::use_awaitable)));
     if (r.index() == 1) co_return fail("timeout");
     const auto [ec, n] = std::get<0>(r);
-    if (ec) co_return fail(ec == asio::error::eof || ec == asio::error::connection_reset ? "closed" : "io_error");
+    const bool closed = ec == asio::error::eof || ec == asio::error::connection_reset;
+    if (closed && have == 0 && n == 0) {
+      // Connected and gone without a byte: a plain TCP health check (a load balancer's check
+      // without PROXY, a port probe), not a protocol error worth a warning every few seconds.
+      metrics().proxy_health_check();
+      log(Level::debug, "proxy_health_check").kv("listener", listener).kv("peer", lb).kv("command", "none");
+      close();
+      co_return;
+    }
+    if (ec) co_return fail(closed ? "closed" : "io_error");
     p = parse_proxy_header(buf, max);
   }
   if (p.status == ProxyParse::Status::error) co_return fail(to_string(p.error));

@@ -239,16 +239,22 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
     def test_health_checks_are_answered_and_not_sessions(self):
         up = self.upstream()
         r = self.relay(up, debug=True)
-        for header in (V2_LOCAL, b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN 1.2.3.4 whatever\r\n"):
+        for i, header in enumerate((V2_LOCAL, b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN 1.2.3.4 whatever\r\n")):
             c = self.lb(r, header)
             rep = c.read_reply()
             self.assertEqual(rep.code, 221, rep)
             self.assertIn("health check", rep.text)
             c.sock.settimeout(scaled(5))
             self.assertEqual(c.sock.recv(100), b"", "closed after the reply")
-        self.assertTrue(wait_until(lambda: self.metric(r, "batv_proxy_health_checks_total") == 3, scaled(5)))
-        checks = r.wait_logs(lambda x: x.get("event") == "proxy_health_check", 3)
-        self.assertEqual([x.get("command") for x in checks], ["LOCAL", "UNKNOWN", "UNKNOWN"])
+            # In order: the debug line of this check before the next one starts.
+            r.wait_logs(lambda x: x.get("event") == "proxy_health_check", i + 1)
+        # A plain TCP check: connected and gone without a byte (no warning every few seconds).
+        c = SmtpClient(r.port(), 10)
+        c.close()
+        self.assertTrue(wait_until(lambda: self.metric(r, "batv_proxy_health_checks_total") == 4, scaled(5)))
+        checks = r.wait_logs(lambda x: x.get("event") == "proxy_health_check", 4)
+        self.assertEqual([x.get("command") for x in checks], ["LOCAL", "UNKNOWN", "UNKNOWN", "none"])
+        self.assertEqual(r.logs("proxy_header_failed"), [])
         self.assertEqual(self.metric(r, "batv_sessions_total", role="inbound"), 0)
         self.assertEqual(up.connections(), [], "a health check opened a next-hop connection")
         self.assertEqual(r.logs("connect"), [])
@@ -278,8 +284,8 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
                                  and x.get("reason") == why and x.get("peer") == "%s:%d" % (HOST, p))
                 self.assertIsNotNone(rec, reason)
                 self.assertEqual(rec.get("level"), "warning", rec["_raw"])
-        # A load balancer that connects and goes away.
-        c = SmtpClient(r.port(), 10)
+        # A load balancer that goes away in the middle of a header.
+        c = self.lb(r, b"PROXY TCP4 203.0.113.7 192.0.2.25 ")
         c.close()
         self.assertIsNotNone(r.wait_log(lambda x: x.get("event") == "proxy_header_failed" and x.get("reason") == "closed"))
         m = self.metrics(r)

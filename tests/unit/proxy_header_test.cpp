@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "relay/client_identity.hpp"
+#include "relay/metrics.hpp"
 #include "relay/proxy_header.hpp"
 
 using namespace batv::relay;
@@ -266,4 +267,25 @@ TEST_CASE("proxy headers from our own sender (client_identity) read back") {
   const ip::tcp::endpoint c6(ip::make_address("2001:db8::5"), 1), l4(ip::make_address("192.0.2.1"), 25);
   CHECK(parse(proxy_v1_header(c6, l4)).header.command == Command::unknown);
   CHECK(parse(proxy_v2_header(c6, l4)).header.command == Command::local);
+}
+
+TEST_CASE("proxy header errors: every parse error has its own metric label") {
+  // batv_proxy_header_errors_total{reason}: a parse error missing from the metric's fixed label
+  // set would count as "other" and hide what went wrong.
+  for (int i = 0; i <= static_cast<int>(ProxyError::too_large); ++i) {
+    const auto e = static_cast<ProxyError>(i);
+    CAPTURE(to_string(e));
+    CHECK(Metrics::name(static_cast<Metrics::ProxyHeaderError>(i)) == to_string(e));
+  }
+  Metrics m;
+  m.proxy_header_error("bad_port");
+  m.proxy_header_error("timeout");
+  m.proxy_header_error("nonsense");
+  m.proxy_health_check();
+  const std::string text = m.render_prometheus(0);
+  CHECK(text.find("batv_proxy_header_errors_total{reason=\"bad_port\"} 1\n") != std::string::npos);
+  CHECK(text.find("batv_proxy_header_errors_total{reason=\"timeout\"} 1\n") != std::string::npos);
+  CHECK(text.find("batv_proxy_header_errors_total{reason=\"other\"} 1\n") != std::string::npos);
+  CHECK(text.find("batv_proxy_header_errors_total{reason=\"not_proxy\"} 0\n") != std::string::npos);
+  CHECK(text.find("batv_proxy_health_checks_total 1\n") != std::string::npos);
 }
