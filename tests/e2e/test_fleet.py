@@ -227,7 +227,6 @@ def metric(port, name):
         return total
 
 
-@unittest.skipUnless(os.path.exists(HAPROXY), "haproxy is not installed (Debian package haproxy)")
 class FleetTest(RelayLogMixin, unittest.TestCase):
     def setUp(self):
         self._tmp = tmpdir()
@@ -258,6 +257,9 @@ class FleetTest(RelayLogMixin, unittest.TestCase):
         return [x for x in r.logs("session_end") if x.get("role") == role]
 
     def test_fleet_behind_haproxy(self):
+        # Not a skip: tools/lib.sh installs haproxy, and a fleet test that silently did not run
+        # would read as a pass.
+        self.assertTrue(os.path.exists(HAPROXY), "haproxy is not installed (Debian package haproxy)")
         mx = ScriptedUpstream(caps=XCLIENT_CAPS)
         self.addCleanup(mx.close)
         a = self.start_relay("relay-a", mx)
