@@ -420,6 +420,7 @@ constexpr Binding kBindings[] = {
     {"limits", "policy_attribute_length",
      [](Config& c, std::int64_t v) { c.limits.policy_attribute_length = v; }},
     {"limits", "milter_packet", [](Config& c, std::int64_t v) { c.limits.milter_packet = v; }},
+    {"limits", "proxy_header_size", [](Config& c, std::int64_t v) { c.limits.proxy_header_size = v; }},
     {"timeouts", "idle", [](Config& c, std::int64_t v) { c.timeouts.idle = std::chrono::seconds(v); }},
     {"timeouts", "command", [](Config& c, std::int64_t v) { c.timeouts.command = std::chrono::seconds(v); }},
     {"timeouts", "session", [](Config& c, std::int64_t v) { c.timeouts.session = std::chrono::seconds(v); }},
@@ -446,6 +447,7 @@ constexpr Binding kBindings[] = {
     {"timeouts", "milter_idle", [](Config& c, std::int64_t v) { c.timeouts.milter_idle = std::chrono::seconds(v); }},
     {"timeouts", "milter_command",
      [](Config& c, std::int64_t v) { c.timeouts.milter_command = std::chrono::seconds(v); }},
+    {"timeouts", "proxy_header", [](Config& c, std::int64_t v) { c.timeouts.proxy_header = std::chrono::seconds(v); }},
 };
 
 // Every kLimits row has exactly one binding and vice versa (a new limit cannot be forgotten).
@@ -479,7 +481,7 @@ constexpr std::string_view kListenerKeys[] = {
     "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
     "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name", "allow_authenticated",
     "plaintext_auth_loopback", "socket_mode", "socket_owner", "socket_group", "allow_peers",
-    "originating_daemons", "verify"};
+    "originating_daemons", "verify", "accept_proxy_from"};
 
 // Keys that only some roles take: a key set on a listener of another role is an error (it would
 // be silently ignored otherwise). Keys not listed here apply to every role.
@@ -489,6 +491,7 @@ struct RoleKeys {
 };
 constexpr RoleKeys kRoleKeys[] = {
     {"upstream", true, true, false, false, false},
+    {"accept_proxy_from", true, true, false, false, false},
     {"allow_clients", true, true, true, false, false},
     {"forward_client", true, true, false, false, false},
     {"tls_cert", true, true, false, false, false},
@@ -736,6 +739,9 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
       for (std::string_view net : *role == Role::inbound ? kEveryone : kLoopback)
         l.allow_clients.push_back(*parse_cidr(net));
     }
+    // Load balancers whose connections start with a PROXY protocol header (relay/proxy_header.hpp).
+    // An empty list is the default: no peer is trusted to say who the client is.
+    if (auto nets = cidr_list(*t, "accept_proxy_from", path + ".accept_proxy_from")) l.accept_proxy_from = std::move(*nets);
     if (auto nets = cidr_list(*t, "allow_peers", path + ".allow_peers")) {
       if (!l.unix_path.empty()) {
         error(*t->get("allow_peers"), path + ".allow_peers",
@@ -857,6 +863,7 @@ constexpr DefaultText kDefaultTexts[] = {
     {"listener.upstream_tls_name", [] { return std::string("(the upstream host)"); }},
     {"listener.allow_authenticated", [] { return toml_bool(kListener.allow_authenticated); }},
     {"listener.plaintext_auth_loopback", [] { return toml_bool(kListener.plaintext_auth_loopback); }},
+    {"listener.accept_proxy_from", [] { return toml_list(std::vector<std::string>{}); }},
     {"signing.exempt_senders", [] { return toml_list(kConfig.signing.exempt_senders); }},
     {"signing.exempt_destinations", [] { return toml_list(kConfig.signing.exempt_destinations); }},
     {"inbound.mode", [] { return toml_quote(to_string(kConfig.inbound.mode)); }},

@@ -87,6 +87,11 @@ struct Listener {
   // Proxy roles: who may connect (default: outbound = loopback only, inbound = everyone).
   // milter: the SMTP clients ({client_addr} macro) whose mail is ours to sign (default loopback).
   std::vector<Cidr> allow_clients;
+  // Proxy roles: load balancers (HAProxy send-proxy / send-proxy-v2) whose connections must
+  // start with a PROXY protocol v1 or v2 header; the client it names is the client for
+  // allow_clients, the per-client limits, accept_untagged_from, the logs and forward_client.
+  // Peers outside it are never parsed for one. Default empty.
+  std::vector<Cidr> accept_proxy_from;
   // No-hop roles on TCP: who may connect to the socket (default loopback). The MTA asking the
   // questions runs on this host in the usual set-up; a unix socket's file mode does this job.
   std::vector<Cidr> allow_peers;

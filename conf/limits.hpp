@@ -95,6 +95,12 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "subjects and issuers are far shorter. Longer closes the connection unanswered."},
 
     // --- [timeouts] (seconds) ----------------------------------------------------------------
+    {"limits", "proxy_header_size", 536, 232, 65551, "octets",
+     "Largest PROXY protocol v2 header (16 bytes plus its length field) from a load balancer in "
+     "listener.accept_proxy_from. proxy-protocol.txt 2: every header is meant to fit the 536-octet "
+     "minimum TCP segment (576 - 40), which HAProxy's addresses plus its usual TLVs do; 232 is the "
+     "largest header without TLVs (AF_UNIX addresses), 65551 what the length field can say. A "
+     "larger header closes the connection. v1 lines have the spec's own bound, 107 octets."},
     {"limits", "milter_packet", 65536, 4096, 16777216, "bytes",
      "Largest milter packet accepted from the MTA (command byte and data; the 4-byte length "
      "excluded). The milter negotiates no body step, so packets are macros, addresses and, in "
@@ -159,6 +165,11 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
     {"timeouts", "milter_command", 30, 1, 3600, "seconds",
      "Deadline for the rest of a milter packet once its first byte arrived, and for writing our "
      "replies. 30 = Postfix milter_command_timeout: the MTA gives up at the same time."},
+    {"timeouts", "proxy_header", 5, 1, 300, "seconds",
+     "Deadline for the whole PROXY protocol header from a load balancer in "
+     "listener.accept_proxy_from, from accept. The load balancer sends it at once (proxy-protocol.txt "
+     "2: in one segment); 5 = Postfix smtpd_upstream_proxy_timeout. Expiry closes the connection "
+     "without a greeting."},
 });
 
 // Compile-time lookup; an unknown name is a compile error (throw in a consteval function).
@@ -213,6 +224,7 @@ struct Limits {
   std::int64_t policy_attributes = limit("limits", "policy_attributes").def;
   std::int64_t policy_attribute_length = limit("limits", "policy_attribute_length").def;
   std::int64_t milter_packet = limit("limits", "milter_packet").def;
+  std::int64_t proxy_header_size = limit("limits", "proxy_header_size").def;
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -234,6 +246,7 @@ struct Timeouts {
   std::chrono::seconds socketmap_request{limit("timeouts", "socketmap_request").def};
   std::chrono::seconds milter_idle{limit("timeouts", "milter_idle").def};
   std::chrono::seconds milter_command{limit("timeouts", "milter_command").def};
+  std::chrono::seconds proxy_header{limit("timeouts", "proxy_header").def};
   friend bool operator==(const Timeouts&, const Timeouts&) = default;
 };
 

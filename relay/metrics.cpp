@@ -28,6 +28,9 @@ constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "i
                                                                    "socketmap"};
 constexpr std::array<std::string_view, Metrics::answers> answer_names{
     "accept", "reject", "tempfail", "dunno", "prepend", "found", "notfound", "temp", "perm", "other"};
+constexpr std::array<std::string_view, Metrics::proxy_header_errors> proxy_header_error_names{
+    "not_proxy", "line_too_long", "bad_line", "bad_address", "bad_port", "bad_version", "bad_command",
+    "bad_family", "unsupported_family", "short_addresses", "too_large", "timeout", "closed", "io_error", "other"};
 // The `le` label of each bucket, as Prometheus clients write them.
 constexpr std::array<std::string_view, Metrics::latency_bounds.size() + 1> bucket_labels{
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf"};
@@ -132,6 +135,7 @@ std::string_view Metrics::name(RcptAction v) { return rcpt_action_names[static_c
 std::string_view Metrics::name(NotSigned v) { return not_signed_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Verdict v) { return verdict_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(UpstreamStage v) { return stage_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(ProxyHeaderError v) { return proxy_header_error_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Answer v) { return answer_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Role r) { return role_names[role_index(r)]; }
 
@@ -218,6 +222,10 @@ void Metrics::set_domains(std::vector<std::string> list) {
 }
 
 void Metrics::upstream_error(std::string_view stage) { inc(upstream_errors_[lookup(stage_names, stage)]); }
+void Metrics::proxy_header_error(std::string_view reason) {
+  inc(proxy_header_errors_[lookup(proxy_header_error_names, reason)]);
+}
+void Metrics::proxy_health_check() { inc(proxy_health_checks_); }
 
 void Metrics::bytes(Role role, std::uint64_t n) { inc(bytes_[role_index(role)], n); }
 
@@ -254,6 +262,8 @@ void Metrics::reset_for_tests() {
   zero(not_signed_);
   zero(verify_other_domain_);
   zero(upstream_errors_);
+  zero(proxy_header_errors_);
+  proxy_health_checks_.store(0, relaxed);
   for (auto& a : answers_) zero(a);
   zero(bytes_);
   zero(latency_buckets_);
@@ -333,6 +343,14 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   family(out, "batv_upstream_errors_total", "counter", "Next-hop failures, by the stage they happened at.");
   for (std::size_t i = 0; i < upstream_stages; ++i)
     sample(out, "batv_upstream_errors_total", {{"stage", stage_names[i]}}, get(upstream_errors_[i]));
+
+  family(out, "batv_proxy_header_errors_total", "counter",
+         "Connections from listener.accept_proxy_from closed for a bad, slow or missing PROXY header, by reason.");
+  for (std::size_t i = 0; i < proxy_header_errors; ++i)
+    sample(out, "batv_proxy_header_errors_total", {{"reason", proxy_header_error_names[i]}}, get(proxy_header_errors_[i]));
+  family(out, "batv_proxy_health_checks_total", "counter",
+         "Load balancer health checks (PROXY v2 LOCAL, v1 UNKNOWN) answered and closed, no session counted.");
+  sample(out, "batv_proxy_health_checks_total", {}, get(proxy_health_checks_));
 
   family(out, "batv_requests_total", "counter",
          "Requests answered by the no-hop roles (milter, policy, socketmap), by role and answer.");

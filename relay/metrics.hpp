@@ -48,6 +48,12 @@ class Metrics {
   // What a no-hop role answered one request with (milter: accept/reject/tempfail per RCPT and
   // end of message; policy: dunno/reject/prepend/tempfail; socketmap: found/notfound/temp/perm).
   enum class Answer { accept, reject, tempfail, dunno, prepend, found, notfound, temp, perm, other };
+  // Why a connection from listener.accept_proxy_from was closed before its session: the parse
+  // errors of relay/proxy_header.hpp (to_string), then the reader's own.
+  enum class ProxyHeaderError {
+    not_proxy, line_too_long, bad_line, bad_address, bad_port, bad_version, bad_command, bad_family,
+    unsupported_family, short_addresses, too_large, timeout, closed, io_error, other
+  };
 
   static constexpr std::size_t roles = 5;  // conf::Role: outbound, inbound, milter, policy, socketmap
   static constexpr std::size_t session_ends = static_cast<std::size_t>(SessionEnd::other) + 1;
@@ -56,6 +62,7 @@ class Metrics {
   static constexpr std::size_t verdicts = static_cast<std::size_t>(Verdict::other) + 1;
   static constexpr std::size_t upstream_stages = static_cast<std::size_t>(UpstreamStage::other) + 1;
   static constexpr std::size_t answers = static_cast<std::size_t>(Answer::other) + 1;
+  static constexpr std::size_t proxy_header_errors = static_cast<std::size_t>(ProxyHeaderError::other) + 1;
   static constexpr std::size_t key_ids = 10;  // the K digit of a prvs tag
   // Upper bounds (seconds, inclusive) of the latency histogram; +Inf follows.
   static constexpr std::array<double, 12> latency_bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -89,6 +96,10 @@ class Metrics {
 
   // --- no-hop roles (milter, policy, socketmap) ---
   void answer(Role role, Answer a);
+
+  // --- PROXY protocol from a load balancer (listener.accept_proxy_from) ---
+  void proxy_header_error(std::string_view reason);  // a ProxyHeaderError name; else "other"
+  void proxy_health_check();                         // a v2 LOCAL or v1 UNKNOWN header answered
 
   // --- next hop, volume, latency ---
   void upstream_error(std::string_view stage);  // connect greeting ehlo tls mail rcpt data dot bdat reply
@@ -131,6 +142,7 @@ class Metrics {
   static std::string_view name(Verdict v);
   static std::string_view name(UpstreamStage v);
   static std::string_view name(Answer v);
+  static std::string_view name(ProxyHeaderError v);
   static std::string_view name(Role r);
 
  private:
@@ -156,6 +168,8 @@ class Metrics {
   std::array<Counter, upstream_stages> upstream_errors_{};
   std::array<std::array<Counter, answers>, roles> answers_{};
   std::array<Counter, roles> bytes_{};
+  std::array<Counter, proxy_header_errors> proxy_header_errors_{};
+  Counter proxy_health_checks_{0};
   std::array<Counter, latency_bounds.size() + 1> latency_buckets_{};  // not cumulative; last: +Inf
   Counter latency_sum_ns_{0};
   std::array<Counter, 2> reloads_{};  // [0 = ok, 1 = failed]

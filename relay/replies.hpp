@@ -19,6 +19,10 @@ inline std::string line(int code, std::string_view text) {
 
 // --- Connection ------------------------------------------------------------------------------------
 inline std::string greeting(std::string_view host) { return line(220, std::string(host) + " ESMTP batv-relay"); }
+// A load balancer's health check (PROXY v2 LOCAL, v1 UNKNOWN: relay/server.cpp): answered, closed.
+inline std::string proxy_health_check(std::string_view host) {
+  return line(221, "2.0.0 " + std::string(host) + " health check: closing connection");
+}
 inline std::string access_denied(std::string_view client) {
   return line(554, "5.7.1 Client " + std::string(client) + " is not allowed to relay through this server");
 }

@@ -8,6 +8,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +21,8 @@
 #include "crypto/no_dump.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/proxy_header.hpp"
+#include "relay/replies.hpp"
 #include "relay/session.hpp"
 
 namespace batv::relay {
@@ -123,6 +127,13 @@ std::string peer_of(const asio::generic::stream_protocol::endpoint& ep, const st
     return to_string(t);
   }
   return "unix:" + unix_path;
+}
+
+// The IP of an endpoint as text, a v4-mapped IPv6 address shown as IPv4.
+std::string unmapped_ip(const tcp::endpoint& ep) {
+  auto addr = ep.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  return addr.to_string();
 }
 
 // The IP of a TCP peer (v4-mapped v6 shown as v4), "" for a unix peer.
@@ -333,8 +344,85 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
       co_await t.async_wait(asio::use_awaitable);
       continue;
     }
-    start_session(std::move(sock), listening->index);
+    boost::system::error_code remote_ec, local_ec;
+    const tcp::endpoint remote = sock.remote_endpoint(remote_ec);
+    const tcp::endpoint local = sock.local_endpoint(local_ec);
+    if (remote_ec || local_ec) continue;  // already gone (a health check's reset, say)
+    auto rt = runtime_.get();
+    const std::size_t index = listening->index;
+    // A load balancer in accept_proxy_from speaks first: its PROXY header names the client. Anyone
+    // else is the client itself, and is never parsed for a header.
+    bool proxied = false;
+    for (const auto& net : rt->config.listeners[index].accept_proxy_from)
+      if (net.contains(std::string_view(unmapped_ip(remote)))) proxied = true;
+    if (proxied) {
+      auto ex = sock.get_executor();
+      asio::co_spawn(ex, read_proxy_header(std::move(sock), std::move(rt), index, remote), asio::detached);
+    } else {
+      start_session(std::move(sock), std::move(rt), index, remote, local, "");
+    }
   }
+}
+
+awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
+                                          tcp::endpoint peer) {
+  using namespace asio::experimental::awaitable_operators;
+  const conf::Config& cfg = rt->config;
+  const std::string lb = to_string(peer);
+  auto close = [&sock] {
+    boost::system::error_code ignored;
+    sock.shutdown(tcp::socket::shutdown_both, ignored);
+    sock.close(ignored);
+  };
+  auto fail = [&](std::string_view reason) {
+    // No greeting: the peer is a load balancer speaking the wrong protocol (or none), and a
+    // load balancer passes nothing we write on to anyone.
+    metrics().proxy_header_error(reason);
+    log(Level::warning, "proxy_header_failed").kv("listener", listener).kv("peer", lb).kv("reason", reason);
+    close();
+  };
+  asio::steady_timer timer(sock.get_executor());
+  timer.expires_after(cfg.timeouts.proxy_header);
+  const auto max = static_cast<std::size_t>(cfg.limits.proxy_header_size);
+  std::string buf;
+  ProxyParse p = parse_proxy_header(buf, max);
+  while (p.status == ProxyParse::Status::need_more) {
+    // Exactly the bytes that are certainly header: what follows (the client's SMTP) stays in the
+    // socket for the session.
+    const std::size_t have = buf.size();
+    buf.resize(have + p.need);
+    auto r = co_await (asio::async_read(sock, asio::buffer(buf.data() + have, p.need), asio::as_tuple(asio::use_awaitable)) ||
+                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+    if (r.index() == 1) co_return fail("timeout");
+    const auto [ec, n] = std::get<0>(r);
+    const bool closed = ec == asio::error::eof || ec == asio::error::connection_reset;
+    if (closed && have == 0 && n == 0) {
+      // Connected and gone without a byte: a plain TCP health check (a load balancer's check
+      // without PROXY, a port probe), not a protocol error worth a warning every few seconds.
+      metrics().proxy_health_check();
+      log(Level::debug, "proxy_health_check").kv("listener", listener).kv("peer", lb).kv("command", "none");
+      close();
+      co_return;
+    }
+    if (ec) co_return fail(closed ? "closed" : "io_error");
+    p = parse_proxy_header(buf, max);
+  }
+  if (p.status == ProxyParse::Status::error) co_return fail(to_string(p.error));
+  const ProxyHeader& h = p.header;
+  if (h.command != ProxyHeader::Command::proxy) {
+    // A health check: it names no client, and opens no session (nothing counted, no next hop).
+    metrics().proxy_health_check();
+    log(Level::debug, "proxy_health_check").kv("listener", listener).kv("peer", lb)
+        .kv("version", h.version).kv("command", to_string(h.command));
+    const std::string reply = replies::proxy_health_check(rt->hostname);
+    timer.expires_after(cfg.timeouts.idle);
+    co_await (asio::async_write(sock, asio::buffer(reply), asio::as_tuple(asio::use_awaitable)) ||
+              timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+    close();
+    co_return;
+  }
+  start_session(std::move(sock), std::move(rt), listener, tcp::endpoint(h.src, h.src_port),
+                tcp::endpoint(h.dst, h.dst_port), lb);
 }
 
 awaitable<void> Server::accept_local_loop(std::shared_ptr<Listening> listening) {
@@ -415,17 +503,16 @@ void Server::start_local(LocalSocket sock, std::size_t listener) {
   }, asio::detached);
 }
 
-void Server::start_session(tcp::socket sock, std::size_t listener) {
+void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
+                           const tcp::endpoint& remote, const tcp::endpoint& local, std::string via) {
   SessionContext ctx;
-  ctx.runtime = runtime_.get();
+  ctx.runtime = std::move(rt);
   ctx.listener = listener;
-  boost::system::error_code ec;
-  const auto remote = sock.remote_endpoint(ec);
-  if (ec) return;  // already gone
   ctx.client = to_string(remote);
-  auto addr = remote.address();
-  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-  ctx.client_ip = addr.to_string();
+  ctx.client_ip = unmapped_ip(remote);
+  ctx.remote = remote;
+  ctx.local = local;
+  ctx.via = std::move(via);
   const conf::Listener& l = ctx.runtime->config.listeners[listener];
   const conf::Limits& limits = ctx.runtime->config.limits;
 

@@ -7,6 +7,7 @@
 // sessions to finish, then ends the rest with 421 4.3.2.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -63,7 +64,17 @@ class Server {
   awaitable<void> signal_loop();
   awaitable<void> shutdown();
   awaitable<void> watch_key_file();
-  void start_session(tcp::socket sock, std::size_t listener);
+  // The client's session. `rt` and `listener` as of the accept; `remote` / `local`: the client
+  // and our address as it addressed us (the socket's, or a PROXY header's); `via`: the load
+  // balancer's "ip:port" when a PROXY header named the client.
+  void start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
+                     const tcp::endpoint& remote, const tcp::endpoint& local, std::string via);
+  // A connection from listener.accept_proxy_from: reads its PROXY header (exactly its bytes,
+  // within timeouts.proxy_header and limits.proxy_header_size), then starts the session for the
+  // client it names, answers a health check (v2 LOCAL, v1 UNKNOWN) and closes, or closes on a bad
+  // header with a warning. Runs on the socket's own context.
+  awaitable<void> read_proxy_header(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
+                                    tcp::endpoint peer);
   void release(std::uint64_t id, const std::string& ip);
   void reload();
   // Staged keys (crypto::Keyring::next_switch): each ring already signs with the right key at
@@ -80,7 +91,7 @@ class Server {
   std::vector<std::shared_ptr<Listening>> acceptors_;
   std::unique_ptr<asio::signal_set> signals_;
   std::size_t next_context_ = 0;
-  std::uint64_t next_id_ = 1;
+  std::atomic<std::uint64_t> next_id_{1};  // sessions also start on I/O threads (PROXY headers)
   std::uint32_t id_prefix_ = 0;
   Registry registry_;
   bool stopping_ = false;

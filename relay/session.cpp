@@ -97,7 +97,11 @@ awaitable<void> Session::run() {
 
 awaitable<void> Session::serve() {
   const std::string& host = rt_->hostname;
-  log(Level::info, "connect").kv("sid", ctx_.id).kv("client", ctx_.client).kv("role", conf::to_string(listener_.role));
+  {
+    auto line = log(Level::info, "connect");
+    line.kv("sid", ctx_.id).kv("client", ctx_.client).kv("role", conf::to_string(listener_.role));
+    if (!ctx_.via.empty()) line.kv("via", ctx_.via);
+  }
   switch (ctx_.admission) {
     case SessionContext::Admission::ok: break;
     case SessionContext::Admission::denied:
@@ -117,16 +121,9 @@ awaitable<void> Session::serve() {
   phase_ = Phase::greeting;
   for (const auto& net : cfg_.inbound.accept_untagged_from)
     if (net.contains(std::string_view(ctx_.client_ip))) client_exempt_ = true;
-  {
-    boost::system::error_code e1, e2;
-    const auto remote = client_.socket().remote_endpoint(e1);
-    const auto local = client_.socket().local_endpoint(e2);
-    if (!e1 && !e2) {
-      if (listener_.forward_client == conf::ForwardClient::proxy_v1) preamble_ = proxy_v1_header(remote, local);
-      if (listener_.forward_client == conf::ForwardClient::proxy_v2) preamble_ = proxy_v2_header(remote, local);
-      client_port_ = remote.port();
-    }
-  }
+  if (listener_.forward_client == conf::ForwardClient::proxy_v1) preamble_ = proxy_v1_header(ctx_.remote, ctx_.local);
+  if (listener_.forward_client == conf::ForwardClient::proxy_v2) preamble_ = proxy_v2_header(ctx_.remote, ctx_.local);
+  client_port_ = ctx_.remote.port();
   // Implicit TLS (port 465 style): the handshake comes before anything else.
   if (listener_.implicit_tls) {
     const IoResult h = co_await client_.handshake(*rt_->tls.at(ctx_.listener).server,
@@ -524,9 +521,7 @@ awaitable<std::string> Session::confirmed_client_name() {
   // Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it
   // resolves back to the client's address. Bounded by timeouts.upstream_connect; answers are
   // cached per client address (timeouts.client_name_ttl, limits.client_names_cached).
-  boost::system::error_code ec;
-  const auto remote = client_.socket().remote_endpoint(ec);
-  if (ec) co_return "[UNAVAILABLE]";
+  const tcp::endpoint remote = ctx_.remote;
   // Per I/O thread, like the session itself: no lock.
   thread_local ClientNameCache cache;
   if (auto cached = cache.find(ctx_.client_ip, Clock::now())) co_return std::move(*cached);

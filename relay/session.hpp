@@ -37,6 +37,10 @@ struct SessionContext {
   std::string id;           // for logs
   std::string client;       // "ip:port"
   std::string client_ip;
+  // The client and our address as it addressed us: the socket's peer and local address, or,
+  // behind a load balancer (listener.accept_proxy_from), the ones its PROXY header gave.
+  tcp::endpoint remote, local;
+  std::string via;          // "ip:port" of that load balancer; empty without one
   enum class Admission { ok, denied, too_many, too_many_from_client } admission = Admission::ok;
   bool needs_auth = false;  // outside allow_clients, admitted by allow_authenticated
 };

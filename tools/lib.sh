@@ -6,7 +6,7 @@
 # is fetched separately (tests/interop/fetch-exim.sh).
 BATV_PACKAGES=(g++ cmake make pkg-config libboost1.81-dev libssl-dev openssl libtomlplusplus-dev
   doctest-dev libcli11-dev python3 faketime libnss-wrapper postfix swaks libnet-ssleay-perl valgrind
-  scdoc dpkg-dev lintian prometheus man-db gzip systemd miltertest)
+  scdoc dpkg-dev lintian prometheus man-db gzip systemd miltertest haproxy)
 
 install_packages() {
   local missing=()

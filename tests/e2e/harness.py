@@ -329,7 +329,7 @@ def _toml_table(name, items):
 # Listener keys of the TLS contract (issue 5), written to the TOML only when a listener dict has them.
 LISTENER_TLS_KEYS = ("tls_cert", "tls_key", "require_tls", "implicit_tls", "tls_min_version",
                      "tls_ciphers", "upstream_tls", "upstream_ca", "upstream_tls_name",
-                     "allow_authenticated", "plaintext_auth_loopback")
+                     "allow_authenticated", "plaintext_auth_loopback", "accept_proxy_from")
 
 TEST_TIMEOUTS = {"idle": 10, "command": 10, "data": 30, "upstream_connect": 3, "upstream_reply": 3,
                  "upstream_data_reply": 5, "shutdown_grace": 2}

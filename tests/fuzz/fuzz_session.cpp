@@ -809,6 +809,8 @@ awaitable<void> start(Harness& h, Run& run, const std::string& stream, tcp::sock
   ctx.id = "fuzz";
   ctx.client = relay::to_string(remote);
   ctx.client_ip = remote.address().to_string();
+  ctx.remote = remote;
+  ctx.local = accepted.local_endpoint();
   ctx.needs_auth = run.rt->config.listeners[0].allow_authenticated;
   auto session = std::make_shared<relay::Session>(std::move(accepted), std::move(ctx));
   asio::co_spawn(h.io, accept_upstreams(h, run), rethrow);

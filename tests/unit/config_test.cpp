@@ -119,6 +119,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"limits.policy_attributes", c.limits.policy_attributes},
       {"limits.policy_attribute_length", c.limits.policy_attribute_length},
       {"limits.milter_packet", c.limits.milter_packet},
+      {"limits.proxy_header_size", c.limits.proxy_header_size},
       {"timeouts.idle", c.timeouts.idle.count()},
       {"timeouts.command", c.timeouts.command.count()},
       {"timeouts.session", c.timeouts.session.count()},
@@ -135,6 +136,7 @@ std::int64_t value_of(const Config& c, std::string_view section, std::string_vie
       {"timeouts.socketmap_request", c.timeouts.socketmap_request.count()},
       {"timeouts.milter_idle", c.timeouts.milter_idle.count()},
       {"timeouts.milter_command", c.timeouts.milter_command.count()},
+      {"timeouts.proxy_header", c.timeouts.proxy_header.count()},
   };
   const std::string name = std::string(section) + "." + std::string(key);
   for (const auto& [n, v] : values)
@@ -961,4 +963,18 @@ TEST_CASE("errors: keys of another role, unix sockets and socket attributes") {
   check_errors(load(doc("", "[[listener]]\nrole = \"milter\"\nlisten = \"127.0.0.1:9\"\noriginating_daemons = [\"a b\", \"\"]\n")),
                {{11, 24, "listener[1].originating_daemons[0]", "bad daemon name"},
                 {11, 31, "listener[1].originating_daemons[1]", "bad daemon name"}});
+}
+
+TEST_CASE("listener.accept_proxy_from: proxy roles only, CIDRs, empty by default") {
+  const Config none = require_ok(load(doc()));
+  CHECK(none.listeners[0].accept_proxy_from.empty());
+  const Config c = require_ok(load(doc("", "accept_proxy_from = [\"10.0.0.0/8\", \"2001:db8::7\"]\n")));
+  REQUIRE(c.listeners[0].accept_proxy_from.size() == 2);
+  CHECK(c.listeners[0].accept_proxy_from[0].contains(std::string_view("10.1.2.3")));
+  CHECK(c.listeners[0].accept_proxy_from[1].to_string() == "2001:db8::7/128");
+  CHECK_FALSE(c.listeners[0].accept_proxy_from[0].contains(std::string_view("192.0.2.1")));
+  check_errors(load(doc("", "[[listener]]\nrole = \"policy\"\nlisten = \"127.0.0.1:1\"\naccept_proxy_from = [\"10.0.0.1\"]\n")),
+               {{11, 21, "listener[1].accept_proxy_from", "not used by role = \"policy\""}});
+  check_errors(load(doc("", "accept_proxy_from = [\"10.0.0.300\"]\n")),
+               {{8, 22, "listener[0].accept_proxy_from[0]", "10.0.0.300"}});
 }
