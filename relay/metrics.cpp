@@ -219,6 +219,10 @@ void Metrics::set_domains(std::vector<std::string> list) {
 
 void Metrics::upstream_error(std::string_view stage) { inc(upstream_errors_[lookup(stage_names, stage)]); }
 
+void Metrics::upstream_connection(Role role) { inc(upstream_connections_[role_index(role)]); }
+
+void Metrics::upstream_probe(bool ok) { inc(upstream_probes_[ok ? 0 : 1]); }
+
 void Metrics::bytes(Role role, std::uint64_t n) { inc(bytes_[role_index(role)], n); }
 
 void Metrics::latency(double seconds) {
@@ -261,6 +265,8 @@ void Metrics::reset_for_tests() {
   zero(not_signed_);
   zero(verify_other_domain_);
   zero(upstream_errors_);
+  zero(upstream_connections_);
+  zero(upstream_probes_);
   for (auto& a : answers_) zero(a);
   zero(bytes_);
   zero(latency_buckets_);
@@ -342,6 +348,18 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   family(out, "batv_upstream_errors_total", "counter", "Next-hop failures, by the stage they happened at.");
   for (std::size_t i = 0; i < upstream_stages; ++i)
     sample(out, "batv_upstream_errors_total", {{"stage", stage_names[i]}}, get(upstream_errors_[i]));
+
+  family(out, "batv_upstream_connections_total", "counter",
+         "Next-hop connections opened by client sessions (not reused ones, not probes), by listener role.");
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r)) {
+    if (!conf::is_proxy(static_cast<conf::Role>(r))) continue;
+    sample(out, "batv_upstream_connections_total", {{"role", role_names[r]}}, get(upstream_connections_[r]));
+  }
+
+  family(out, "batv_upstream_probes_total", "counter",
+         "Capability probes of the next hop (listeners with upstream_connect = \"mail\"), by result.");
+  sample(out, "batv_upstream_probes_total", {{"result", "ok"}}, get(upstream_probes_[0]));
+  sample(out, "batv_upstream_probes_total", {{"result", "failed"}}, get(upstream_probes_[1]));
 
   family(out, "batv_requests_total", "counter",
          "Requests answered by the no-hop roles (milter, policy, socketmap), by role and answer.");
