@@ -152,8 +152,9 @@ awaitable<void> Session::serve() {
     co_await write_client(reply);
     co_return;
   }
-  // upstream_connect = "mail": nothing is open yet; EHLO offers what the next hop offered last.
-  offer(connect_at_mail() ? NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps : up_.caps());
+  // upstream_connect = "mail": nothing is open yet; EHLO/HELO will offer what the next hop
+  // offered last (a MAIL needs one of them first).
+  if (!connect_at_mail()) offer(up_.caps());
 
   session_deadline_ = Clock::now() + cfg_.timeouts.session;
   if (!co_await write_client(replies::greeting(host))) co_return;
