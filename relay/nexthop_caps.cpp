@@ -34,13 +34,17 @@ awaitable<void> probe(std::shared_ptr<const Runtime> rt, std::size_t index) {
   const conf::Listener& l = rt->config.listeners.at(index);
   const std::string key = NextHopCaps::key_of(l);
   Upstream up(co_await asio::this_coro::executor, rt->config.limits, rt->config.timeouts);
-  // A next hop that expects a PROXY header gets one that describes no client: v2 LOCAL or v1
-  // UNKNOWN (addresses of two families make client_identity produce exactly those), which
-  // HAProxy's spec defines for health checks: the next hop uses the real peer.
+  // A next hop that expects a PROXY header gets one that names no client but the relay itself:
+  // v2 LOCAL (addresses of two families make client_identity produce it), which HAProxy's spec
+  // defines for health checks (the next hop uses the real peer); v1 a TCP4/TCP6 line with the
+  // probe connection's own addresses, since Postfix (3.7) refuses v1 "PROXY UNKNOWN".
   std::string preamble;
   const tcp::endpoint none4(asio::ip::address_v4::any(), 0), none6(asio::ip::address_v6::any(), 0);
-  if (l.forward_client == conf::ForwardClient::proxy_v1) preamble = proxy_v1_header(none4, none6);
   if (l.forward_client == conf::ForwardClient::proxy_v2) preamble = proxy_v2_header(none4, none6);
+  if (l.forward_client == conf::ForwardClient::proxy_v1)
+    up.preamble_for = [](const tcp::endpoint& local, const tcp::endpoint& remote) {
+      return proxy_v1_header(local, remote);
+    };
   UpstreamTlsPolicy tls;
   tls.mode = l.upstream_tls;
   tls.ctx = index < rt->tls.size() ? rt->tls[index].client.get() : nullptr;
