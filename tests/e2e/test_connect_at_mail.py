@@ -64,10 +64,11 @@ class ConnectAtMailTest(RelayLogMixin, unittest.TestCase):
         self.addCleanup(up.close)
         return up
 
-    def relay(self, port, **li):
+    def relay(self, port, timeouts=None, threads=2, **li):
         li = dict({"role": "inbound", "upstream": port, "forward_client": "none"}, **li)
         r = Relay(RELAY, self.dir, self.keys, listeners=[li], verify_domains=["example.com"],
-                  timeouts={"upstream_idle": 0}, extra_toml=METRICS_TOML, start=False)
+                  timeouts=timeouts or {"upstream_idle": 0}, extra_toml=METRICS_TOML, threads=threads,
+                  start=False)
         self.watch_relay(r)
         r.start()  # waits for the probe (harness Relay.wait_probes)
         rec = r.wait_log("metrics_listening", 10)
@@ -269,6 +270,20 @@ class ConnectAtMailTest(RelayLogMixin, unittest.TestCase):
         self.assertIn("ADDR=127.0.0.1", conns[1].xclient)
         self.assertEqual(verbs.count("MAIL"), 2)
 
+    def test_idle_connection_cache_serves_the_next_mail(self):
+        """forward_client = "none": a clean MX connection waits in the idle cache after QUIT
+        (timeouts.upstream_idle) and the next session's MAIL takes it: no new connection. One
+        I/O thread: the cache is per thread."""
+        mx = self.upstream()
+        r = self.relay(mx.port, timeouts={"upstream_idle": 30}, threads=1)
+        for _ in range(3):
+            c = self.session(r)
+            self.send_message(c)
+            self.assertReply(c.cmd("QUIT"), 221)
+            c.wait_closed()
+        self.assertEqual(len(mx.wait_transactions(3)), 3)
+        self.assertEqual(len(mx.connections()), 2, "the probe and one reused connection")
+        self.assertEqual(self.metric("batv_upstream_connections_total", role="inbound"), 1)
 
 if __name__ == "__main__":
     run_tests(globals())
