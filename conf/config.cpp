@@ -46,6 +46,8 @@ constexpr std::pair<std::string_view, BadSignatureAction> kBadSigNames[] = {
 constexpr std::pair<std::string_view, UpstreamTls> kUpstreamTlsNames[] = {
     {"none", UpstreamTls::none}, {"opportunistic", UpstreamTls::opportunistic},
     {"required", UpstreamTls::required}, {"verify", UpstreamTls::verify}};
+constexpr std::pair<std::string_view, UpstreamConnect> kUpstreamConnectNames[] = {
+    {"mail", UpstreamConnect::mail}, {"connect", UpstreamConnect::connect}};
 constexpr std::pair<std::string_view, TlsVersion> kTlsVersionNames[] = {
     {"1.2", TlsVersion::tls1_2}, {"1.3", TlsVersion::tls1_3}};
 constexpr std::pair<std::string_view, VrfyReply> kVrfyNames[] = {
@@ -481,7 +483,7 @@ constexpr std::string_view kListenerKeys[] = {
     "tls_cert",    "tls_key",         "require_tls", "implicit_tls",  "tls_min_version",
     "tls_ciphers", "upstream_tls",    "upstream_ca", "upstream_tls_name", "allow_authenticated",
     "plaintext_auth_loopback", "socket_mode", "socket_owner", "socket_group", "allow_peers",
-    "originating_daemons", "verify", "accept_proxy_from"};
+    "originating_daemons", "verify", "accept_proxy_from", "upstream_connect"};
 
 // Keys that only some roles take: a key set on a listener of another role is an error (it would
 // be silently ignored otherwise). Keys not listed here apply to every role.
@@ -508,6 +510,8 @@ constexpr RoleKeys kRoleKeys[] = {
     {"allow_peers", false, false, true, true, true},
     {"originating_daemons", false, false, true, false, false},
     {"verify", false, false, true, false, false},
+    // Outbound offers AUTH from the live next-hop connection at EHLO: it connects at connect.
+    {"upstream_connect", false, true, false, false, false},
 };
 bool role_takes(Role r, const RoleKeys& k) {
   switch (r) {
@@ -772,6 +776,11 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
     // on it, so XCLIENT by default (used only when offered); outbound hands mail to our own MTA.
     l.forward_client = role && *role == Role::inbound ? ForwardClient::xclient : ForwardClient::none;
     optional_enum<ForwardClient>(*t, "forward_client", path + ".forward_client", kForwardNames, l.forward_client);
+    // Inbound faces Internet clients, many of which never send mail: they should not hold an MX
+    // connection each (Postfix smtpd_proxy connects at MAIL too).
+    l.upstream_connect = role && *role == Role::inbound ? UpstreamConnect::mail : UpstreamConnect::connect;
+    optional_enum<UpstreamConnect>(*t, "upstream_connect", path + ".upstream_connect", kUpstreamConnectNames,
+                                   l.upstream_connect);
     load_listener_tls(*t, path, l);
     // An outbound listener open to the whole Internet signs for anyone and relays anywhere: an
     // open relay and a tag oracle. Only with AUTH in front of MAIL may it take everyone.
@@ -852,6 +861,8 @@ constexpr DefaultText kDefaultTexts[] = {
     {"listener.forward_client",
      [] { return toml_quote(to_string(ForwardClient::none)) + " (outbound), " + toml_quote(to_string(ForwardClient::xclient)) +
                  " (inbound)"; }},
+    {"listener.upstream_connect",
+     [] { return toml_quote(to_string(UpstreamConnect::mail)) + " (inbound)"; }},
     {"listener.tls_cert", [] { return std::string("(none)"); }},
     {"listener.tls_key", [] { return std::string("(none)"); }},
     {"listener.require_tls", [] { return toml_bool(kListener.require_tls); }},
@@ -1230,6 +1241,7 @@ std::string_view to_string(VrfyReply v) { return name_of<VrfyReply>(kVrfyNames, 
 std::string_view to_string(ForwardClient v) { return name_of<ForwardClient>(kForwardNames, v); }
 std::string_view to_string(UpstreamTls v) { return name_of<UpstreamTls>(kUpstreamTlsNames, v); }
 std::string_view to_string(TlsVersion v) { return name_of<TlsVersion>(kTlsVersionNames, v); }
+std::string_view to_string(UpstreamConnect v) { return name_of<UpstreamConnect>(kUpstreamConnectNames, v); }
 std::string_view to_string(BadSignatureAction v) { return name_of<BadSignatureAction>(kBadSigNames, v); }
 
 std::vector<KeyInfo> config_keys() { return build_config_keys(); }

@@ -48,6 +48,7 @@ enum class ForwardClient { none, xclient, proxy_v1, proxy_v2 };  // "none" | "xc
 enum class BadSignatureAction { strip, keep, reject };          // non-bounce mail to a bad tag
 enum class UpstreamTls { none, opportunistic, required, verify };
 enum class TlsVersion { tls1_2, tls1_3 };                       // "1.2" | "1.3"
+enum class UpstreamConnect { mail, connect };                   // "mail" | "connect"
 
 // The spelling used in the config file: "outbound", "lowercase-local", "stderr", "local3", ...
 std::string_view to_string(Role v);
@@ -60,6 +61,7 @@ std::string_view to_string(VrfyReply v);
 std::string_view to_string(ForwardClient v);
 std::string_view to_string(BadSignatureAction v);
 std::string_view to_string(UpstreamTls v);
+std::string_view to_string(UpstreamConnect v);
 std::string_view to_string(TlsVersion v);
 
 // An exemption entry: "user@example.com" (that address) or "@example.com" (the whole domain).
@@ -105,6 +107,10 @@ struct Listener {
   // How the next hop learns the real client (Postfix XCLIENT, HAProxy PROXY v1/v2).
   // Default: inbound = xclient (when the next hop offers it), outbound = none.
   ForwardClient forward_client = ForwardClient::none;
+  // When a session opens its next-hop connection (inbound only): at the client's first MAIL, as
+  // Postfix's smtpd_proxy does (default), or at connect. With "mail" the greeting and EHLO are
+  // answered from the next hop's capabilities as last learned (relay/nexthop_caps.hpp).
+  UpstreamConnect upstream_connect = UpstreamConnect::connect;
   // TLS towards clients (RFC 3207 STARTTLS, or implicit TLS). Paths resolved against the config
   // file's directory; the files are read when the relay builds its TLS context, not here.
   std::string tls_cert, tls_key;

@@ -227,6 +227,10 @@ void Metrics::proxy_header_error(std::string_view reason) {
 }
 void Metrics::proxy_health_check() { inc(proxy_health_checks_); }
 
+void Metrics::upstream_connection(Role role) { inc(upstream_connections_[role_index(role)]); }
+
+void Metrics::upstream_probe(bool ok) { inc(upstream_probes_[ok ? 0 : 1]); }
+
 void Metrics::bytes(Role role, std::uint64_t n) { inc(bytes_[role_index(role)], n); }
 
 void Metrics::latency(double seconds) {
@@ -264,6 +268,8 @@ void Metrics::reset_for_tests() {
   zero(upstream_errors_);
   zero(proxy_header_errors_);
   proxy_health_checks_.store(0, relaxed);
+  zero(upstream_connections_);
+  zero(upstream_probes_);
   for (auto& a : answers_) zero(a);
   zero(bytes_);
   zero(latency_buckets_);
@@ -351,6 +357,17 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   family(out, "batv_proxy_health_checks_total", "counter",
          "Load balancer health checks (PROXY v2 LOCAL, v1 UNKNOWN) answered and closed, no session counted.");
   sample(out, "batv_proxy_health_checks_total", {}, get(proxy_health_checks_));
+  family(out, "batv_upstream_connections_total", "counter",
+         "Next-hop connections opened by client sessions (not reused ones, not probes), by listener role.");
+  for (std::size_t r = 0; r < roles; ++r) if (role_shown(r)) {
+    if (!conf::is_proxy(static_cast<conf::Role>(r))) continue;
+    sample(out, "batv_upstream_connections_total", {{"role", role_names[r]}}, get(upstream_connections_[r]));
+  }
+
+  family(out, "batv_upstream_probes_total", "counter",
+         "Capability probes of the next hop (listeners with upstream_connect = \"mail\"), by result.");
+  sample(out, "batv_upstream_probes_total", {{"result", "ok"}}, get(upstream_probes_[0]));
+  sample(out, "batv_upstream_probes_total", {{"result", "failed"}}, get(upstream_probes_[1]));
 
   family(out, "batv_requests_total", "counter",
          "Requests answered by the no-hop roles (milter, policy, socketmap), by role and answer.");

@@ -103,6 +103,10 @@ class Metrics {
 
   // --- next hop, volume, latency ---
   void upstream_error(std::string_view stage);  // connect greeting ehlo tls mail rcpt data dot bdat reply
+  // A session's new next-hop connection (TCP established; a reused idle one is not counted).
+  void upstream_connection(Role role);
+  // A capability probe of a listener that connects at MAIL (relay/nexthop_caps.hpp).
+  void upstream_probe(bool ok);
   void bytes(Role role, std::uint64_t n);
   void latency(double seconds);                 // added latency of one transaction
 
@@ -166,6 +170,8 @@ class Metrics {
   std::array<Counter, not_signed_reasons> not_signed_{};
   std::array<Counter, verdicts> verify_other_domain_{};
   std::array<Counter, upstream_stages> upstream_errors_{};
+  std::array<Counter, roles> upstream_connections_{};
+  std::array<Counter, 2> upstream_probes_{};  // [0 = ok, 1 = failed]
   std::array<std::array<Counter, answers>, roles> answers_{};
   std::array<Counter, roles> bytes_{};
   std::array<Counter, proxy_header_errors> proxy_header_errors_{};

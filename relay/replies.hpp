@@ -149,5 +149,19 @@ inline std::string upstream_unreachable() { return line(451, "4.4.1 Next hop una
 inline std::string upstream_no_chunking() {
   return line(451, "4.3.3 Next hop does not offer BDAT (CHUNKING) now, try again later");
 }
+// The same for a MAIL or RCPT parameter (BODY=8BITMIME, SMTPUTF8, RET/ENVID/NOTIFY/ORCPT) that the
+// client was offered from what the next hop offered before (upstream_connect = "mail"), but that
+// the next hop reached at MAIL does not offer: temporary, since the next EHLO no longer offers it.
+inline std::string upstream_lacks(std::string_view extension) {
+  return line(451, "4.3.3 Next hop does not offer " + std::string(extension) + " now, try again later");
+}
+// A next hop opened at MAIL (upstream_connect = "mail") whose TLS policy could not be met: that
+// MAIL fails, the session goes on (at connect the same trouble is a 421, upstream_tls_unavailable).
+inline std::string upstream_tls_unavailable_mail() {
+  return line(451, "4.7.0 Next hop TLS unavailable, try again later");
+}
+inline std::string upstream_tls_failed_mail() {
+  return line(451, "4.4.2 Next hop TLS handshake failed, try again later");
+}
 
 }  // namespace batv::relay::replies

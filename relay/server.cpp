@@ -23,6 +23,7 @@
 #include "relay/metrics.hpp"
 #include "relay/proxy_header.hpp"
 #include "relay/replies.hpp"
+#include "relay/nexthop_caps.hpp"
 #include "relay/session.hpp"
 
 namespace batv::relay {
@@ -217,6 +218,8 @@ int Server::run() {
     log(Level::info, "privileges").kv("result", "ok").kv("uid", static_cast<std::int64_t>(::getuid()))
         .kv("gid", static_cast<std::int64_t>(::getgid()));
   for (auto& a : acceptors_) spawn_accept(a);
+  // Listeners that connect at MAIL learn their next hop's EHLO in the background.
+  probe_next_hops(main.get_executor(), rt);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
   asio::co_spawn(main, signal_loop(), asio::detached);
@@ -668,6 +671,7 @@ void Server::reload() {
   acceptors_ = std::move(bound);
   for (auto& f : fresh) spawn_accept(f);
   configure_logging(cfg.logging);
+  probe_next_hops(contexts_[0]->get_executor(), next);
   // What only a restart changes.
   if (cfg.threads != current->config.threads) log(Level::warning, "reload_restart_needed").kv("key", "threads");
   if (cfg.process.user != current->config.process.user || cfg.process.group != current->config.process.group)

@@ -10,6 +10,7 @@
 #include "relay/client_identity.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
 #include "relay/smtp/data.hpp"
 
@@ -134,7 +135,7 @@ awaitable<void> Session::serve() {
       co_return;
     }
   }
-  if (!co_await open_upstream()) {
+  if (!connect_at_mail() && !co_await open_upstream()) {
     end_ = End::upstream_unavailable;
     // required/verify: TLS policy not met (4.7.0); opportunistic: a broken handshake is just a
     // next hop we could not talk to (4.4.2).
@@ -148,7 +149,9 @@ awaitable<void> Session::serve() {
     co_await write_client(reply);
     co_return;
   }
-  offer(up_.caps());
+  // upstream_connect = "mail": nothing is open yet; EHLO/HELO will offer what the next hop
+  // offered last (a MAIL needs one of them first).
+  if (!connect_at_mail()) offer(up_.caps());
 
   session_deadline_ = Clock::now() + cfg_.timeouts.session;
   if (!co_await write_client(replies::greeting(host))) co_return;
@@ -351,11 +354,13 @@ awaitable<bool> Session::open_upstream() {
       if (!up_.adopt(std::move(*idle))) continue;  // closed meanwhile: try the next, then connect
       log(Level::debug, "upstream_reuse").kv("sid", ctx_.id).kv("upstream", up_.peer());
       if (client_.tls() && !up_.encrypted()) log_downgrade();
+      ++upstream_opens_;
       co_return true;
     }
   }
   const UpstreamTlsPolicy tls = upstream_tls_policy();
   const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
+  if (ok || up_.stage() != "connect") metrics().upstream_connection(listener_.role);
   if (!ok) {
     metrics().upstream_error(up_.stage());
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
@@ -372,7 +377,22 @@ awaitable<bool> Session::open_upstream() {
         .kv("protocol", up_.tls_protocol())
         .kv("cipher", up_.tls_cipher());
   if (client_.tls() && !up_.encrypted()) log_downgrade();
+  ++upstream_opens_;
   co_return true;
+}
+
+void Session::learn_caps() {
+  if (connect_at_mail() && up_.connected())
+    NextHopCaps::global().learn(NextHopCaps::key_of(listener_), up_.caps(), NextHopCaps::Source::session);
+}
+
+std::string Session::mail_open_failed_reply() const {
+  if (up_.failure() != Upstream::Failure::tls) return upstream_failure_reply();
+  // As at connect: required/verify not met is a policy matter (4.7.0), a broken opportunistic
+  // handshake a next hop we could not talk to (4.4.2).
+  const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
+                      listener_.upstream_tls == conf::UpstreamTls::verify;
+  return strict ? replies::upstream_tls_unavailable_mail() : replies::upstream_tls_failed_mail();
 }
 
 void Session::log_downgrade() {
@@ -509,9 +529,12 @@ awaitable<bool> Session::do_auth(std::string_view args) {
 
 awaitable<bool> Session::ensure_upstream() {
   if (up_.connected()) co_return true;
+  // Connecting at MAIL, the first connection is no reconnect.
+  const bool first = connect_at_mail() && upstream_opens_ == 0;
   bool ok = co_await open_upstream();
   if (ok && helo_seen_) ok = co_await forward_client_identity();
-  auto line = log(ok ? Level::info : Level::warning, "upstream_reconnect");
+  if (ok) learn_caps();
+  auto line = log(ok ? Level::info : Level::warning, first ? "upstream_open" : "upstream_reconnect");
   line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed");
   if (!ok) line.kv("error", up_.detail());
   co_return ok;
@@ -680,7 +703,8 @@ awaitable<bool> Session::process(const std::string& line) {
       helo_seen_ = true;
       esmtp_ = cmd.verb == Verb::ehlo;
       client_helo_ = clean_helo(cmd.args, rt_->hostname);
-      if (listener_.forward_client == conf::ForwardClient::xclient) {
+      // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
+      if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
         if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
         if (!co_await forward_client_identity()) {
           end_ = End::upstream_lost;
@@ -691,6 +715,10 @@ awaitable<bool> Session::process(const std::string& line) {
         // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
         // now sees): the client is offered what the next hop offers from here on.
         offer(up_.caps());
+        learn_caps();
+      } else if (connect_at_mail()) {
+        // The live connection when there is one (a later EHLO), else what was learned last.
+        offer(up_.connected() ? up_.caps() : NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps);
       }
       if (!esmtp_) {
         queue_local(replies::helo(rt_->hostname));
@@ -719,7 +747,7 @@ awaitable<bool> Session::process(const std::string& line) {
       else if (ctx_.needs_auth && !authenticated_) refuse(replies::auth_required());
       else if (!helo_seen_) refuse(replies::need_helo());
       else if (tx_.active) refuse(replies::nested_mail());
-      else handle_mail(cmd.args);
+      else co_return co_await handle_mail(cmd.args);
       co_return true;
     case Verb::rcpt:
       if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
@@ -775,7 +803,7 @@ awaitable<bool> Session::process(const std::string& line) {
   co_return true;
 }
 
-void Session::handle_mail(std::string_view args) {
+awaitable<bool> Session::handle_mail(std::string_view args) {
   const smtp::PathResult res = smtp::parse_mail_from(args);
   if (!res.path) {
     switch (res.error) {
@@ -789,7 +817,7 @@ void Session::handle_mail(std::string_view args) {
         queue_local(replies::bad_sender(smtp::to_string(res.error)));
     }
     ++errors_;
-    return;
+    co_return true;
   }
   const smtp::Path& path = *res.path;
   bool smtputf8 = false;
@@ -810,27 +838,62 @@ void Session::handle_mail(std::string_view args) {
       // RFC 4954 5: AUTH=<> or AUTH=xtext, passed on when the next hop does AUTH.
       if (!auth_offered()) {
         refuse(replies::param_unsupported(kw));
-        return;
+        co_return true;
       }
       if (!p.value || (*p.value != "<>" && !smtp::decode_xtext(*p.value))) {
         refuse(replies::param_invalid(kw));
-        return;
+        co_return true;
       }
       continue;
     }
     if (auto bad = check_param(kw, p, advertised)) {
       refuse(std::move(*bad));
-      return;
+      co_return true;
     }
     if (kw == "SIZE" && std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > adv_size_) {
       refuse(replies::size_exceeded());
-      return;
+      co_return true;
     }
     if (kw == "SMTPUTF8") smtputf8 = true;
   }
   if (path.non_ascii && !smtputf8) {
     refuse(replies::needs_smtputf8());
-    return;
+    co_return true;
+  }
+  if (connect_at_mail() && !up_.connected()) {
+    // Postfix smtpd_proxy: the next hop is opened for a MAIL that the relay itself accepts.
+    // Replies owed so far go out first (their order must hold); a next hop that cannot be
+    // reached fails this MAIL only (451): the client may try again or QUIT, each failed MAIL
+    // counts as an error, so limits.errors_per_session bounds the attempts.
+    if (!co_await flush()) co_return false;
+    if (!co_await ensure_upstream()) {
+      refuse(mail_open_failed_reply());
+      co_return true;
+    }
+  }
+  if (up_.connected()) {
+    // What the client was offered came from an earlier EHLO of the next hop (connecting at
+    // MAIL); the next hop reached now may offer less. A parameter it would not take fails this
+    // MAIL (RFC 3463 X.3.3) instead of the message later; the client's next EHLO (learn_caps)
+    // no longer offers it.
+    const smtp::Capabilities& now = up_.caps();
+    for (const smtp::Param& p : path.params) {
+      const std::string kw = upper(p.keyword);
+      const std::string v = p.value ? upper(*p.value) : std::string();
+      std::string_view missing;
+      if (kw == "BODY" && v == "8BITMIME" && !now.eightbitmime) missing = "8BITMIME";
+      else if (kw == "SMTPUTF8" && !now.smtputf8) missing = "SMTPUTF8";
+      else if ((kw == "RET" || kw == "ENVID") && !now.dsn) missing = "DSN";
+      if (!missing.empty()) {
+        refuse(replies::upstream_lacks(missing));
+        co_return true;
+      }
+      if (kw == "SIZE" && now.size && *now.size > 0 &&
+          std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > *now.size) {
+        refuse(replies::size_exceeded());
+        co_return true;
+      }
+    }
   }
   reset_transaction();
   tx_.active = true;
@@ -851,6 +914,7 @@ void Session::handle_mail(std::string_view args) {
   tx_.bounce = listener_.role == conf::Role::inbound && is_bounce(cfg_, tx_.sender);
   phase_ = Phase::mail;
   queue_local(replies::sender_ok());
+  co_return true;
 }
 
 void Session::handle_rcpt(std::string_view args) {
@@ -872,6 +936,11 @@ void Session::handle_rcpt(std::string_view args) {
     const std::string kw = upper(p.keyword);
     if (auto bad = check_param(kw, p, (kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
       refuse(std::move(*bad));
+      return;
+    }
+    // Offered from an earlier EHLO of the next hop (connecting at MAIL), gone from this one.
+    if (up_.connected() && !up_.caps().dsn) {
+      refuse(replies::upstream_lacks("DSN"));
       return;
     }
   }

@@ -2,7 +2,11 @@
 //
 // Transparent proxy: the session opens one next-hop connection, answers the greeting and EHLO
 // itself, decides how MAIL FROM leaves at the first RCPT (relay/policy.hpp) and relays every
-// reply of the next hop, sanitised. A message is acknowledged with 250 only after the next hop
+// reply of the next hop, sanitised. The connection opens at connect, or, with
+// listener.upstream_connect = "mail" (inbound default), at the client's first MAIL, as Postfix's
+// smtpd_proxy: EHLO is then answered from the next hop's capabilities as last learned
+// (relay/nexthop_caps.hpp), and a MAIL that uses an extension the next hop turns out not to offer
+// gets 451 4.3.3; a next hop unreachable then gets that MAIL a 451 and the session goes on. A message is acknowledged with 250 only after the next hop
 // acknowledged it; every failure on the way gives the client a 4xx or 5xx (relay/replies.hpp).
 // Pipelined commands are relayed as one batch in both directions, replies in order.
 // Memory per session is bounded: one input buffer (4 KiB or limits.line_length while reading
@@ -178,7 +182,13 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
   void refuse(std::string reply);  // a local error reply: queued and counted
   std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
-  void handle_mail(std::string_view args);
+  // False: the session is over (a client write failed while flushing before the next hop opened).
+  awaitable<bool> handle_mail(std::string_view args);
+  // upstream_connect = "mail": the connection is opened when a MAIL is accepted, not at connect.
+  [[nodiscard]] bool connect_at_mail() const { return listener_.upstream_connect == conf::UpstreamConnect::mail; }
+  void learn_caps();  // connect_at_mail(): what this next-hop connection offers, for later EHLOs
+  // A next-hop connection opened at MAIL could not be set up: the reply for that MAIL.
+  std::string mail_open_failed_reply() const;
   void handle_rcpt(std::string_view args);
   void handle_rset(bool reply);
   void reset_transaction();
@@ -229,6 +239,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   bool authenticated_ = false;
   bool auth_attempted_ = false;
   std::string upstream_detail_;
+  int upstream_opens_ = 0;       // next-hop connections this session opened or reused
 };
 
 }  // namespace batv::relay

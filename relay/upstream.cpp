@@ -91,7 +91,13 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   const auto remote = sock_->socket().remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
   stage_ = "greeting";
-  if (!preamble.empty() && !co_await send(preamble)) co_return false;
+  std::string own;
+  if (preamble.empty() && preamble_for) {
+    const auto local = sock_->socket().local_endpoint(ec);
+    if (!ec) own = preamble_for(local, remote);
+  }
+  const std::string& first = preamble.empty() ? own : preamble;
+  if (!first.empty() && !co_await send(first)) co_return false;
   auto greeting = co_await read_reply();
   if (!greeting) co_return false;
   if (greeting->code != 220) {

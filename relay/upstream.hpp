@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,10 @@ class Upstream {
   // any failure (failure() says which).
   awaitable<bool> open(const conf::HostPort& next_hop, const std::string& our_name,
                        const std::string& preamble = {}, const TlsPolicy& tls = {});
+  // A preamble that depends on the connection's own addresses (the capability probe's PROXY v1
+  // header describes the relay itself: relay/nexthop_caps.cpp): called by open() once connected,
+  // when its `preamble` is empty.
+  std::function<std::string(const tcp::endpoint& local, const tcp::endpoint& remote)> preamble_for;
 
   // Postfix XCLIENT: sends "XCLIENT <attributes>", and after the 220 that restarts the next hop's
   // session, EHLO `ehlo_name` again (updating the capabilities). Returns the XCLIENT reply, or

@@ -419,6 +419,8 @@ class Relay:
                 t["allow_clients"] = li["allow_clients"]
             if "forward_client" in li:
                 t["forward_client"] = li["forward_client"]
+            if "upstream_connect" in li:
+                t["upstream_connect"] = li["upstream_connect"]
             for k in LISTENER_TLS_KEYS:
                 if k in li:
                     t[k] = li[k]
@@ -484,6 +486,33 @@ class Relay:
             # A unix listener has no port: its entry is the socket path ("unix:/path").
             by_index[idx] = addr if addr.startswith("unix:") else int(addr.rsplit(":", 1)[1])
         self._ports = [by_index[k] for k in sorted(by_index)]
+        self.wait_probes()
+
+    def probing_listeners(self):
+        """Indexes of the listeners that connect at MAIL (upstream_connect = "mail", the inbound
+        default): the relay probes their next hop's EHLO in the background after start-up and
+        every reload (event=upstream_probe)."""
+        return [i for i, li in enumerate(self.listeners)
+                if li.get("role") == "inbound" and li.get("upstream_connect", "mail") == "mail"]
+
+    def wait_probes(self, after=0, timeout=20.0):
+        """Wait for one event=upstream_probe (ok or failed) per probing listener among the log
+        records from index `after` on (0: since start; len(logs()) before a reload: that
+        reload's probes), so that EHLO offers what the probe learned. Returns those records."""
+        want = set(self.probing_listeners())
+
+        def done():
+            got = [x for x in self._records[after:] if x.get("event") == "upstream_probe"]
+            return {int(x.get("listener", -1)) for x in got} >= want and got
+
+        with self._cond:
+            self._cond.wait_for(lambda: self.proc.poll() is not None or done(),
+                                timeout=scaled(timeout))
+        got = done()
+        if want and not got:
+            raise RuntimeError("no event=upstream_probe for listeners %s within %ss"
+                               % (sorted(want), timeout))
+        return got or []
 
     def _read_stderr(self):
         for raw in iter(self.proc.stderr.readline, b""):

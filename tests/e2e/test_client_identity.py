@@ -162,8 +162,9 @@ class ClientIdentityTest(unittest.TestCase):
 
     def relay_connection_counts(self, pf):
         """smtpd's "disconnect from" counters for the relay's connection(s) (from 127.0.0.1 as
-        the connection was, or as XCLIENT/PROXY made it look)."""
-        pf.wait_for(lambda: pf.disconnects(), 10)
+        the connection was, or as XCLIENT/PROXY made it look). Waits for one that carried
+        mail: the inbound listener's capability probe (EHLO, QUIT) disconnects first."""
+        pf.wait_for(lambda: any("mail=" in d.counts for d in pf.disconnects()), 10)
         return [d.counts for d in pf.disconnects()]
 
     # =========================================================================================
@@ -216,12 +217,25 @@ class ClientIdentityTest(unittest.TestCase):
         self.assertTrue(rec.get("protocol", "").startswith("TLSv1."), rec["_raw"])
         self.assertTrue(pf.wait_log(r"(Trusted|Anonymous|Untrusted) TLS connection established from", 10),
                         "Postfix did not log a TLS session")
-        # A wrong expected name: the relay refuses to talk to this next hop at all.
+        # A wrong expected name: the relay refuses to talk to this next hop at all: its probe
+        # fails, and, connecting at MAIL, each MAIL gets 451 4.7.0 (at connect: 421 4.7.0).
         li2 = dict(li, upstream_tls_name="other.test")
         r2 = Relay(RELAY, self.dir, self.keys, listeners=[li2], start=False, config_name="tls2.toml")
         self.addCleanup(r2.close)
         r2.start()
+        self.assertEqual(r2.logs("upstream_probe")[0].get("result"), "failed")
         c = BoundClient(r2.port(), CLIENT_IP)
+        self.addCleanup(c.close)
+        self.assertEqual(c.read_reply().code, 220)
+        self.assertEqual(c.cmd("EHLO client.example").code, 250)
+        m = c.cmd("MAIL FROM:<%s>" % SENDER)
+        self.assertEqual(m.code, 451, m)
+        self.assertTrue(m.text.startswith("4.7.0"), m)
+        li3 = dict(li2, upstream_connect="connect")
+        r3 = Relay(RELAY, self.dir, self.keys, listeners=[li3], start=False, config_name="tls3.toml")
+        self.addCleanup(r3.close)
+        r3.start()
+        c = BoundClient(r3.port(), CLIENT_IP)
         self.addCleanup(c.close)
         g = c.read_reply()
         self.assertEqual(g.code, 421, g)
@@ -291,7 +305,13 @@ class ClientIdentityTest(unittest.TestCase):
         self.assertEqual(w.proto, "ESMTP", w)
         conns = pf.connects()
         self.assertTrue(conns, "no smtpd connect line")
-        self.assertTrue(all(c.addr == CLIENT_IP for c in conns), conns)
+        # The inbound listener's capability probe (it connects at MAIL) sends a PROXY header
+        # that names no client but the relay (v2 LOCAL, v1 its own addresses): Postfix sees
+        # the relay itself there.
+        probes = [c for c in conns if c.addr == "127.0.0.1"]
+        self.assertEqual(len(probes), len(r.logs("upstream_probe")), conns)
+        self.assertEqual(r.logs("upstream_probe")[0].get("result"), "ok")
+        self.assertTrue(all(c.addr == CLIENT_IP for c in conns if c not in probes), conns)
         self.assertFalse([x for x in pf.log_lines() if "/smtpd[" in x and "warning:" in x],
                          "smtpd complained (about the PROXY header?)")
         # The relay must not also try XCLIENT (Postfix offers none here anyway).

@@ -105,7 +105,16 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         rec = r.wait_log("metrics_listening", 10)
         self.assertIsNotNone(rec)
         r.metrics_port = int(rec["address"].rsplit(":", 1)[1])
+        # Inbound connects at MAIL and first probes the next hop's EHLO (one connection without a
+        # client behind it): the sessions' next-hop connections are the ones after it.
+        r.probes = len(r.wait_probes()) if role == "inbound" else 0
+        wait_until(lambda: len(up.connections()) >= r.probes, scaled(5))
         return r
+
+    def session_conns(self, up, r, n=0):
+        """The next-hop connections of client sessions (the probe's left out); waits for n."""
+        wait_until(lambda: len(up.connections()) >= r.probes + n, scaled(5))
+        return up.connections()[r.probes:]
 
     def metrics(self, r):
         with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, r.metrics_port), timeout=10) as f:
@@ -150,7 +159,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         # for the greeting): the reader must leave EHLO in the socket for the session.
         c = self.lb(r, v1("203.0.113.7", "192.0.2.25", 40001, 25))
         self.send_mail(c)
-        conn = up.wait_connections(1)[0]
+        conn = self.session_conns(up, r, 1)[0]
         wait_until(lambda: conn.xclient is not None, scaled(5))
         self.assertIn("ADDR=203.0.113.7", conn.xclient)
         self.assertIn("PORT=40001", conn.xclient)
@@ -177,7 +186,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         tlv = b"\x04\x00\x03abc"  # PP2_TYPE_NOOP, skipped
         c = self.lb(r, v2("2001:db8::25", "2001:db8::1", 1234, 25, tlv))
         self.send_mail(c)
-        conn = up.wait_connections(1)[0]
+        conn = self.session_conns(up, r, 1)[0]
         wait_until(lambda: conn.xclient is not None, scaled(5))
         self.assertIn("ADDR=IPV6:2001:db8::25", conn.xclient)
         self.assertIn("PORT=1234", conn.xclient)
@@ -230,7 +239,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         self.send_mail(c, sender="<alice@example.com>", rcpt="carol@remote.example")
         tx = up.wait_transactions(1)[0]
         self.assertRegex(tx.mail, r"(?i)^MAIL FROM:<prvs=\d{4}[0-9a-f]{6}=alice@example\.com>")
-        conn = up.wait_connections(1)[0]
+        conn = self.session_conns(up, r, 1)[0]
         wait_until(lambda: conn.xclient is not None, scaled(5))
         self.assertIn("ADDR=203.0.113.30", conn.xclient)
 
@@ -256,7 +265,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         self.assertEqual([x.get("command") for x in checks], ["LOCAL", "UNKNOWN", "UNKNOWN", "none"])
         self.assertEqual(r.logs("proxy_header_failed"), [])
         self.assertEqual(self.metric(r, "batv_sessions_total", role="inbound"), 0)
-        self.assertEqual(up.connections(), [], "a health check opened a next-hop connection")
+        self.assertEqual(self.session_conns(up, r), [], "a health check opened a next-hop connection")
         self.assertEqual(r.logs("connect"), [])
         self.assertEqual(r.logs("session_end"), [])
 
@@ -292,7 +301,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         for reason, _ in cases + [("closed", None)]:
             self.assertEqual(m.get(("batv_proxy_header_errors_total", frozenset({("reason", reason)}))), 1.0, reason)
         self.assertEqual(self.metric(r, "batv_sessions_total", role="inbound"), 0)
-        self.assertEqual(up.connections(), [])
+        self.assertEqual(self.session_conns(up, r), [])
 
     # -- peers outside accept_proxy_from ---------------------------------------------------------
 
@@ -305,12 +314,13 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         rep = c.cmd("PROXY TCP4 203.0.113.7 192.0.2.25 40001 25")
         self.assertEqual(rep.code, 500, rep)
         self.assertEqual(c.cmd("EHLO client.example").code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<>").code, 250)  # the next hop is opened at MAIL
         self.assertEqual(c.cmd("QUIT").code, 221)
         rec = r.wait_log("connect")
         self.assertEqual(rec.get("client"), "%s:%d" % (HOST, c.local_port), rec["_raw"])
         self.assertIsNone(rec.get("via"), rec["_raw"])
         self.assertEqual(r.logs("proxy_header_failed"), [])
-        conn = up.wait_connections(1)[0]
+        conn = self.session_conns(up, r, 1)[0]
         wait_until(lambda: conn.xclient is not None, scaled(5))
         self.assertIn("ADDR=%s" % HOST, conn.xclient)
 

@@ -16,7 +16,9 @@ The contract under test (README "How a session goes", relay/replies.hpp):
   * nothing waits longer than the configured timeouts, and the relay serves the next session.
 
 One relay process serves every row: LANES pairs of listeners (outbound signing, and inbound
-verifying with forward_client = "xclient") each towards its own ScriptedUpstream (which offers
+verifying with forward_client = "xclient" and upstream_connect = "connect": the next hop opens at
+connect, so the connect and set-up rows hold for both roles; the inbound default, opening at the
+first MAIL, is tested in test_connect_at_mail.py) each towards its own ScriptedUpstream (which offers
 XCLIENT), plus a listener towards a STARTTLS-capable upstream and two towards a closed port. The
 lanes run rows in parallel; each row sets its faults on its lane's upstream for the row's own
 next-hop connection only (fault_conns), runs one client session and checks it.
@@ -851,7 +853,8 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
             up = ScriptedUpstream(caps=CAPS)
             cls.ups.append(up)
             listeners.append({"upstream": up.port, "role": "outbound"})
-            listeners.append({"upstream": up.port, "role": "inbound", "forward_client": "xclient"})
+            listeners.append({"upstream": up.port, "role": "inbound", "forward_client": "xclient",
+                          "upstream_connect": "connect"})
         cls.tls_up = ScriptedUpstream(caps=CAPS, tls_cert=cls.certs.mx_cert,
                                       tls_key=cls.certs.mx_key)
         cls.ups.append(cls.tls_up)
@@ -859,7 +862,8 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
                           "upstream_tls": "opportunistic"})
         dead = closed_port()
         listeners.append({"upstream": dead, "role": "outbound"})
-        listeners.append({"upstream": dead, "role": "inbound", "forward_client": "xclient"})
+        listeners.append({"upstream": dead, "role": "inbound", "forward_client": "xclient",
+                          "upstream_connect": "connect"})
         # A next hop that never completes a TCP handshake: a listener that accepts nothing,
         # its queue (backlog 0) filled by one connection, so that later SYNs go unanswered.
         cls.blackhole = socket.socket()
@@ -868,13 +872,14 @@ class UpstreamFailureMatrix(RelayLogMixin, unittest.TestCase):
         cls.blackhole_fill = socket.create_connection(cls.blackhole.getsockname(), timeout=5)
         hole = cls.blackhole.getsockname()[1]
         listeners.append({"upstream": hole, "role": "outbound"})
-        listeners.append({"upstream": hole, "role": "inbound", "forward_client": "xclient"})
+        listeners.append({"upstream": hole, "role": "inbound", "forward_client": "xclient",
+                          "upstream_connect": "connect"})
         # A next hop that goes away for good during a session.
         cls.dying_up = ScriptedUpstream(caps=CAPS)
         cls.ups.append(cls.dying_up)
         listeners.append({"upstream": cls.dying_up.port, "role": "outbound"})
         listeners.append({"upstream": cls.dying_up.port, "role": "inbound",
-                          "forward_client": "xclient"})
+                          "forward_client": "xclient", "upstream_connect": "connect"})
         cls.relay_proc = Relay(RELAY, cls.dir, cls.keys, listeners=listeners, timeouts=TIMEOUTS,
                                start=False)
         try:

@@ -4,7 +4,8 @@
 // io_context that runs until every coroutine has finished.
 //
 // Input layout (missing header bytes count as 0):
-//   byte 0  listener and policy   bit 0: inbound role
+//   byte 0  listener and policy   bit 0: inbound role (which opens the next hop at the first
+//                                         MAIL, upstream_connect = "mail", its default)
 //                                  bits 1-2: forward_client none / xclient / proxy-v1 / proxy-v2
 //                                  bit 3: STARTTLS offered to the client (in-memory certificate)
 //                                  bit 4: outbound: AUTH needed before MAIL (allow_authenticated);
@@ -38,6 +39,7 @@
 //    recipient, BDAT only when CHUNKING was offered, AUTH only when offered; at most
 //    limits.recipients_per_message recipients; a DATA body with no bare CR or LF (no smuggling)
 //    within limits.message_size; well-formed PROXY headers and XCLIENT attributes;
+//  - inbound (connecting at MAIL) opens no next-hop connection for a client stream without "MAIL";
 //  - outbound never double-tags (a MAIL FROM carrying our valid tag has a signable original);
 //    inbound never passes one of our valid or expired tags on to the next hop.
 //
@@ -62,6 +64,7 @@
 #include "crypto/prvs.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/nexthop_caps.hpp"
 #include "relay/policy.hpp"
 #include "relay/session.hpp"
 #include "relay/smtp/command.hpp"
@@ -175,6 +178,7 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
   l.upstream = {"127.0.0.1", upstream_port, false, true};
   l.allow_clients = {*conf::parse_cidr("127.0.0.0/8")};
   l.forward_client = static_cast<conf::ForwardClient>(s.forward());
+  l.upstream_connect = s.inbound() ? conf::UpstreamConnect::mail : conf::UpstreamConnect::connect;
   l.upstream_tls = conf::UpstreamTls::none;
   l.plaintext_auth_loopback = true;
   l.allow_authenticated = !s.inbound() && s.strict();
@@ -839,6 +843,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   const std::string_view role = run.setup.inbound() ? "inbound" : "outbound";
   const Counters before = counters(role);
+  // What an earlier input's next hop offered must not shape this input's EHLO: each inbound run
+  // starts from a cache that says the next hop offers every extension, so that the next hop of
+  // byte 1, reached at MAIL, may lack what the client was offered (451 4.3.3 paths).
+  relay::NextHopCaps::global().clear();
+  if (run.setup.inbound()) {
+    relay::smtp::Capabilities all;
+    all.pipelining = all.eightbitmime = all.smtputf8 = all.enhancedstatuscodes = all.dsn = all.chunking = true;
+    all.size_advertised = true;
+    all.size = 100000;
+    relay::NextHopCaps::global().learn(relay::NextHopCaps::key_of(rt->config.listeners[0]), all,
+                                       relay::NextHopCaps::Source::probe);
+  }
   tcp::socket client(h.io);
   h.io.restart();
   asio::co_spawn(h.io, start(h, run, stream, client), rethrow);
@@ -862,6 +878,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::fprintf(stderr, "--- client received (%d message(s) queued by the next hop):\n%s", run.queued,
                  run.client_out.c_str());
   const Counters after = counters(role);
+  if (run.setup.inbound() && run.connections > 0 && upper(stream).find("MAIL") == std::string::npos)
+    fail("inbound opened a next-hop connection for a session that never sent MAIL");
   if (after.io_error != before.io_error) fail("an exception escaped Session::run (end reason io_error)");
   if (after.other != before.other) fail("a session ended without a reason");
   if (after.current != before.current) fail("sessions_current did not return to its value");

@@ -978,3 +978,20 @@ TEST_CASE("listener.accept_proxy_from: proxy roles only, CIDRs, empty by default
   check_errors(load(doc("", "accept_proxy_from = [\"10.0.0.300\"]\n")),
                {{8, 22, "listener[0].accept_proxy_from[0]", "10.0.0.300"}});
 }
+
+TEST_CASE("config: upstream_connect: inbound default mail, connect on request, not for outbound") {
+  const std::string inbound = "[[listener]]\nrole = \"inbound\"\nlisten = \"0.0.0.0:2525\"\nupstream = \"127.0.0.1:25\"\n";
+  const std::string eager = "[[listener]]\nrole = \"inbound\"\nlisten = \"0.0.0.0:2526\"\nupstream = \"127.0.0.1:25\"\n"
+                            "upstream_connect = \"connect\"\n";
+  const Config c = require_ok(load(doc("", inbound + eager)));
+  REQUIRE(c.listeners.size() == 3);
+  CHECK(c.listeners[0].upstream_connect == UpstreamConnect::connect);  // outbound
+  CHECK(c.listeners[1].upstream_connect == UpstreamConnect::mail);
+  CHECK(c.listeners[2].upstream_connect == UpstreamConnect::connect);
+  CHECK(to_string(UpstreamConnect::mail) == "mail");
+  // Outbound offers AUTH from the live connection at EHLO: the key is refused there.
+  check_errors(load(doc("", "upstream_connect = \"mail\"\n")),
+               {{8, 20, "listener[0].upstream_connect", "not used by role = \"outbound\""}});
+  check_errors(load(doc("", inbound + "upstream_connect = \"helo\"\n")),
+               {{12, 20, "listener[1].upstream_connect", "unknown value 'helo' (allowed: mail, connect)"}});
+}

@@ -393,6 +393,26 @@ TEST_CASE("metrics: the sessions limit is a gauge once set, and follows reloads"
   CHECK(m.render_prometheus(0).find("batv_sessions_limit") == std::string::npos);
 }
 
+TEST_CASE("metrics: next-hop connections by proxy role, probes by result") {
+  Metrics m;
+  m.upstream_connection(conf::Role::inbound);
+  m.upstream_connection(conf::Role::inbound);
+  m.upstream_connection(conf::Role::outbound);
+  m.upstream_probe(true);
+  m.upstream_probe(false);
+  m.upstream_probe(false);
+  const std::string t = m.render_prometheus(0);
+  check_format(t);
+  CHECK(has_line(t, "# TYPE batv_upstream_connections_total counter"));
+  CHECK(has_line(t, "batv_upstream_connections_total{role=\"inbound\"} 2"));
+  CHECK(has_line(t, "batv_upstream_connections_total{role=\"outbound\"} 1"));
+  CHECK(t.find("batv_upstream_connections_total{role=\"milter\"}") == std::string::npos);  // no next hop
+  CHECK(has_line(t, "batv_upstream_probes_total{result=\"ok\"} 1"));
+  CHECK(has_line(t, "batv_upstream_probes_total{result=\"failed\"} 2"));
+  m.reset_for_tests();
+  CHECK(has_line(m.render_prometheus(0), "batv_upstream_connections_total{role=\"inbound\"} 0"));
+}
+
 TEST_CASE("metrics: concurrent updates and domain swaps lose nothing") {
   Metrics m;
   m.set_domains({"example.com"});
