@@ -134,7 +134,8 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "5321 4.5.3.2.6); answering within 9 avoids duplicate delivery (RFC 1047)."},
     {"timeouts", "shutdown_grace", 30, 0, 3600, "seconds",
      "On SIGTERM: stop accepting, let open sessions finish for this long, then close them with "
-     "421 (RFC 5321 3.8). 0 = close at once."},
+     "421 (RFC 5321 3.8); a message already with the next hop first gets its verdict "
+     "(timeouts.upstream_data_reply). 0 = close at once."},
     {"timeouts", "upstream_idle", 2, 0, 300, "seconds",
      "How long an idle next-hop connection waits for the next session before it is closed. "
      "2 = Postfix smtp_connection_cache_time_limit: long enough to catch a client that sends "

@@ -780,8 +780,10 @@ awaitable<void> Server::shutdown() {
     }
     log(Level::info, "shutdown_closing").kv("sessions", static_cast<std::int64_t>(left.size()));
     for (auto& s : left) s->stop();
-    // Each stopped session writes its 421 with the idle timeout as bound; give them that long.
-    const auto hard_end = Clock::now() + std::chrono::seconds(10);
+    // Each stopped session writes its 421 with the idle timeout as bound; one whose message is with
+    // the next hop first waits for its verdict (timeouts.upstream_data_reply). Give them that long.
+    const auto hard_end = Clock::now() + std::max<Clock::duration>(std::chrono::seconds(10),
+        rt->config.timeouts.upstream_data_reply + std::chrono::seconds(1));
     while (live_count() > 0 && Clock::now() < hard_end) {
       timer.expires_after(std::chrono::milliseconds(50));
       co_await timer.async_wait(asio::use_awaitable);

@@ -64,7 +64,10 @@ void Session::stop() {
   asio::post(client_.get_executor(), [self] {
     self->stop_requested_ = true;
     self->client_.cancel();
-    self->up_.cancel();
+    // A message already handed over waits for the next hop's verdict (bounded by
+    // timeouts.upstream_data_reply): cancelling it would tell the client 421 for mail the next hop
+    // may accept, and the client's retry would deliver it twice. The session ends right after.
+    if (!self->awaiting_verdict_) self->up_.cancel();
   });
 }
 
@@ -216,7 +219,10 @@ bool Session::has_complete_line() const {
 }
 
 awaitable<bool> Session::fill(Clock::time_point deadline) {
-  if (stop_requested_) co_return false;
+  if (stop_requested_) {
+    read_failure_ = ReadFailure::stopped;
+    co_return false;
+  }
   if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
   if (in_end_ == in_.size() && in_begin_ > 0) {
     std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
@@ -1207,7 +1213,9 @@ awaitable<bool> Session::do_data() {
     reply = upstream_failure_reply();
   } else {
     const auto t_wait = Clock::now();
+    awaiting_verdict_ = true;
     auto fin = co_await up_.read_reply(/*final_dot=*/true);
+    awaiting_verdict_ = false;
     upstream_wait = Clock::now() - t_wait;
     if (!fin) {
       metrics().upstream_error("dot");
@@ -1315,7 +1323,11 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   }
   std::string reply;
   std::optional<smtp::Reply> r;
-  if (ok) r = co_await up_.read_reply(bdat->last);
+  if (ok) {
+    awaiting_verdict_ = bdat->last;  // the last chunk's reply is the verdict on the message (see stop)
+    r = co_await up_.read_reply(bdat->last);
+    awaiting_verdict_ = false;
+  }
   if (!r) {
     metrics().upstream_error("bdat");
     reply = upstream_failure_reply();

@@ -219,6 +219,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   bool esmtp_ = false;
   Transaction tx_;
   std::atomic<bool> stop_requested_{false};
+  bool awaiting_verdict_ = false;  // the final dot (or last BDAT) is sent; its reply is awaited
   Clock::time_point command_deadline_{};
   Clock::time_point session_deadline_ = Clock::time_point::max();
 

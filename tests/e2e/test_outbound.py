@@ -1200,6 +1200,28 @@ class SignalTest(RelayTestCase):
         ends = [e for e in r.logs("session_end") if e.get("client") == "%s:%d" % (HOST, port)]
         self.assertEqual([e.get("reason") for e in ends], ["shutdown"])
 
+    def test_sigterm_while_the_next_hop_decides_relays_its_verdict(self):
+        # The message is with the next hop when the grace runs out: the session waits for the
+        # verdict and relays it (250: delivered once), then ends with 421. Cancelling that wait
+        # would answer 421 for a message the next hop accepted, and the retry would be a duplicate.
+        up = self.upstream(delays={"DOT": 3})
+        r = self.relay(up.port, timeouts={"shutdown_grace": 1, "upstream_data_reply": 20})
+        c = self.session(r)
+        for cmd, want in (("MAIL FROM:<%s>" % HOMER, 250), ("RCPT TO:<%s>" % BART, 250), ("DATA", 354)):
+            self.assertEqual(c.cmd(cmd).code, want)
+        c.send(SIMPLE_BODY + b".\r\n")
+        self.assertTrue(wait_until(lambda: up.conns and any(b".\r\n" in x.raw for x in up.conns), 5))
+        t = time.monotonic()
+        r.send_signal(signal.SIGTERM)
+        final = c.read_reply(timeout=15)
+        self.assertCode(final, 250)
+        self.assertGreater(time.monotonic() - t, 1.5, "the verdict came before the next hop's delay")
+        self.assertCode(c.read_reply(timeout=10), 421, "4.3.2")
+        self.assertEqual(len(up.wait_transactions(1)), 1)
+        self.assertEqual(r.stop(signal.SIGTERM, timeout=15), 0)
+        ends = [e.get("reason") for e in r.logs("session_end") if e.get("client") == "%s:%d" % (HOST, c.local_port)]
+        self.assertEqual(ends, ["shutdown"])
+
     def test_sighup_after_rotation_signs_with_new_key(self):
         up = self.upstream()
         r = self.relay(up.port)
