@@ -175,6 +175,9 @@ class DomainKeysTest(RelayLogMixin, unittest.TestCase):
         # A customer's tag at a default domain, and the default ring's tag at a customer domain.
         self.assertEqual(self.bounce(self.tag_with(self.ring_a, "homer@example.com"))[0], 550)
         self.assertEqual(self.bounce(expected_tag("user@a.example"))[0], 550)
+        # The log is read on another thread: wait for the last RCPT's line before reading them all.
+        last = "<%s>" % expected_tag("user@a.example")
+        self.assertIsNotNone(self.relay.wait_log(lambda x: x.get("event") == "rcpt" and x.get("to") == last, 10))
         verdicts = {r.get("to"): r.get("verdict") for r in self.relay.logs("rcpt")}
         self.assertEqual(verdicts["<%s>" % forged], "bad_signature")
         self.assertEqual(verdicts["<%s>" % expected_tag("user@a.example")], "unknown_key")
