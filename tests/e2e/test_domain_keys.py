@@ -158,6 +158,7 @@ class DomainKeysTest(RelayLogMixin, unittest.TestCase):
         # batv-keys --config picks the ring by the address's domain, as the relay does.
         for tag in (tag_a, tag_b, tag_d):
             self.assertEqual(self.keys_cfg("verify", tag)[0], 0, tag)
+        self.assertTrue(wait_until(lambda: len(self.relay.logs("mail")) >= 3, harness.scaled(10)))  # reader thread
         signed = {r.get("from"): r.get("key") for r in self.relay.logs("mail")}
         self.assertEqual(signed, {"<user@a.example>": "1", "<user@b.example>": "2", "<homer@example.com>": "3"})
         self.assertEqual(self.signers(), {"default": 3, "a.example": 1, "b.example": 2})
