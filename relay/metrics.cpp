@@ -4,6 +4,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "text/ascii.hpp"
+
 namespace batv::relay {
 
 namespace {
@@ -46,15 +48,6 @@ std::size_t lookup(const std::array<std::string_view, N>& names, std::string_vie
 std::size_t role_index(conf::Role r) {
   const auto i = static_cast<std::size_t>(r);
   return i < Metrics::roles ? i : 0;
-}
-
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
 }
 
 void inc(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, relaxed); }
@@ -190,7 +183,7 @@ void Metrics::answer(Role role, Answer a) {
 void Metrics::verdict(std::string_view domain, std::string_view verdict_text) {
   const std::size_t v = lookup(verdict_names, verdict_text);
   for (DomainCounters* d : domains()->domains) {
-    if (iequal(d->name, domain)) {
+    if (text::iequals(d->name, domain)) {
       inc(d->by_verdict[v]);
       return;
     }
@@ -202,7 +195,7 @@ void Metrics::set_domains(std::vector<std::string> list) {
   std::lock_guard lock(mu_);
   auto table = std::make_unique<DomainTable>();
   for (std::string& name : list) {
-    for (char& c : name) c = lower(c);
+    text::lower_in_place(name);
     if (name.empty() || name == "other") continue;  // "other" is the label of unknown domains
     bool dup = false;
     for (const DomainCounters* d : table->domains) dup = dup || d->name == name;

@@ -13,6 +13,7 @@
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
 #include "relay/smtp/data.hpp"
+#include "text/ascii.hpp"
 
 namespace batv::relay {
 
@@ -30,20 +31,6 @@ bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r
 // ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
 bool auth_text(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
-}
-
-// ASCII case mapping (SMTP keywords; domain names for logs); other bytes unchanged.
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
-  return out;
-}
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-  return out;
 }
 
 }  // namespace
@@ -469,7 +456,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     refuse(replies::auth_in_transaction());
     co_return true;
   }
-  const std::string mechanism = upper(args.substr(0, args.find(' ')));
+  const std::string mechanism = text::upper(args.substr(0, args.find(' ')));
   auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
   if (mechanism.empty() || !auth_text(args)) {
     refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
@@ -828,13 +815,13 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
   const smtp::Path& path = *res.path;
   bool smtputf8 = false;
   for (const smtp::Param& p : path.params) {
-    const std::string kw = upper(p.keyword);
+    const std::string kw = text::upper(p.keyword);
     bool advertised = false;
     if (kw == "SIZE") {
       advertised = true;  // we always advertise SIZE (RFC 1870)
     } else if (kw == "BODY") {
       // 7BIT always; 8BITMIME when advertised (RFC 6152); BINARYMIME never (not offered).
-      const std::string v = p.value ? upper(*p.value) : std::string();
+      const std::string v = p.value ? text::upper(*p.value) : std::string();
       advertised = v == "7BIT" || (v == "8BITMIME" && adv_8bitmime_);
     } else if (kw == "SMTPUTF8") {
       advertised = adv_smtputf8_;
@@ -884,8 +871,8 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     // no longer offers it.
     const smtp::Capabilities& now = up_.caps();
     for (const smtp::Param& p : path.params) {
-      const std::string kw = upper(p.keyword);
-      const std::string v = p.value ? upper(*p.value) : std::string();
+      const std::string kw = text::upper(p.keyword);
+      const std::string v = p.value ? text::upper(*p.value) : std::string();
       std::string_view missing;
       if (kw == "BODY" && v == "8BITMIME" && !now.eightbitmime) missing = "8BITMIME";
       else if (kw == "SMTPUTF8" && !now.smtputf8) missing = "SMTPUTF8";
@@ -910,7 +897,7 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     tx_.mail_params = std::string(path.params_text);
   } else {
     for (const smtp::Param& p : path.params) {
-      if (upper(p.keyword) == "SIZE") continue;
+      if (text::iequals(p.keyword, "SIZE")) continue;
       if (!tx_.mail_params.empty()) tx_.mail_params += ' ';
       tx_.mail_params += p.keyword;
       if (p.value) tx_.mail_params.append("=").append(*p.value);
@@ -939,7 +926,7 @@ void Session::handle_rcpt(std::string_view args) {
   }
   const smtp::Path& path = *res.path;
   for (const smtp::Param& p : path.params) {
-    const std::string kw = upper(p.keyword);
+    const std::string kw = text::upper(p.keyword);
     if (auto bad = check_param(kw, p, (kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
       refuse(std::move(*bad));
       return;
@@ -973,11 +960,11 @@ void Session::handle_rcpt(std::string_view args) {
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
     line.kv("upstream_to", rd.action == RcptAction::refused ? std::string("-") : "<" + rd.upstream + ">");
     const auto at = path.address.rfind('@');
-    line.kv("domain", at == std::string::npos ? std::string("-") : lower(path.address.substr(at + 1)));
+    line.kv("domain", at == std::string::npos ? std::string("-") : text::lower(path.address.substr(at + 1)));
     if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
     line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
     if (rd.ours && at != std::string::npos)
-      metrics().verdict(lower(path.address.substr(at + 1)), crypto::to_string(rd.verdict));
+      metrics().verdict(text::lower(path.address.substr(at + 1)), crypto::to_string(rd.verdict));
     metrics().recipient(listener_.role, to_string(rd.action));
     if (rd.action == RcptAction::refused) {
       ++refused_;

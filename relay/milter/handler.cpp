@@ -5,15 +5,11 @@
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/replies.hpp"
+#include "text/ascii.hpp"
 
 namespace batv::relay::milter {
 
 namespace {
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 std::string_view unbracket(std::string_view a) {
   if (a.size() >= 2 && a.front() == '<' && a.back() == '>') return a.substr(1, a.size() - 2);
   return a;
@@ -25,11 +21,6 @@ std::string join(const std::vector<std::string>& v) {
     s += a;
   }
   return s;
-}
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (char& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return r;
 }
 // A reply line of relay/replies.hpp without its CRLF.
 std::string bare(std::string line) {
@@ -153,7 +144,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
     const RcptDecision rd = decide_recipient(cfg, rt_->keys, rt_->prvs, bounce_, client_exempt, rcpt, now);
     if (rd.ours) {
       const auto at = rcpt.rfind('@');
-      metrics().verdict(lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), crypto::to_string(rd.verdict));
+      metrics().verdict(text::lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), crypto::to_string(rd.verdict));
     }
     metrics().recipient(role, to_string(rd.action));
     log(Level::info, "rcpt").kv("sid", sid_).kv("to", "<" + rcpt + ">").kv("action", to_string(rd.action))
@@ -197,7 +188,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
 
 void Handler::on_header(const Header& h, std::string& out) {
   if (!in_message_) return tempfail(out);
-  if (iequals(h.name, kStatusHeader)) ++status_headers_;
+  if (text::iequals(h.name, kStatusHeader)) ++status_headers_;
   if (!(protocol_ & proto::nr_hdr)) out += encode_continue();
 }
 

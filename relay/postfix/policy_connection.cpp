@@ -6,17 +6,11 @@
 #include "relay/metrics.hpp"
 #include "relay/postfix/policy_service.hpp"
 #include "relay/postfix/request_connection.hpp"
+#include "text/ascii.hpp"
 
 namespace batv::relay::postfix {
 
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-  return out;
-}
 
 Metrics::Answer metric_answer(PolicyAnswer a) {
   switch (a) {
@@ -80,7 +74,7 @@ class PolicyConnection final : public RequestConnection {
       return;
     }
     const auto at = d.recipient.rfind('@');
-    const std::string domain = lower(d.recipient.substr(at + 1));  // ours: the address has an '@'
+    const std::string domain = text::lower(d.recipient.substr(at + 1));  // ours: the address has an '@'
     // Bounce decisions are counted as the inbound proxy counts them; a normal sender's mail is the
     // socketmap's to strip, and only its refusal (bad_signature = "reject") is ours to count.
     if (d.bounce) metrics().verdict(domain, crypto::to_string(rd.verdict));

@@ -3,31 +3,22 @@
 #include <array>
 #include <utility>
 
+#include "text/ascii.hpp"
+
 namespace batv::relay::smtp {
 
 namespace {
 
-constexpr bool is_alpha(unsigned char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-constexpr bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-constexpr bool is_alnum(unsigned char c) { return is_alpha(c) || is_digit(c); }
-constexpr bool is_hex(unsigned char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-constexpr bool is_upper_hex(unsigned char c) { return is_digit(c) || (c >= 'A' && c <= 'F'); }
+using text::iequals;
+using text::is_alnum;
+using text::is_digit;
+using text::istarts_with;
+using text::is_xdigit;
+constexpr bool is_upper_hex(unsigned char c) { return is_digit(static_cast<char>(c)) || (c >= 'A' && c <= 'F'); }
 constexpr bool is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
 constexpr bool is_8bit(unsigned char c) { return c >= 0x80; }
-constexpr unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? static_cast<unsigned char>(c + 32) : c; }
 
 unsigned char at(std::string_view s, std::size_t i) { return static_cast<unsigned char>(s[i]); }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(at(a, i)) != lower(at(b, i))) return false;
-  return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
 
 std::string_view trim_spaces(std::string_view s) {
   while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
@@ -171,7 +162,7 @@ bool valid_ipv4(std::string_view s) {
     if (p.empty() || p.size() > 3) return false;
     int v = 0;
     for (const char ch : p) {
-      if (!is_digit(static_cast<unsigned char>(ch))) return false;
+      if (!is_digit(ch)) return false;
       v = v * 10 + (ch - '0');
     }
     if (v > 255) return false;
@@ -199,7 +190,7 @@ bool count_ipv6_groups(std::string_view s, bool allow_v4, int& groups) {
     }
     if (g.empty() || g.size() > 4) return false;
     for (const char ch : g)
-      if (!is_hex(static_cast<unsigned char>(ch))) return false;
+      if (!is_xdigit(ch)) return false;
     ++groups;
     if (last) return true;
     start = colon + 1;
