@@ -6,6 +6,7 @@
 #include <array>
 #include <cstring>
 
+#include "conf/limits.hpp"
 #include "crypto/keyring.hpp"
 #include "text/ascii.hpp"
 
@@ -14,11 +15,12 @@ namespace batv::crypto {
 namespace {
 
 constexpr std::string_view tag_prefix = "prvs=";
-// "prvs=" K DDD SSSSSS "=": the 16 octets a tag adds to the local part.
-constexpr std::size_t tag_overhead = 16;
-// RFC 5321 4.5.3.1.1 (local part) and 4.5.3.1.3 (path, 256 with the angle brackets).
-constexpr std::size_t max_local_part = 64;
-constexpr std::size_t max_address = 254;
+// "prvs=" K DDD SSSSSS "=": the octets a tag adds to the local part (the format, not a bound).
+constexpr std::size_t tag_overhead = tag_prefix.size() + 1 + 3 + 6 + 1;
+static_assert(tag_overhead == 16);
+// The tagged address must stay a valid path (RFC 5321 4.5.3.1.1 local part, 4.5.3.1.3 path).
+constexpr std::size_t max_local_part = conf::fixed::max_local_part_length;
+constexpr std::size_t max_address = conf::fixed::max_address_length;
 
 using text::is_alnum;
 using text::is_digit;

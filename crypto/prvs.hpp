@@ -18,6 +18,8 @@
 #include <string>
 #include <string_view>
 
+#include "conf/limits.hpp"  // numbers only: no config, no TOML
+
 namespace batv::crypto {
 
 class Keyring;
@@ -29,9 +31,11 @@ enum class HashMode {
 };
 
 struct PrvsParams {
-  static constexpr int default_lifetime_days = 7;
-  static constexpr int min_lifetime_days = 1;
-  static constexpr int max_lifetime_days = 30;  // far below the 1000-day DDD wrap
+  // The lifetime_days row of conf/limits.hpp (why 7, 1 and 30: see its note; 30 is far below
+  // the 1000-day DDD wrap).
+  static constexpr int default_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").def);
+  static constexpr int min_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").min);
+  static constexpr int max_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").max);
   int lifetime_days = default_lifetime_days;
   HashMode hash = HashMode::exact;
 };
@@ -46,7 +50,7 @@ enum class NoSignReason {
   malformed_address,      // no "@", empty local part or empty domain
   already_tagged,         // local part already has the tag meta-syntax "type=value=" (prvs, SRS0, ...)
   quoted_local_part,      // "quoted string"@domain: a tag would make an invalid address
-  too_long,               // tagged local part > 64 octets, or tagged path > 254 octets (RFC 5321 4.5.3.1)
+  too_long,               // tagged local part > 64 octets, or tagged address > 254 (conf::fixed, RFC 5321 4.5.3.1)
   not_our_domain,         // policy: sender domain not in [domains].sign
   exempt_sender,          // policy: [signing].exempt_senders
   exempt_destination,     // policy: recipients in [signing].exempt_destinations

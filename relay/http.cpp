@@ -30,7 +30,7 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
-constexpr std::size_t body_limit = 4096;
+constexpr std::size_t body_limit = conf::fixed::metrics_body_bytes;
 constexpr std::string_view text_plain = "text/plain; charset=utf-8";
 constexpr std::string_view prometheus_type = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -139,7 +139,7 @@ asio::awaitable<void> serve(std::shared_ptr<State> st, tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
   Registration reg(*st, &stream);
   if (st->stopped.load()) co_return;
-  beast::flat_buffer buffer(st->options.header_limit + body_limit + 1024);
+  beast::flat_buffer buffer(st->options.header_limit + body_limit + conf::fixed::metrics_buffer_slack_bytes);
   error_code ec;
   for (unsigned n = 0; n < st->options.max_requests; ++n) {
     http::request_parser<http::string_body> parser;
@@ -183,7 +183,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       if (ec == asio::error::operation_aborted) co_return;
       // Out of file descriptors and the like: back off, never spin.
       log(Level::warning, "metrics_accept_error").kv("error", ec.message());
-      asio::steady_timer pause(st->strand, std::chrono::milliseconds(100));
+      asio::steady_timer pause(st->strand, conf::fixed::accept_error_pause);
       co_await pause.async_wait(with_ec(ec));
       continue;
     }

@@ -23,7 +23,7 @@ namespace {
 // held-open sessions then cost a few KiB each, and a body still streams in 64 KiB reads.
 constexpr std::size_t command_buffer = conf::fixed::command_buffer_bytes;
 constexpr std::size_t stream_buffer = conf::fixed::stream_buffer_bytes;
-constexpr std::size_t max_pending = 100;             // pipelined commands held before a forced flush
+constexpr std::size_t max_pending = conf::fixed::max_pipelined_commands;  // then a forced flush
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
 
@@ -467,9 +467,8 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     co_return true;
   }
   std::string up_line = "AUTH " + std::string(args) + "\r\n";
-  constexpr int max_rounds = 16;  // no real mechanism needs more challenges than this
   std::optional<smtp::Reply> r;
-  for (int round = 0; round < max_rounds; ++round) {
+  for (int round = 0; round < conf::fixed::max_auth_rounds; ++round) {
     const bool sent = co_await up_.send(up_line);
     explicit_bzero(up_line.data(), up_line.size());
     if (!sent || !(r = co_await up_.read_reply())) break;
@@ -582,7 +581,7 @@ awaitable<bool> Session::forward_client_identity() {
   if (!caps.xclient) {
     // The MX then sees the relay's address, which it may trust (Postfix mynetworks): say so at
     // warning level once per listener, then at debug level.
-    static std::array<std::atomic<bool>, 64> warned{};
+    static std::array<std::atomic<bool>, conf::fixed::xclient_warning_listeners> warned{};
     const bool first = ctx_.listener >= warned.size() || !warned[ctx_.listener].exchange(true);
     log(first ? Level::warning : Level::debug, "xclient")
         .kv("sid", ctx_.id)
@@ -607,7 +606,7 @@ awaitable<bool> Session::forward_client_identity() {
   const bool ok = r->code / 100 == 2;
   auto line = log(ok ? Level::info : Level::warning, "xclient");
   line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed").kv("attributes", attributes);
-  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, 200));
+  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, conf::fixed::max_logged_reply_chars));
   co_return true;
 }
 

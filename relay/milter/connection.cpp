@@ -6,6 +6,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <ctime>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/milter/handler.hpp"
@@ -55,7 +56,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
   awaitable<bool> read_more(std::chrono::seconds deadline, bool idle) {
     if (buf_.size() >= max_) co_return false;
     std::size_t old = buf_.size();
-    buf_.resize(std::min(max_, old + 16 * 1024));
+    buf_.resize(std::min(max_, old + conf::fixed::milter_read_bytes));
     timed_out_ = false;
     timer_.expires_after(deadline);
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {

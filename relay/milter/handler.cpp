@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/replies.hpp"
@@ -232,7 +233,7 @@ void Handler::on_packet(const Packet& p, std::string& out) {
       const auto& v = kv_in.second;
       auto it = std::find_if(macros_.begin(), macros_.end(), [&k](const auto& kv) { return kv.first == k; });
       if (it != macros_.end()) it->second = v;
-      else if (macros_.size() < 64) macros_.emplace_back(k, v);
+      else if (macros_.size() < conf::fixed::max_milter_macros) macros_.emplace_back(k, v);
     }
     return;  // macros get no reply
   }

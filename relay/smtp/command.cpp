@@ -136,7 +136,7 @@ bool valid_label(std::string_view l) {
     if (is_8bit(c)) ascii = false;
     else if (!is_alnum(c) && c != '-') return false;
   }
-  return !ascii || l.size() <= 63;
+  return !ascii || l.size() <= conf::fixed::max_label_length;
 }
 
 bool valid_domain_name(std::string_view d) {
@@ -263,7 +263,7 @@ PathError parse_params(std::string_view text, std::vector<Param>& out) {
     }
     for (const Param& q : out)
       if (iequals(q.keyword, p.keyword)) return PathError::duplicate_param;  // RFC 1869 6
-    if (out.size() >= max_params) return PathError::bad_param;
+    if (out.size() >= conf::fixed::max_esmtp_params) return PathError::bad_param;
     out.push_back(p);
     i = end;
     while (i < text.size() && text[i] == ' ') ++i;
@@ -338,11 +338,11 @@ PathResult parse_path_command(std::string_view args, std::string_view prefix, bo
     const std::string_view local = has_domain ? mailbox.substr(0, at_pos) : mailbox;
     const std::string_view domain = has_domain ? mailbox.substr(at_pos + 1) : std::string_view();
 
-    if (local.size() > max_local_part) return fail(PathError::local_part_too_long);  // 4.5.3.1.1
-    if (domain.size() > max_domain) return fail(PathError::domain_too_long);         // 4.5.3.1.2
+    if (local.size() > conf::fixed::max_local_part_length) return fail(PathError::local_part_too_long);
+    if (domain.size() > conf::fixed::max_domain_length) return fail(PathError::domain_too_long);
     for (const std::string_view d : route)
-      if (d.size() > max_domain) return fail(PathError::domain_too_long);
-    if (close + 1 > max_path) return fail(PathError::address_too_long);  // 4.5.3.1.3, brackets included
+      if (d.size() > conf::fixed::max_domain_length) return fail(PathError::domain_too_long);
+    if (close + 1 > conf::fixed::max_path_length) return fail(PathError::address_too_long);  // brackets included
 
     for (const std::string_view d : route)
       if (!valid_domain(d)) return fail(PathError::bad_domain);
