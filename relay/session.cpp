@@ -403,11 +403,11 @@ awaitable<bool> Session::start_tls(std::string_view args) {
     co_return true;
   }
   if (client_.tls()) {
-    refuse(replies::line(503, "5.5.1 TLS already active"));
+    refuse(replies::tls_already_active());
     co_return true;
   }
   if (!args.empty()) {
-    refuse(replies::line(501, "5.5.4 Syntax: STARTTLS"));
+    refuse(replies::starttls_syntax());
     co_return true;
   }
   if (!co_await write_client(replies::ready_for_tls())) co_return false;
@@ -459,7 +459,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
   const std::string mechanism = text::upper(args.substr(0, args.find(' ')));
   auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
   if (mechanism.empty() || !auth_text(args)) {
-    refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
+    refuse(replies::auth_syntax());
     co_return true;
   }
   if (!co_await ensure_upstream()) {
@@ -688,7 +688,7 @@ awaitable<bool> Session::process(const std::string& line) {
     case Verb::helo: {
       if (!co_await flush()) co_return false;
       if (cmd.args.empty()) {
-        refuse(replies::line(501, cmd.verb == Verb::ehlo ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname"));
+        refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
         co_return true;
       }
       handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
@@ -716,22 +716,17 @@ awaitable<bool> Session::process(const std::string& line) {
         queue_local(replies::helo(rt_->hostname));
         co_return true;
       }
-      std::vector<std::string> lines{rt_->hostname};
-      if (adv_pipelining_) lines.emplace_back("PIPELINING");
-      lines.push_back("SIZE " + std::to_string(adv_size_));
-      if (adv_8bitmime_) lines.emplace_back("8BITMIME");
-      if (adv_smtputf8_) lines.emplace_back("SMTPUTF8");
-      if (adv_enhanced_) lines.emplace_back("ENHANCEDSTATUSCODES");
-      if (adv_dsn_) lines.emplace_back("DSN");
-      if (adv_chunking_) lines.emplace_back("CHUNKING");
-      if (rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls)
-        lines.emplace_back("STARTTLS");
-      if (auth_offered()) {
-        std::string auth = "AUTH";
-        for (const auto& m : up_.caps().auth) auth += " " + m;
-        lines.push_back(std::move(auth));
-      }
-      queue_local(smtp::format_reply(250, lines));
+      replies::EhloOffer offer;
+      offer.pipelining = adv_pipelining_;
+      offer.size = adv_size_;
+      offer.eightbitmime = adv_8bitmime_;
+      offer.smtputf8 = adv_smtputf8_;
+      offer.enhancedstatuscodes = adv_enhanced_;
+      offer.dsn = adv_dsn_;
+      offer.chunking = adv_chunking_;
+      offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
+      if (auth_offered()) offer.auth = up_.caps().auth;
+      queue_local(replies::ehlo(rt_->hostname, offer));
       co_return true;
     }
     case Verb::mail:
@@ -1080,7 +1075,7 @@ std::string Session::monitor_header() const {
 std::optional<std::string> Session::data_precondition(bool bdat) {
   if (listener_.require_tls && !client_.tls()) return replies::tls_required();
   if (!helo_seen_) return replies::need_helo();
-  if (!tx_.active) return replies::line(503, "5.5.1 Need MAIL command");
+  if (!tx_.active) return replies::need_mail_for_data();
   if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
   if (bdat && tx_.bdat_failed) return replies::bdat_sequence();
   if (tx_.shared->rcpt_accepted == 0)
