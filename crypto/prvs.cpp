@@ -63,32 +63,6 @@ void three_digits(int v, char out[3]) {
 
 }  // namespace
 
-std::string_view to_string(NoSignReason r) {
-  switch (r) {
-    case NoSignReason::null_sender: return "null_sender";
-    case NoSignReason::malformed_address: return "malformed_address";
-    case NoSignReason::already_tagged: return "already_tagged";
-    case NoSignReason::quoted_local_part: return "quoted_local_part";
-    case NoSignReason::too_long: return "too_long";
-    case NoSignReason::not_our_domain: return "not_our_domain";
-    case NoSignReason::exempt_sender: return "exempt_sender";
-    case NoSignReason::exempt_destination: return "exempt_destination";
-  }
-  return "unknown";
-}
-
-std::string_view to_string(Verdict v) {
-  switch (v) {
-    case Verdict::valid: return "valid";
-    case Verdict::bad_signature: return "bad_signature";
-    case Verdict::expired: return "expired";
-    case Verdict::unknown_key: return "unknown_key";
-    case Verdict::malformed: return "malformed";
-    case Verdict::untagged: return "untagged";
-  }
-  return "unknown";
-}
-
 std::int64_t day_number(std::int64_t now) {
   std::int64_t d = now / 86400;
   if (now % 86400 != 0 && now < 0) --d;  // floor, not truncation

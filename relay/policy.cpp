@@ -89,19 +89,6 @@ bool is_bounce(const conf::Config& cfg, std::string_view sender) {
   return at != std::string_view::npos && text::iequals(sender.substr(0, at), "MAILER-DAEMON");
 }
 
-std::string_view to_string(RcptAction a) {
-  switch (a) {
-    case RcptAction::accepted: return "accepted";
-    case RcptAction::exempt: return "exempt";
-    case RcptAction::refused: return "refused";
-    case RcptAction::monitored: return "monitored";
-    case RcptAction::stripped: return "stripped";
-    case RcptAction::kept: return "kept";
-    case RcptAction::passed: return "passed";
-  }
-  return "?";
-}
-
 crypto::Verdict worse(crypto::Verdict a, crypto::Verdict b) {
   auto rank = [](crypto::Verdict v) {
     switch (v) {

@@ -68,7 +68,7 @@ awaitable<void> Session::run() {
   }
   up_.close();
   client_.close();
-  metrics().session_ended(listener_.role, end_name());
+  metrics().session_ended(listener_.role, end_);
   auto line = log(Level::info, "session_end");
   line.kv("sid", ctx_.id)
       .kv("client", ctx_.client)
@@ -958,8 +958,8 @@ void Session::handle_rcpt(std::string_view args) {
     if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
     line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
     if (rd.ours && at != std::string::npos)
-      metrics().verdict(text::lower(path.address.substr(at + 1)), crypto::to_string(rd.verdict));
-    metrics().recipient(listener_.role, to_string(rd.action));
+      metrics().verdict(text::lower(path.address.substr(at + 1)), rd.verdict);
+    metrics().recipient(listener_.role, rd.action);
     if (rd.action == RcptAction::refused) {
       ++refused_;
       ++invalid_recipients_;
@@ -977,7 +977,8 @@ void Session::handle_rcpt(std::string_view args) {
   rcpt_cmd += "\r\n";
 
   auto rcpt_result = [this, shared](const smtp::Reply& r) {
-    if (listener_.role == conf::Role::outbound) metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? "relayed" : "refused");
+    if (listener_.role == conf::Role::outbound)
+      metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? RcptAction::relayed : RcptAction::refused);
     if (r.code / 100 == 2) {
       ++shared->rcpt_accepted;
       ++recipients_;
@@ -1003,7 +1004,7 @@ void Session::handle_rcpt(std::string_view args) {
       if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
       else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
       if (tx_.decision.sign) metrics().signed_with(tx_.decision.key_id);
-      else metrics().not_signed(crypto::to_string(tx_.decision.reason));
+      else metrics().not_signed(tx_.decision.reason);
     }
 
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
@@ -1344,26 +1345,6 @@ std::string_view Session::phase_name() const {
   return "?";
 }
 
-std::string_view Session::end_name() const {
-  switch (end_) {
-    case End::none: return "none";
-    case End::quit: return "quit";
-    case End::client_closed: return "client_closed";
-    case End::idle_timeout: return "idle_timeout";
-    case End::data_timeout: return "data_timeout";
-    case End::too_many_errors: return "too_many_errors";
-    case End::too_many_commands: return "too_many_commands";
-    case End::too_many_invalid_recipients: return "too_many_invalid_recipients";
-    case End::session_timeout: return "session_timeout";
-    case End::tls_failed: return "tls_failed";
-    case End::upstream_lost: return "upstream_lost";
-    case End::upstream_unavailable: return "upstream_unavailable";
-    case End::shutdown: return "shutdown";
-    case End::access_denied: return "access_denied";
-    case End::too_many_sessions: return "too_many_sessions";
-    case End::io_error: return "io_error";
-  }
-  return "?";
-}
+std::string_view Session::end_name() const { return to_string(end_); }
 
 }  // namespace batv::relay

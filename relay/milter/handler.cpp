@@ -145,9 +145,9 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
     const RcptDecision rd = decide_recipient(cfg, rt_->keys, rt_->prvs, bounce_, client_exempt, rcpt, now);
     if (rd.ours) {
       const auto at = rcpt.rfind('@');
-      metrics().verdict(text::lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), crypto::to_string(rd.verdict));
+      metrics().verdict(text::lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), rd.verdict);
     }
-    metrics().recipient(role, to_string(rd.action));
+    metrics().recipient(role, rd.action);
     log(Level::info, "rcpt").kv("sid", sid_).kv("to", "<" + rcpt + ">").kv("action", to_string(rd.action))
         .kv("verdict", crypto::to_string(rd.verdict));
     if (rd.action == RcptAction::refused && !local_) {
@@ -174,7 +174,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
       if (d.sign) line.kv("signing", "signed").kv("key", d.key_id);
       else line.kv("signing", "not_signed").kv("reason", crypto::to_string(d.reason));
       if (d.sign) metrics().signed_with(d.key_id);
-      else metrics().not_signed(crypto::to_string(d.reason));
+      else metrics().not_signed(d.reason);
     } else if ((d.sign != decision_.sign || d.upstream_from != decision_.upstream_from) && !local_) {
       out += encode_replycode(bare(replies::separate_transaction()));
       metrics().answer(role, Metrics::Answer::tempfail);

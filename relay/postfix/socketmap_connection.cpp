@@ -38,7 +38,7 @@ class SocketmapConnection final : public RequestConnection {
       if (r.status == NetstringResult::Status::need_more) return st;
       if (r.status == NetstringResult::Status::error) {
         st.close = true;
-        st.reason = r.error == NetstringError::too_long ? "request_too_large" : "protocol_error";
+        st.reason = r.error == NetstringError::too_long ? SessionEnd::request_too_large : SessionEnd::protocol_error;
         st.detail = "netstring " + std::string(to_string(r.error));
         return st;
       }
