@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -19,6 +18,7 @@
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay {
 
@@ -192,7 +192,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       continue;
     }
     ++st->active;
-    asio::co_spawn(st->strand, serve(st, std::move(socket)), asio::detached);
+    asio::co_spawn(st->strand, serve(st, std::move(socket)), log_exceptions("metrics_connection"));
   }
 }
 
@@ -228,7 +228,7 @@ error_code MetricsServer::start() {
   st.endpoint = st.acceptor.local_endpoint(ec);
   if (ec) return fail();
   st.started = true;
-  asio::co_spawn(st.strand, accept_loop(st_), asio::detached);
+  asio::co_spawn(st.strand, accept_loop(st_), log_exceptions("metrics_accept_loop"));
   return {};
 }
 

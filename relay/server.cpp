@@ -26,6 +26,7 @@
 #include "relay/replies.hpp"
 #include "relay/nexthop_caps.hpp"
 #include "relay/session.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay {
 
@@ -223,8 +224,8 @@ int Server::run() {
   probe_next_hops(main.get_executor(), rt);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
-  asio::co_spawn(main, signal_loop(), asio::detached);
-  asio::co_spawn(main, watch_key_file(), asio::detached);
+  asio::co_spawn(main, signal_loop(), log_exceptions("signal_loop"));
+  asio::co_spawn(main, watch_key_file(), log_exceptions("watch_key_file"));
   notify_systemd("READY=1");
   log(Level::info, "ready").kv("threads", threads).kv("keys", rt->keys.default_ring().key_count)
       .kv("signing_key", announced_signers_.front()).kv("rings", rt->keys.rings().size());
@@ -330,8 +331,8 @@ std::shared_ptr<Server::Listening> Server::bind_listener(const conf::Listener& l
 }
 
 void Server::spawn_accept(const std::shared_ptr<Listening>& l) {
-  if (l->acc) asio::co_spawn(*contexts_[0], accept_loop(l), asio::detached);
-  else asio::co_spawn(*contexts_[0], accept_local_loop(l), asio::detached);
+  if (l->acc) asio::co_spawn(*contexts_[0], accept_loop(l), log_exceptions("accept_loop"));
+  else asio::co_spawn(*contexts_[0], accept_local_loop(l), log_exceptions("accept_local_loop"));
 }
 
 awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
@@ -361,7 +362,8 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
       if (net.contains(std::string_view(unmapped_ip(remote)))) proxied = true;
     if (proxied) {
       auto ex = sock.get_executor();
-      asio::co_spawn(ex, read_proxy_header(std::move(sock), std::move(rt), index, remote), asio::detached);
+      asio::co_spawn(ex, read_proxy_header(std::move(sock), std::move(rt), index, remote),
+                     log_exceptions("read_proxy_header"));
     } else {
       start_session(std::move(sock), std::move(rt), index, remote, local, "");
     }
@@ -504,7 +506,7 @@ void Server::start_local(LocalSocket sock, std::size_t listener) {
   asio::co_spawn(ex, [this, conn, id, ip]() -> awaitable<void> {
     co_await conn->run();
     release(id, ip);
-  }, asio::detached);
+  }, log_exceptions("connection"));
 }
 
 void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
@@ -554,7 +556,7 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
   asio::co_spawn(ex, [this, session, id, ip, counted]() -> awaitable<void> {
     co_await session->run();
     if (counted) release(id, ip);
-  }, asio::detached);
+  }, log_exceptions("session"));
 }
 
 void Server::release(std::uint64_t id, const std::string& ip) {

@@ -5,6 +5,7 @@
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay::postfix {
 
@@ -39,7 +40,7 @@ awaitable<void> RequestConnection::run() {
   metrics().session_started(opt_.role);
   log(Level::info, "session_start").kv("sid", ctx_.id).kv("role", role).kv("peer", ctx_.peer);
   deadline_ = Clock::now() + opt_.idle;
-  asio::co_spawn(sock_.get_executor(), [self]() { return self->watchdog(); }, asio::detached);
+  asio::co_spawn(sock_.get_executor(), [self]() { return self->watchdog(); }, log_exceptions("request_watchdog"));
   try {
     co_await serve();
   } catch (const std::exception& e) {
