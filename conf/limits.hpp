@@ -297,6 +297,12 @@ inline constexpr std::size_t max_milter_macros = 64;
 // bounded by limits.milter_packet).
 inline constexpr std::size_t milter_read_bytes = 16 * 1024;
 
+// --- Policy and socketmap connections (relay/postfix/request_connection.cpp) ---------------------
+// Each read has at least this much free buffer; a connection starts with twice it. Postfix's
+// requests are well under 1 KiB, so a connection normally keeps its first 8 KiB; a larger request
+// grows the buffer up to limits.policy_request_size (fixed::socketmap_max_query) plus this.
+inline constexpr std::size_t request_read_bytes = 4096;
+
 // --- Next hop (relay/upstream.cpp) ----------------------------------------------------------------
 // Bytes read from the next hop at a time while a reply is awaited (the reply line itself is
 // bounded by limits.reply_line_length).

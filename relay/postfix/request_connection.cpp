@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/spawn.hpp"
@@ -10,10 +11,9 @@
 namespace batv::relay::postfix {
 
 namespace {
-// Reads go into at least this much free space; the buffer starts at twice that and grows (up to
-// max_request + read_room) only for a request that does not fit. Postfix's requests are well
-// under 1 KiB, so a connection normally keeps its first 8 KiB.
-constexpr std::size_t read_room = 4096;
+// Reads go into at least conf::fixed::request_read_bytes of free space; the buffer starts at
+// twice that and grows (up to max_request + read_room) only for a request that does not fit.
+constexpr std::size_t read_room = conf::fixed::request_read_bytes;
 constexpr std::size_t initial_buffer = 2 * read_room;
 }  // namespace
 
