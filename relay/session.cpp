@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <ctime>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
@@ -949,7 +948,7 @@ void Session::handle_rcpt(std::string_view args) {
   std::string forward_path = path.address;
   if (listener_.role == conf::Role::inbound) {
     const RcptDecision rd = decide_recipient(cfg_, rt_->keys, rt_->prvs, tx_.bounce, client_exempt_,
-                                             path.address, static_cast<std::int64_t>(std::time(nullptr)));
+                                             path.address, rt_->clock.now());
     auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
     line.kv("upstream_to", rd.action == RcptAction::refused ? std::string("-") : "<" + rd.upstream + ">");
@@ -986,7 +985,7 @@ void Session::handle_rcpt(std::string_view args) {
     return relay_reply(r);
   };
 
-  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  const std::int64_t now = rt_->clock.now();
   // Only the outbound role signs; an inbound listener passes senders through untouched.
   const bool outbound = listener_.role == conf::Role::outbound;
   auto decide = [&] {

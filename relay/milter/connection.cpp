@@ -4,7 +4,6 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <ctime>
 
 #include "conf/limits.hpp"
 #include "relay/log.hpp"
@@ -19,7 +18,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
  public:
   MilterConnection(LocalSocket s, ConnContext ctx)
       : sock_(std::move(s)), ctx_(std::move(ctx)), timer_(sock_.get_executor()),
-        handler_(ctx_.runtime, ctx_.listener, ctx_.id, [] { return static_cast<std::int64_t>(std::time(nullptr)); }) {}
+        handler_(ctx_.runtime, ctx_.listener, ctx_.id, [rt = ctx_.runtime] { return rt->clock.now(); }) {}
 
   asio::any_io_executor executor() override { return sock_.get_executor(); }
 

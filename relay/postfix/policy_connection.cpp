@@ -1,6 +1,5 @@
 // The policy service's connection: PolicyFramer + parse_policy_request + decide_policy per request
 // on the shared request loop (relay/postfix/request_connection.hpp).
-#include <ctime>
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
@@ -30,7 +29,7 @@ class PolicyConnection final : public RequestConnection {
   Step process(std::string_view in, std::string& out) override {
     Step st;
     const Runtime& rt = runtime();
-    const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+    const std::int64_t now = rt.clock.now();
     for (;;) {
       const std::string_view rest = in.substr(st.consumed);
       const PolicyFrame f = framer_.next(rest);
