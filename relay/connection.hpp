@@ -28,6 +28,11 @@ class Connection {
   // Shutdown: end at once when idle between requests, let a request in progress finish (or, for
   // an SMTP session, answer 421 4.3.2). Thread-safe: posts to executor().
   virtual void stop() = 0;
+  // True for connections the MTA keeps open between requests (policy, socketmap): nothing is in
+  // flight between two requests, so shutdown stops them when it begins instead of after
+  // timeouts.shutdown_grace (Postfix would hold them for up to 1000 s). SMTP sessions and milter
+  // connections (one per SMTP session of the MTA) get the grace.
+  [[nodiscard]] virtual bool stops_when_shutdown_begins() const { return false; }
   virtual asio::any_io_executor executor() = 0;
 };
 

@@ -766,6 +766,17 @@ awaitable<void> Server::shutdown() {
     std::lock_guard lock(registry_.mu);
     return registry_.total;
   };
+  auto live = [this](bool only_between_requests) {
+    std::vector<std::shared_ptr<Connection>> out;
+    std::lock_guard lock(registry_.mu);
+    for (auto& [id, weak] : registry_.live)
+      if (auto s = weak.lock(); s && (!only_between_requests || s->stops_when_shutdown_begins()))
+        out.push_back(std::move(s));
+    return out;
+  };
+  // Policy and socketmap connections idle between requests: no grace needed (a request being
+  // answered is finished first).
+  for (auto& c : live(true)) c->stop();
   // Let sessions finish within the grace period, polling (bounded) for the last one to end.
   const auto grace_end = Clock::now() + rt->config.timeouts.shutdown_grace;
   while (live_count() > 0 && Clock::now() < grace_end) {
@@ -773,12 +784,7 @@ awaitable<void> Server::shutdown() {
     co_await timer.async_wait(asio::use_awaitable);
   }
   if (live_count() > 0) {
-    std::vector<std::shared_ptr<Connection>> left;
-    {
-      std::lock_guard lock(registry_.mu);
-      for (auto& [id, weak] : registry_.live)
-        if (auto s = weak.lock()) left.push_back(std::move(s));
-    }
+    const std::vector<std::shared_ptr<Connection>> left = live(false);
     log(Level::info, "shutdown_closing").kv("sessions", static_cast<std::int64_t>(left.size()));
     for (auto& s : left) s->stop();
     // Each stopped session writes its 421 with the idle timeout as bound; one whose message is with

@@ -44,6 +44,7 @@ class RequestConnection : public Connection, public std::enable_shared_from_this
 
   awaitable<void> run() override;
   void stop() override;
+  [[nodiscard]] bool stops_when_shutdown_begins() const override { return true; }
   asio::any_io_executor executor() override { return sock_.get_executor(); }
 
  protected:

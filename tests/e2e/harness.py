@@ -500,6 +500,8 @@ class Relay:
         records from index `after` on (0: since start; len(logs()) before a reload: that
         reload's probes), so that EHLO offers what the probe learned. Returns those records."""
         want = set(self.probing_listeners())
+        if not want:
+            return []  # nothing probes: nothing to wait for
 
         def done():
             got = [x for x in self._records[after:] if x.get("event") == "upstream_probe"]

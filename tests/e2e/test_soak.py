@@ -176,7 +176,8 @@ class CountingRelay(Relay):
     messages per second, keeping and parsing every line would cost the generator's interpreter
     more than the load itself, and a slow reader would stall the relay on a full pipe."""
 
-    KEEP = (b"event=listening", b"event=ready", b"event=reload", b"event=metrics_listening")
+    KEEP = (b"event=listening", b"event=ready", b"event=reload", b"event=metrics_listening",
+            b"event=upstream_probe")  # start() waits for the inbound listener's probe
 
     def _read_stderr(self):
         self.event_counts = {}
