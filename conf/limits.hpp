@@ -256,11 +256,12 @@ namespace fixed {
 inline constexpr std::int64_t max_config_file_bytes = 1 << 20;  // a config is a few KB; refuse /dev/zero
 // --- Mail addresses (RFC 5321 4.5.3.1; the SMTP parser, prvs, the config and the policy use these) --
 // A domain name in text form: 253 octets. RFC 5321 4.5.3.1.2 says "255 octets" and RFC 1035
-// 2.3.4 "255 octets or less", but both count the name as it travels in DNS: a length octet in
-// front of every label and the root's empty label at the end, two octets more than the dotted
-// text "a.example" (RFC 2181 11). A 254- or 255-octet name cannot exist, so the SMTP parser calls
-// it domain_too_long (it did say address_too_long: inside a 256-octet path a domain has at most
-// 252 octets anyway). An SMTPUTF8 U-label domain is counted in its UTF-8 octets (RFC 6531 3.3).
+// 2.3.4 "255 octets or less", but the count is the name as DNS carries it, "label octets and
+// label length octets" (RFC 1035 3.1): a length octet in front of every label and the root's
+// empty label at the end, two octets more than the dotted text. A 254- or 255-octet name cannot
+// exist, so the SMTP parser calls it domain_too_long (it said address_too_long before: inside a
+// 256-octet path a mailbox's domain has at most 252 octets anyway). An SMTPUTF8 U-label domain is
+// counted in its UTF-8 octets (RFC 6531 3.3).
 inline constexpr std::size_t max_domain_length = 253;
 inline constexpr std::size_t max_label_length = 63;      // RFC 1035 2.3.4; an ASCII label
 inline constexpr std::size_t max_local_part_length = 64; // RFC 5321 4.5.3.1.1
