@@ -13,7 +13,7 @@
 #include <toml++/toml.h>
 #include <utility>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::conf {
 namespace {

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "conf/limits.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::conf {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "conf/limits.hpp"
 #include "crypto/keyring.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::crypto {
 

@@ -4,7 +4,7 @@
 #include <charconv>
 #include <cmath>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay {
 

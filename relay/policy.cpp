@@ -4,7 +4,7 @@
 
 #include "relay/replies.hpp"
 #include "relay/smtp/command.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay {
 

@@ -12,7 +12,7 @@
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
 #include "relay/smtp/data.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay {
 

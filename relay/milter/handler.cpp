@@ -6,7 +6,7 @@
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/replies.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::milter {
 

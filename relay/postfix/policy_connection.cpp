@@ -5,7 +5,7 @@
 #include "relay/metrics.hpp"
 #include "relay/postfix/policy_service.hpp"
 #include "relay/postfix/request_connection.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::postfix {
 

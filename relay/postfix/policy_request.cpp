@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::postfix {
 

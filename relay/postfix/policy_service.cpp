@@ -1,7 +1,7 @@
 #include "relay/postfix/policy_service.hpp"
 
 #include "relay/replies.hpp"
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::postfix {
 

@@ -3,7 +3,7 @@
 #include <array>
 #include <utility>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::smtp {
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::smtp {
 

@@ -1,4 +1,4 @@
-// Unit tests for text/ascii.hpp: ASCII-only case mapping and comparison, without locale. Every
+// Unit tests for conf/ascii.hpp: ASCII-only case mapping and comparison, without locale. Every
 // byte value is checked against the ASCII table written out here, and the neighbours of the
 // letters that differ from them by 0x20 ('@' / '`', '[' / '{', ...) must not compare equal.
 #include <doctest/doctest.h>
@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "text/ascii.hpp"
+#include "conf/ascii.hpp"
 
 namespace text = batv::text;
 
