@@ -13,6 +13,8 @@
 #include <toml++/toml.h>
 #include <utility>
 
+#include "conf/ascii.hpp"
+
 namespace batv::conf {
 namespace {
 
@@ -64,18 +66,8 @@ std::string_view name_of(NameTable<E> table, E v) {
 
 // --- Small text helpers --------------------------------------------------------------------------
 
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-std::string lowercase(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = ascii_lower(c);
-  return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
-}
+using text::iequals;
+using text::lower;
 
 // Printable ASCII kept, everything else as \xNN; cut at fixed::max_echoed_value_chars input bytes.
 std::string printable(std::string_view s) {
@@ -111,10 +103,10 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   for (std::size_t j = 0; j <= m; ++j) d[0][j] = j;
   for (std::size_t i = 1; i <= n; ++i) {
     for (std::size_t j = 1; j <= m; ++j) {
-      const std::size_t cost = ascii_lower(a[i - 1]) == ascii_lower(b[j - 1]) ? 0 : 1;
+      const std::size_t cost = lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1;
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && ascii_lower(a[i - 1]) == ascii_lower(b[j - 2]) &&
-          ascii_lower(a[i - 2]) == ascii_lower(b[j - 1]))
+      if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) &&
+          lower(a[i - 2]) == lower(b[j - 1]))
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   }
@@ -132,7 +124,7 @@ std::string suggestion(std::string_view got, std::span<const std::string_view> c
   // An abbreviation ("warn" for "warning") is as likely a slip as a typo.
   if (got.size() >= 3)
     for (std::string_view c : candidates)
-      if (c.size() > got.size() && iequals(c.substr(0, got.size()), got)) return "; did you mean '" + std::string(c) + "'?";
+      if (c.size() > got.size() && text::istarts_with(c, got)) return "; did you mean '" + std::string(c) + "'?";
   for (std::string_view c : candidates) {
     const std::size_t dist = edit_distance(got, c);
     if (dist < best_d) best_d = dist, best = c;
@@ -703,8 +695,7 @@ void Loader::load_listeners(const toml::table& root, Config& cfg) {
         else l.socket_mode = mode;
       } else {
         const bool name_ok = !v->empty() && v->size() <= 32 && std::all_of(v->begin(), v->end(), [](char c) {
-          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                 c == '-' || c == '.';
+          return text::is_alnum(c) || c == '_' || c == '-' || c == '.';
         });
         if (!name_ok) error(*kn, kpath, "bad name " + echo_value(*v) + ": 1-32 of letters, digits, '_', '-', '.'");
         else (key == "socket_owner" ? l.socket_owner : l.socket_group) = *v;
@@ -1110,7 +1101,7 @@ Config Loader::load(const toml::table& root) {
                                     ": must be 1 to 64 octets without '@', spaces or control characters");
                           return;
                         }
-                        std::string lp = lowercase(s);
+                        std::string lp = lower(s);
                         if (std::find(parts.begin(), parts.end(), lp) == parts.end()) parts.push_back(std::move(lp));
                       });
       if (std::find(parts.begin(), parts.end(), "postmaster") == parts.end()) parts.insert(parts.begin(), "postmaster");
@@ -1193,8 +1184,7 @@ Config Loader::load(const toml::table& root) {
       const std::string path = "process." + std::string(key);
       if (auto v = string_value(*n, path)) {
         const bool ok = !v->empty() && v->size() <= 32 && std::all_of(v->begin(), v->end(), [](char c) {
-          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                 c == '-' || c == '.';
+          return text::is_alnum(c) || c == '_' || c == '-' || c == '.';
         });
         if (!ok) error(*n, path, "bad name " + echo_value(*v) + ": 1-32 of letters, digits, '_', '-', '.'");
         else (key == "user" ? cfg.process.user : cfg.process.group) = *v;

@@ -254,15 +254,102 @@ struct Timeouts {
 // Fixed bounds: not configurable, named here so that no bare number hides elsewhere.
 namespace fixed {
 inline constexpr std::int64_t max_config_file_bytes = 1 << 20;  // a config is a few KB; refuse /dev/zero
-inline constexpr std::size_t max_domain_length = 253;    // RFC 1035 2.3.4 (255 on the wire = 253 as text)
-inline constexpr std::size_t max_label_length = 63;      // RFC 1035 2.3.4
+// --- Mail addresses (RFC 5321 4.5.3.1; the SMTP parser, prvs, the config and the policy use these) --
+// A domain name in text form: 253 octets. RFC 5321 4.5.3.1.2 says "255 octets" and RFC 1035
+// 2.3.4 "255 octets or less", but the count is the name as DNS carries it, "label octets and
+// label length octets" (RFC 1035 3.1): a length octet in front of every label and the root's
+// empty label at the end, two octets more than the dotted text. A 254- or 255-octet name cannot
+// exist, so the SMTP parser calls it domain_too_long (it said address_too_long before: inside a
+// 256-octet path a mailbox's domain has at most 252 octets anyway). An SMTPUTF8 U-label domain is
+// counted in its UTF-8 octets (RFC 6531 3.3).
+inline constexpr std::size_t max_domain_length = 253;
+inline constexpr std::size_t max_label_length = 63;      // RFC 1035 2.3.4; an ASCII label
 inline constexpr std::size_t max_local_part_length = 64; // RFC 5321 4.5.3.1.1
+// A reverse- or forward-path with its angle brackets (RFC 5321 4.5.3.1.3); the address inside
+// them ("local@domain") has two octets fewer. A tag must leave the signed path within it.
+inline constexpr std::size_t max_path_length = 256;
+inline constexpr std::size_t max_address_length = max_path_length - 2;
+// Most esmtp-params accepted on one MAIL or RCPT. RFC 5321 sets no bound; the extensions we know
+// use at most 5 on one command (SIZE BODY SMTPUTF8 RET ENVID). Bounds work and memory per command.
+inline constexpr std::size_t max_esmtp_params = 32;
+// A client's HELO/EHLO argument as passed on in XCLIENT HELO: cut here. 255 = RFC 5321 4.5.3.1.2
+// as written (the argument may also be an address literal) and Postfix's VALID_HOSTNAME_LEN, the
+// most its XCLIENT takes as a HELO name.
+inline constexpr std::size_t max_forwarded_helo_length = 255;
+
+// --- SMTP sessions (relay/session.cpp) ----------------------------------------------------------
+// Pipelined commands held before they are relayed in one batch (a forced flush): bounds the
+// memory of a client that pipelines without end. RFC 2920 3.1 lets a client send a whole
+// transaction at once; 100 covers MAIL, 98 RCPTs and DATA, and the reply order is kept either way.
+inline constexpr std::size_t max_pipelined_commands = 100;
+// 334 challenges relayed in one AUTH exchange before it is cancelled (501). RFC 4954 sets no
+// bound; PLAIN needs 1, LOGIN 2, CRAM-MD5 1, SCRAM 2, GSSAPI a few: 16 is far above any of them.
+inline constexpr int max_auth_rounds = 16;
+// The "next hop offers no XCLIENT" warning is logged once per listener, for this many listener
+// indexes (one flag each, process-wide); a listener beyond them warns on every session.
+inline constexpr std::size_t xclient_warning_listeners = 64;
+
+// --- Milter (relay/milter) ------------------------------------------------------------------------
+// Macros kept per milter connection (SMFIC_MACRO, the MTA's milter_*_macros): Postfix sends
+// about 15 by default; beyond this many the rest are dropped, so an MTA sending macros without
+// end cannot grow the connection's memory.
+inline constexpr std::size_t max_milter_macros = 64;
+// A milter connection reads into at most this much new buffer at a time (the packet itself is
+// bounded by limits.milter_packet).
+inline constexpr std::size_t milter_read_bytes = 16 * 1024;
+
+// --- Policy and socketmap connections (relay/postfix/request_connection.cpp) ---------------------
+// Each read has at least this much free buffer; a connection starts with twice it. Postfix's
+// requests are well under 1 KiB, so a connection normally keeps its first 8 KiB; a larger request
+// grows the buffer up to limits.policy_request_size (fixed::socketmap_max_query) plus this.
+inline constexpr std::size_t request_read_bytes = 4096;
+
+// --- Next hop (relay/upstream.cpp) ----------------------------------------------------------------
+// Bytes read from the next hop at a time while a reply is awaited (the reply line itself is
+// bounded by limits.reply_line_length).
+inline constexpr std::size_t upstream_read_bytes = 4096;
+
+// --- Logs (relay/log.cpp) -------------------------------------------------------------------------
+// A logged value is cut after this many characters of input (then "..."): a peer's 64 KiB line
+// must not become a 64 KiB log line, and 256 keeps every address (254) and reply line whole.
+inline constexpr std::size_t max_log_value_chars = 256;
+// A next-hop reply quoted in a warning (a refused XCLIENT) is cut here first: its first line or
+// two say what went wrong.
+inline constexpr std::size_t max_logged_reply_chars = 200;
+
+// --- The metrics listener (relay/http.cpp; [metrics] listen) --------------------------------------
+// A Prometheus scraper sends one small GET every few seconds: these bound what anyone else who
+// reaches the port can hold. 5 s per read or write (a scrape's default timeout is 10 s), 64
+// connections at once, 8 KiB of request header (Beast's default 8192), 100 requests per
+// connection, then Connection: close; request bodies (none expected) up to 4 KiB, then 413.
+inline constexpr std::chrono::seconds metrics_idle_timeout{5};
+inline constexpr std::size_t metrics_max_connections = 64;
+inline constexpr std::size_t metrics_header_bytes = 8 * 1024;
+inline constexpr unsigned metrics_max_requests = 100;
+inline constexpr std::size_t metrics_body_bytes = 4096;
+// The read buffer holds a header and a body plus this much for the request line and framing.
+inline constexpr std::size_t metrics_buffer_slack_bytes = 1024;
+
+// --- The server (relay/server.cpp) ----------------------------------------------------------------
+// After a failed accept (EMFILE, ENFILE, ENOBUFS): wait this long before the next, so that a
+// descriptor shortage does not spin a thread at 100%, and short enough that a freed descriptor is
+// used at once. Also the metrics listener's.
+inline constexpr std::chrono::milliseconds accept_error_pause{100};
+// Shutdown: how often the count of open sessions is checked while they finish.
+inline constexpr std::chrono::milliseconds shutdown_poll_interval{50};
+// Shutdown: sessions told to stop get at least this long (and at least
+// timeouts.upstream_data_reply + 1 s, for a message with the next hop) to write their 421.
+inline constexpr std::chrono::seconds shutdown_stop_minimum{10};
+// How often every key file is stat(2)ed for a change (a `batv-keys rotate` reaches the relay
+// without a signal): one stat per file per period, see max_domain_keys.
+inline constexpr std::chrono::seconds key_file_poll_interval{2};
 inline constexpr std::size_t max_echoed_value_chars = 100;  // config values quoted in errors are cut here
 // batv-keys rotate --at T: how far ahead T may be. A staged key only waits for the key file to
 // reach every relay (minutes to hours); 30 days, the longest tag lifetime, still allows a monthly
 // schedule and catches slips such as +90d meant as +90m.
 inline constexpr std::int64_t max_key_activation_delay_seconds = 30 * 86400;
-// [[domain_keys]] entries (one key file each): the relay stats every key file every 2 seconds and
+// [[domain_keys]] entries (one key file each): the relay stats every key file every
+// key_file_poll_interval and
 // reads them all on each reload, so the count bounds that work. A hosting relay with a ring per
 // customer domain stays far below it (a customer with many domains lists them in one entry).
 inline constexpr std::size_t max_domain_keys = 1000;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "conf/limits.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::conf {
 namespace {
@@ -15,9 +16,8 @@ void set_why(std::string* why, std::string text) {
   if (why) *why = std::move(text);
 }
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-char to_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+using text::is_alpha;
+using text::is_digit;
 
 // Decimal digits only, no sign, at most `max_digits` digits, value <= max.
 std::optional<unsigned> parse_uint(std::string_view s, std::size_t max_digits, unsigned max) {
@@ -164,7 +164,7 @@ std::optional<std::string> normalize_domain(std::string_view text, std::string* 
       set_why(why, "only letters, digits, '-' and '.' are allowed");
       return std::nullopt;
     }
-    out.push_back(to_lower(c));
+    out.push_back(text::lower(c));
   }
   return out;
 }

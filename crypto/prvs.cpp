@@ -6,45 +6,28 @@
 #include <array>
 #include <cstring>
 
+#include "conf/limits.hpp"
 #include "crypto/keyring.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::crypto {
 
 namespace {
 
 constexpr std::string_view tag_prefix = "prvs=";
-// "prvs=" K DDD SSSSSS "=": the 16 octets a tag adds to the local part.
-constexpr std::size_t tag_overhead = 16;
-// RFC 5321 4.5.3.1.1 (local part) and 4.5.3.1.3 (path, 256 with the angle brackets).
-constexpr std::size_t max_local_part = 64;
-constexpr std::size_t max_address = 254;
+// "prvs=" K DDD SSSSSS "=": the octets a tag adds to the local part (the format, not a bound).
+constexpr std::size_t tag_overhead = tag_prefix.size() + 1 + 3 + 6 + 1;
+static_assert(tag_overhead == 16);
+// The tagged address must stay a valid path (RFC 5321 4.5.3.1.1 local part, 4.5.3.1.3 path).
+constexpr std::size_t max_local_part = conf::fixed::max_local_part_length;
+constexpr std::size_t max_address = conf::fixed::max_address_length;
 
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+using text::is_alnum;
+using text::is_digit;
 
-std::string lowered(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = ascii_lower(c);
-  return out;
-}
-
-bool has_upper(std::string_view s) {
-  for (char c : s)
-    if (c >= 'A' && c <= 'Z') return true;
-  return false;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  return true;
-}
-
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_alnum(char c) { return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 int hex_value(char c) {
   if (is_digit(c)) return c - '0';
-  c = ascii_lower(c);
+  c = text::lower(c);
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   return -1;
 }
@@ -80,32 +63,6 @@ void three_digits(int v, char out[3]) {
 
 }  // namespace
 
-std::string_view to_string(NoSignReason r) {
-  switch (r) {
-    case NoSignReason::null_sender: return "null_sender";
-    case NoSignReason::malformed_address: return "malformed_address";
-    case NoSignReason::already_tagged: return "already_tagged";
-    case NoSignReason::quoted_local_part: return "quoted_local_part";
-    case NoSignReason::too_long: return "too_long";
-    case NoSignReason::not_our_domain: return "not_our_domain";
-    case NoSignReason::exempt_sender: return "exempt_sender";
-    case NoSignReason::exempt_destination: return "exempt_destination";
-  }
-  return "unknown";
-}
-
-std::string_view to_string(Verdict v) {
-  switch (v) {
-    case Verdict::valid: return "valid";
-    case Verdict::bad_signature: return "bad_signature";
-    case Verdict::expired: return "expired";
-    case Verdict::unknown_key: return "unknown_key";
-    case Verdict::malformed: return "malformed";
-    case Verdict::untagged: return "untagged";
-  }
-  return "unknown";
-}
-
 std::int64_t day_number(std::int64_t now) {
   std::int64_t d = now / 86400;
   if (now % 86400 != 0 && now < 0) --d;  // floor, not truncation
@@ -139,9 +96,7 @@ std::optional<NoSignReason> check_signable(std::string_view address) {
   Split s = split_address(address);
   if (!s.has_at || s.local.empty() || s.domain.empty()) return NoSignReason::malformed_address;
   if (s.local.front() == '"') return NoSignReason::quoted_local_part;
-  if (has_tag_meta_syntax(s.local) ||
-      (s.local.size() >= tag_prefix.size() && iequals(s.local.substr(0, 5), tag_prefix)))
-    return NoSignReason::already_tagged;
+  if (has_tag_meta_syntax(s.local) || text::istarts_with(s.local, tag_prefix)) return NoSignReason::already_tagged;
   if (s.local.size() + tag_overhead > max_local_part ||
       address.size() + tag_overhead > max_address)
     return NoSignReason::too_long;
@@ -156,7 +111,7 @@ SignResult sign(const Keyring& keys, std::string_view address, std::int64_t now,
     return r;
   }
   Split s = split_address(address);
-  const std::string domain = lowered(s.domain);
+  const std::string domain = text::lower(s.domain);
   const int k = keys.signing_id(now);
   char ddd[3];
   three_digits(expiry_ddd(now, params.lifetime_days), ddd);
@@ -165,7 +120,7 @@ SignResult sign(const Keyring& keys, std::string_view address, std::int64_t now,
   std::array<std::uint8_t, 20> mac{};
   const std::string message =
       params.hash == HashMode::lowercase_local
-          ? mac_message(k, ddd_view, lowered(s.local), domain)
+          ? mac_message(k, ddd_view, text::lower(s.local), domain)
           : mac_message(k, ddd_view, s.local, domain);
   if (!keys.hmac_sha1(k, message, mac)) {
     r.reason = NoSignReason::malformed_address;  // unreachable with a built keyring
@@ -194,8 +149,7 @@ ParseResult parse_tag(std::string_view address) {
   ParseResult r;
   Split s = split_address(address);
   std::string_view local = s.local;
-  if (local.size() < tag_prefix.size() || !iequals(local.substr(0, tag_prefix.size()), tag_prefix))
-    return r;  // untagged
+  if (!text::istarts_with(local, tag_prefix)) return r;  // untagged
   r.status = ParseStatus::malformed;
   // prvs= K DDD SSSSSS = original-local
   if (local.size() < tag_overhead + 1) return r;
@@ -258,13 +212,13 @@ VerifyResult verify(const Keyring& keys, std::string_view address, std::int64_t 
     std::memcpy(m + 5 + t.local.size(), t.domain.data(), t.domain.size());
     const std::size_t domain_at = 5 + t.local.size();
     for (std::size_t i = (fold == Fold::all ? 4 : domain_at); fold != Fold::none && i < len; ++i)
-      m[i] = ascii_lower(m[i]);
+      m[i] = text::lower(m[i]);
     std::array<std::uint8_t, 20> mac{};
     return keys.hmac_sha1(t.key_id, std::string_view(m, len), mac) &&
            CRYPTO_memcmp(mac.data(), expected, 3) == 0;
   };
   const bool match = (params.hash == HashMode::lowercase_local && matches(Fold::all)) ||
-                     matches(Fold::domain) || (has_upper(t.domain) && matches(Fold::none));
+                     matches(Fold::domain) || (text::has_upper(t.domain) && matches(Fold::none));
   if (!match) {
     r.verdict = Verdict::bad_signature;
     return r;

@@ -13,10 +13,13 @@
 // ((DDD - today) mod 1000 <= lifetime), unlike Exim, which has no upper bound.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "conf/limits.hpp"  // numbers only: no config, no TOML
 
 namespace batv::crypto {
 
@@ -29,9 +32,11 @@ enum class HashMode {
 };
 
 struct PrvsParams {
-  static constexpr int default_lifetime_days = 7;
-  static constexpr int min_lifetime_days = 1;
-  static constexpr int max_lifetime_days = 30;  // far below the 1000-day DDD wrap
+  // The lifetime_days row of conf/limits.hpp (why 7, 1 and 30: see its note; 30 is far below
+  // the 1000-day DDD wrap).
+  static constexpr int default_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").def);
+  static constexpr int min_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").min);
+  static constexpr int max_lifetime_days = static_cast<int>(conf::limit("", "lifetime_days").max);
   int lifetime_days = default_lifetime_days;
   HashMode hash = HashMode::exact;
 };
@@ -46,12 +51,28 @@ enum class NoSignReason {
   malformed_address,      // no "@", empty local part or empty domain
   already_tagged,         // local part already has the tag meta-syntax "type=value=" (prvs, SRS0, ...)
   quoted_local_part,      // "quoted string"@domain: a tag would make an invalid address
-  too_long,               // tagged local part > 64 octets, or tagged path > 254 octets (RFC 5321 4.5.3.1)
+  too_long,               // tagged local part > 64 octets, or tagged address > 254 (conf::fixed, RFC 5321 4.5.3.1)
   not_our_domain,         // policy: sender domain not in [domains].sign
   exempt_sender,          // policy: [signing].exempt_senders
   exempt_destination,     // policy: recipients in [signing].exempt_destinations
 };
-std::string_view to_string(NoSignReason r);
+// One more than the last value; a value appended without raising it fails the static_assert.
+inline constexpr std::size_t no_sign_reason_count = static_cast<std::size_t>(NoSignReason::exempt_destination) + 1;
+constexpr std::string_view to_string(NoSignReason r) {
+  switch (r) {
+    case NoSignReason::null_sender: return "null_sender";
+    case NoSignReason::malformed_address: return "malformed_address";
+    case NoSignReason::already_tagged: return "already_tagged";
+    case NoSignReason::quoted_local_part: return "quoted_local_part";
+    case NoSignReason::too_long: return "too_long";
+    case NoSignReason::not_our_domain: return "not_our_domain";
+    case NoSignReason::exempt_sender: return "exempt_sender";
+    case NoSignReason::exempt_destination: return "exempt_destination";
+  }
+  return "unknown";
+}
+static_assert(to_string(static_cast<NoSignReason>(no_sign_reason_count)) == "unknown",
+              "no_sign_reason_count must be one more than the last NoSignReason");
 
 // The structural "never sign" rules; std::nullopt when the address may be tagged.
 std::optional<NoSignReason> check_signable(std::string_view address);
@@ -74,7 +95,21 @@ SignResult sign(const Keyring& keys, std::string_view address, std::int64_t now,
 // --- Verification --------------------------------------------------------------------------------
 
 enum class Verdict { valid, bad_signature, expired, unknown_key, malformed, untagged };
-std::string_view to_string(Verdict v);
+// One more than the last value; a value appended without raising it fails the static_assert.
+inline constexpr std::size_t verdict_count = static_cast<std::size_t>(Verdict::untagged) + 1;
+constexpr std::string_view to_string(Verdict v) {
+  switch (v) {
+    case Verdict::valid: return "valid";
+    case Verdict::bad_signature: return "bad_signature";
+    case Verdict::expired: return "expired";
+    case Verdict::unknown_key: return "unknown_key";
+    case Verdict::malformed: return "malformed";
+    case Verdict::untagged: return "untagged";
+  }
+  return "unknown";
+}
+static_assert(to_string(static_cast<Verdict>(verdict_count)) == "unknown",
+              "verdict_count must be one more than the last Verdict");
 
 struct VerifyResult {
   Verdict verdict = Verdict::untagged;

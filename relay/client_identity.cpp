@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 
+#include "conf/limits.hpp"
 #include "relay/smtp/command.hpp"
 
 namespace batv::relay {
@@ -81,7 +82,7 @@ std::string xclient_attributes(const XclientInfo& info, const std::vector<std::s
 std::string clean_helo(std::string_view arg, std::string_view fallback) {
   const auto end = arg.find_first_of(" \t");
   std::string_view word = arg.substr(0, end);
-  if (word.size() > 255) word = word.substr(0, 255);
+  word = word.substr(0, conf::fixed::max_forwarded_helo_length);
   const bool printable = std::all_of(word.begin(), word.end(), [](char c) {
     const auto u = static_cast<unsigned char>(c);
     return u > 0x20 && u < 0x7f;

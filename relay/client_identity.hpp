@@ -41,7 +41,7 @@ struct XclientInfo {
 std::string xclient_attributes(const XclientInfo& info, const std::vector<std::string>& offered);
 
 // A HELO/EHLO argument fit to repeat upstream: the first word, printable ASCII only, at most
-// 255 octets; `fallback` when nothing is left.
+// conf::fixed::max_forwarded_helo_length (255) octets; `fallback` when nothing is left.
 std::string clean_helo(std::string_view arg, std::string_view fallback);
 
 // Forward-confirmed client names by client IP (XCLIENT NAME), so that a reconnecting sender costs

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -19,6 +18,7 @@
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay {
 
@@ -30,7 +30,7 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
-constexpr std::size_t body_limit = 4096;
+constexpr std::size_t body_limit = conf::fixed::metrics_body_bytes;
 constexpr std::string_view text_plain = "text/plain; charset=utf-8";
 constexpr std::string_view prometheus_type = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -139,7 +139,7 @@ asio::awaitable<void> serve(std::shared_ptr<State> st, tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
   Registration reg(*st, &stream);
   if (st->stopped.load()) co_return;
-  beast::flat_buffer buffer(st->options.header_limit + body_limit + 1024);
+  beast::flat_buffer buffer(st->options.header_limit + body_limit + conf::fixed::metrics_buffer_slack_bytes);
   error_code ec;
   for (unsigned n = 0; n < st->options.max_requests; ++n) {
     http::request_parser<http::string_body> parser;
@@ -183,7 +183,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       if (ec == asio::error::operation_aborted) co_return;
       // Out of file descriptors and the like: back off, never spin.
       log(Level::warning, "metrics_accept_error").kv("error", ec.message());
-      asio::steady_timer pause(st->strand, std::chrono::milliseconds(100));
+      asio::steady_timer pause(st->strand, conf::fixed::accept_error_pause);
       co_await pause.async_wait(with_ec(ec));
       continue;
     }
@@ -192,7 +192,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       continue;
     }
     ++st->active;
-    asio::co_spawn(st->strand, serve(st, std::move(socket)), asio::detached);
+    asio::co_spawn(st->strand, serve(st, std::move(socket)), log_exceptions("metrics_connection"));
   }
 }
 
@@ -228,7 +228,7 @@ error_code MetricsServer::start() {
   st.endpoint = st.acceptor.local_endpoint(ec);
   if (ec) return fail();
   st.started = true;
-  asio::co_spawn(st.strand, accept_loop(st_), asio::detached);
+  asio::co_spawn(st.strand, accept_loop(st_), log_exceptions("metrics_accept_loop"));
   return {};
 }
 

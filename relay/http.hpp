@@ -8,7 +8,8 @@
 // Bounded: every read and write has a deadline (Options::idle_timeout, beast::tcp_stream
 // expires_after), so an idle keep-alive connection or a slow client is closed; at most
 // Options::max_connections connections at once (one more is accepted and closed at once); at most
-// Options::max_requests requests per connection; request bodies up to 4 KiB (413 beyond). Nothing
+// Options::max_requests requests per connection; request bodies up to 4 KiB (413 beyond,
+// conf::fixed::metrics_body_bytes). Nothing
 // blocks the io_context: everything runs as coroutines on one strand of it. The health check runs
 // on that strand too, so it must be cheap and must not block.
 //
@@ -25,15 +26,18 @@
 #include <functional>
 #include <memory>
 
+#include "conf/limits.hpp"
+
 namespace batv::relay {
 
 class MetricsServer {
  public:
+  // Defaults: conf::fixed (metrics_*); tests set smaller ones.
   struct Options {
-    std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(5);
-    std::size_t max_connections = 64;
-    std::size_t header_limit = 8 * 1024;
-    unsigned max_requests = 100;  // per connection, then Connection: close
+    std::chrono::steady_clock::duration idle_timeout = conf::fixed::metrics_idle_timeout;
+    std::size_t max_connections = conf::fixed::metrics_max_connections;
+    std::size_t header_limit = conf::fixed::metrics_header_bytes;
+    unsigned max_requests = conf::fixed::metrics_max_requests;  // per connection, then Connection: close
   };
 
   // `healthy` may be empty: always healthy.

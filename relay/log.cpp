@@ -6,13 +6,15 @@
 #include <atomic>
 #include <ctime>
 
+#include "conf/limits.hpp"
+
 namespace batv::relay {
 
 namespace {
 std::atomic<int> g_min_level{static_cast<int>(Level::info)};
 std::atomic<bool> g_syslog{false};
 
-constexpr std::size_t max_value_chars = 256;
+constexpr std::size_t max_value_chars = conf::fixed::max_log_value_chars;
 
 int syslog_priority(Level l) {
   switch (l) {

@@ -3,7 +3,7 @@
 //   ts=2026-11-23T09:00:00Z level=info event=session_end sid=3f2a00000001 reason=quit ...
 //
 // Values from peers are untrusted: control characters and bytes >= 0x80 are shown as \xNN,
-// quotes and backslashes escaped, values cut at 256 characters. Each line is written with one
+// quotes and backslashes escaped, values cut at conf::fixed::max_log_value_chars (256). Each line is written with one
 // write(2) (or one syslog(3) call), so lines from different threads never interleave. Never pass
 // a secret: there is no API that takes a crypto::Secret.
 #pragma once

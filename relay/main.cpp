@@ -5,6 +5,8 @@
 //                                    per ring) or every error; exit 0 or 78
 //   batv-relay --config FILE         run the relay (foreground, logs to stderr by default)
 //   batv-relay --version
+#include <sysexits.h>
+
 #include <csignal>
 #include <ctime>
 #include <iostream>
@@ -20,9 +22,6 @@
 namespace {
 
 using namespace batv;
-
-constexpr int ex_usage = 64;
-constexpr int ex_config = 78;  // sysexits EX_CONFIG
 
 constexpr std::string_view usage_text =
     "usage: batv-relay --config FILE          run the relay in the foreground\n"
@@ -54,7 +53,7 @@ int main(int argc, char** argv) {
   }
   if (args.size() == 2 && args[0] == "--check-config") {
     const auto rt = load(args[1]);
-    if (!rt) return ex_config;
+    if (!rt) return EX_CONFIG;
     std::cout << "configuration OK\n";
     // With [[domain_keys]], which file signs for which domains, so a typo in a path or a domain
     // shows here rather than in the first bounce.
@@ -76,7 +75,7 @@ int main(int argc, char** argv) {
   }
   if (args.size() == 2 && args[0] == "--config") {
     auto rt = load(args[1]);
-    if (!rt) return ex_config;
+    if (!rt) return EX_CONFIG;
     relay::configure_logging(rt->config.logging);
     std::signal(SIGPIPE, SIG_IGN);  // a vanished peer is an error code, not a signal
     relay::RuntimeHolder holder(std::move(rt));
@@ -84,5 +83,5 @@ int main(int argc, char** argv) {
     return server.run();
   }
   std::cerr << usage_text;
-  return ex_usage;
+  return EX_USAGE;
 }

@@ -4,24 +4,61 @@
 #include <charconv>
 #include <cmath>
 
+#include "conf/ascii.hpp"
+
 namespace batv::relay {
 
 namespace {
 
 constexpr auto relaxed = std::memory_order_relaxed;
 
-constexpr std::array<std::string_view, Metrics::session_ends> session_end_names{
-    "quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors", "too_many_commands",
-    "too_many_invalid_recipients", "session_timeout", "tls_failed", "upstream_lost",
-    "upstream_unavailable", "shutdown", "access_denied", "too_many_sessions", "io_error", "protocol_error",
-    "request_too_large", "other"};
-constexpr std::array<std::string_view, Metrics::rcpt_actions> rcpt_action_names{
-    "accepted", "exempt", "refused", "monitored", "stripped", "kept", "passed", "relayed", "other"};
-constexpr std::array<std::string_view, Metrics::not_signed_reasons> not_signed_names{
-    "null_sender", "malformed_address", "already_tagged", "quoted_local_part", "too_long",
-    "not_our_domain", "exempt_sender", "exempt_destination", "other"};
-constexpr std::array<std::string_view, Metrics::verdicts> verdict_names{
-    "valid", "bad_signature", "expired", "unknown_key", "malformed", "untagged", "other"};
+// --- The families counted by the relay's own enums ---------------------------------------------
+// Slot i of a family is the enum value i; the last slot is "other". The names come from the
+// enum's own to_string, so they cannot drift from the log vocabulary; the *_count constants are
+// checked against the enums where the enums are defined.
+
+// The label of slot i of a family of N slots over enum E ("other" for the last).
+template <class E, std::size_t N>
+constexpr std::string_view slot_name(std::size_t i) {
+  return i + 1 == N ? std::string_view("other") : to_string(static_cast<E>(i));
+}
+
+// The slot of a value of E (count: its number of values); out of range -> "other".
+template <class E>
+constexpr std::size_t slot_of(E e, std::size_t count) {
+  const auto i = static_cast<std::size_t>(e);
+  return i < count ? i : count;
+}
+
+// The slot whose label is `text` among the first `count` values of E; else "other" (count).
+template <class E>
+constexpr std::size_t slot_of(std::string_view text, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i)
+    if (to_string(static_cast<E>(i)) == text) return i;
+  return count;
+}
+
+// SessionEnd::none is no reason: it counts as "other" (and is not rendered as a series of its own).
+constexpr std::size_t end_slot(SessionEnd e) {
+  return e == SessionEnd::none ? session_end_count : slot_of(e, session_end_count);
+}
+constexpr std::size_t end_slot(std::string_view text) {
+  return end_slot(static_cast<SessionEnd>(slot_of<SessionEnd>(text, session_end_count)));
+}
+
+// The exposition order is the enums' order; these pin what /metrics has always shown (dashboards
+// and alerts name these labels: a reordered or renamed value fails here, not in a scrape).
+static_assert(to_string(SessionEnd::quit) == "quit" && static_cast<int>(SessionEnd::quit) == 1 &&
+              to_string(SessionEnd::request_too_large) == "request_too_large" && session_end_count == 18);
+static_assert(to_string(RcptAction::accepted) == "accepted" && to_string(RcptAction::relayed) == "relayed" &&
+              static_cast<int>(RcptAction::relayed) == 7 && rcpt_action_count == 8);
+static_assert(to_string(crypto::NoSignReason::null_sender) == "null_sender" &&
+              static_cast<int>(crypto::NoSignReason::null_sender) == 0 && crypto::no_sign_reason_count == 8);
+static_assert(to_string(crypto::Verdict::valid) == "valid" && static_cast<int>(crypto::Verdict::valid) == 0 &&
+              crypto::verdict_count == 6);
+static_assert(slot_name<crypto::Verdict, Metrics::verdicts>(Metrics::verdicts - 1) == "other");
+static_assert(end_slot(SessionEnd::none) == session_end_count && end_slot("none") == session_end_count &&
+              end_slot("quit") == 1 && end_slot("not a reason") == session_end_count);
 constexpr std::array<std::string_view, Metrics::upstream_stages> stage_names{
     "connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "dot", "bdat", "reply", "other"};
 constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "inbound", "milter", "policy",
@@ -46,15 +83,6 @@ std::size_t lookup(const std::array<std::string_view, N>& names, std::string_vie
 std::size_t role_index(conf::Role r) {
   const auto i = static_cast<std::size_t>(r);
   return i < Metrics::roles ? i : 0;
-}
-
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
 }
 
 void inc(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, relaxed); }
@@ -130,10 +158,6 @@ std::uint64_t get(const std::atomic<std::uint64_t>& c) { return c.load(relaxed);
 
 }  // namespace
 
-std::string_view Metrics::name(SessionEnd v) { return session_end_names[static_cast<std::size_t>(v)]; }
-std::string_view Metrics::name(RcptAction v) { return rcpt_action_names[static_cast<std::size_t>(v)]; }
-std::string_view Metrics::name(NotSigned v) { return not_signed_names[static_cast<std::size_t>(v)]; }
-std::string_view Metrics::name(Verdict v) { return verdict_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(UpstreamStage v) { return stage_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(ProxyHeaderError v) { return proxy_header_error_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Answer v) { return answer_names[static_cast<std::size_t>(v)]; }
@@ -159,23 +183,39 @@ void Metrics::session_started(Role role) {
   inc(sessions_total_[r]);
 }
 
+void Metrics::session_ended(Role role, SessionEnd reason) {
+  const std::size_t r = role_index(role);
+  sessions_current_[r].fetch_sub(1, relaxed);
+  inc(session_end_[r][end_slot(reason)]);
+}
+
 void Metrics::session_ended(Role role, std::string_view reason) {
   const std::size_t r = role_index(role);
   sessions_current_[r].fetch_sub(1, relaxed);
-  inc(session_end_[r][lookup(session_end_names, reason)]);
+  inc(session_end_[r][end_slot(reason)]);
 }
 
 void Metrics::message(Role role, bool accepted) { inc(messages_[role_index(role)][accepted ? 0 : 1]); }
 
+void Metrics::recipient(Role role, RcptAction action) {
+  inc(recipients_[role_index(role)][slot_of(action, rcpt_action_count)]);
+}
+
 void Metrics::recipient(Role role, std::string_view action) {
-  inc(recipients_[role_index(role)][lookup(rcpt_action_names, action)]);
+  inc(recipients_[role_index(role)][slot_of<RcptAction>(action, rcpt_action_count)]);
 }
 
 void Metrics::signed_with(int key_id) {
   if (key_id >= 0 && static_cast<std::size_t>(key_id) < key_ids) inc(signed_[static_cast<std::size_t>(key_id)]);
 }
 
-void Metrics::not_signed(std::string_view reason) { inc(not_signed_[lookup(not_signed_names, reason)]); }
+void Metrics::not_signed(crypto::NoSignReason reason) {
+  inc(not_signed_[slot_of(reason, crypto::no_sign_reason_count)]);
+}
+
+void Metrics::not_signed(std::string_view reason) {
+  inc(not_signed_[slot_of<crypto::NoSignReason>(reason, crypto::no_sign_reason_count)]);
+}
 
 void Metrics::set_roles(const std::vector<Role>& configured) {
   unsigned bits = 0;
@@ -187,10 +227,17 @@ void Metrics::answer(Role role, Answer a) {
   inc(answers_[role_index(role)][static_cast<std::size_t>(a)]);
 }
 
+void Metrics::verdict(std::string_view domain, crypto::Verdict v) {
+  count_verdict(domain, slot_of(v, crypto::verdict_count));
+}
+
 void Metrics::verdict(std::string_view domain, std::string_view verdict_text) {
-  const std::size_t v = lookup(verdict_names, verdict_text);
+  count_verdict(domain, slot_of<crypto::Verdict>(verdict_text, crypto::verdict_count));
+}
+
+void Metrics::count_verdict(std::string_view domain, std::size_t v) {
   for (DomainCounters* d : domains()->domains) {
-    if (iequal(d->name, domain)) {
+    if (text::iequals(d->name, domain)) {
       inc(d->by_verdict[v]);
       return;
     }
@@ -202,7 +249,7 @@ void Metrics::set_domains(std::vector<std::string> list) {
   std::lock_guard lock(mu_);
   auto table = std::make_unique<DomainTable>();
   for (std::string& name : list) {
-    for (char& c : name) c = lower(c);
+    text::lower_in_place(name);
     if (name.empty() || name == "other") continue;  // "other" is the label of unknown domains
     bool dup = false;
     for (const DomainCounters* d : table->domains) dup = dup || d->name == name;
@@ -305,9 +352,11 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
 
   family(out, "batv_session_end_total", "counter", "Client sessions ended, by listener role and end reason.");
   for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
-    for (std::size_t i = 0; i < session_ends; ++i)
-      sample(out, "batv_session_end_total", {{"role", role_names[r]}, {"reason", session_end_names[i]}},
-             get(session_end_[r][i]));
+    for (std::size_t i = 0; i < session_ends; ++i) {
+      if (i == static_cast<std::size_t>(SessionEnd::none)) continue;  // counted under "other"
+      sample(out, "batv_session_end_total",
+             {{"role", role_names[r]}, {"reason", slot_name<SessionEnd, session_ends>(i)}}, get(session_end_[r][i]));
+    }
 
   family(out, "batv_messages_total", "counter",
          "Transactions that reached the end of data, by role and outcome (the next hop's answer).");
@@ -319,8 +368,8 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
   family(out, "batv_recipients_total", "counter", "Recipients, by role and action.");
   for (std::size_t r = 0; r < roles; ++r) if (role_shown(r))
     for (std::size_t i = 0; i < rcpt_actions; ++i)
-      sample(out, "batv_recipients_total", {{"role", role_names[r]}, {"action", rcpt_action_names[i]}},
-             get(recipients_[r][i]));
+      sample(out, "batv_recipients_total",
+             {{"role", role_names[r]}, {"action", slot_name<RcptAction, rcpt_actions>(i)}}, get(recipients_[r][i]));
 
   family(out, "batv_signing_total", "counter",
          "Outbound signing decisions: signed per key id, or not signed per reason.");
@@ -334,16 +383,18 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
     sample(out, "batv_signing_total", {{"decision", "signed"}, {"key", digit}}, n);
   }
   for (std::size_t i = 0; i < not_signed_reasons; ++i)
-    sample(out, "batv_signing_total", {{"decision", "not_signed"}, {"reason", not_signed_names[i]}},
+    sample(out, "batv_signing_total",
+           {{"decision", "not_signed"}, {"reason", slot_name<crypto::NoSignReason, not_signed_reasons>(i)}},
            get(not_signed_[i]));
 
   family(out, "batv_verify_total", "counter",
          "Inbound tag verifications, by verify domain (other: outside the configured set) and verdict.");
   for (const DomainCounters* d : domains()->domains)
     for (std::size_t v = 0; v < verdicts; ++v)
-      sample(out, "batv_verify_total", {{"domain", d->name}, {"verdict", verdict_names[v]}}, get(d->by_verdict[v]));
+      sample(out, "batv_verify_total", {{"domain", d->name}, {"verdict", slot_name<crypto::Verdict, verdicts>(v)}},
+             get(d->by_verdict[v]));
   for (std::size_t v = 0; v < verdicts; ++v)
-    sample(out, "batv_verify_total", {{"domain", "other"}, {"verdict", verdict_names[v]}},
+    sample(out, "batv_verify_total", {{"domain", "other"}, {"verdict", slot_name<crypto::Verdict, verdicts>(v)}},
            get(verify_other_domain_[v]));
 
   family(out, "batv_upstream_errors_total", "counter", "Next-hop failures, by the stage they happened at.");

@@ -3,9 +3,12 @@
 //
 // Hot path: every update is one relaxed std::atomic<uint64_t> increment on a fixed slot. Label
 // sets are known at compile time (roles, reasons, actions, stages, key ids 0-9, verdicts): slots
-// live in arrays indexed by enums, and a label given as text is looked up by a linear scan of a
-// small constant table (no map, no allocation, no lock). A label outside the table counts under
-// "other". The one runtime-defined label, the verification domain, is a small configured set
+// live in arrays indexed by enums. The session end reasons, verdicts, not-signed reasons and
+// recipient actions are the relay's own enums (SessionEnd, crypto::Verdict, crypto::NoSignReason,
+// RcptAction), counted by value in arrays sized by their *_count and labelled with their own
+// to_string: a value added to one of them is a series of its own, never "other". Each of these
+// families also ends with an "other" series, for text that names no value (the string overloads,
+// a linear scan of the names: no map, no allocation, no lock) and SessionEnd::none. The one runtime-defined label, the verification domain, is a small configured set
 // published by set_domains() with a copy-on-write pointer swap: readers load one atomic pointer
 // and never lock; tables are never freed while the registry lives, and a domain keeps its
 // counters across reloads. Keys (set_rings) and rendering take a mutex: neither is on the hot path.
@@ -25,6 +28,9 @@
 #include <vector>
 
 #include "conf/config.hpp"
+#include "crypto/prvs.hpp"
+#include "relay/policy.hpp"
+#include "relay/session_end.hpp"
 
 namespace batv::relay {
 
@@ -32,18 +38,8 @@ class Metrics {
  public:
   using Role = conf::Role;
 
-  // Fixed label sets. Each list ends with `other` (where text can fall outside the set).
-  enum class SessionEnd {
-    quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
-    too_many_invalid_recipients, session_timeout, tls_failed, upstream_lost, upstream_unavailable,
-    shutdown, access_denied, too_many_sessions, io_error, protocol_error, request_too_large, other
-  };
-  enum class RcptAction { accepted, exempt, refused, monitored, stripped, kept, passed, relayed, other };
-  enum class NotSigned {
-    null_sender, malformed_address, already_tagged, quoted_local_part, too_long, not_our_domain,
-    exempt_sender, exempt_destination, other
-  };
-  enum class Verdict { valid, bad_signature, expired, unknown_key, malformed, untagged, other };
+  // Fixed label sets of the metrics' own. Each list ends with `other` (where text can fall outside
+  // the set).
   enum class UpstreamStage { connect, greeting, ehlo, tls, mail, rcpt, data, dot, bdat, reply, other };
   // What a no-hop role answered one request with (milter: accept/reject/tempfail per RCPT and
   // end of message; policy: dunno/reject/prepend/tempfail; socketmap: found/notfound/temp/perm).
@@ -56,10 +52,11 @@ class Metrics {
   };
 
   static constexpr std::size_t roles = 5;  // conf::Role: outbound, inbound, milter, policy, socketmap
-  static constexpr std::size_t session_ends = static_cast<std::size_t>(SessionEnd::other) + 1;
-  static constexpr std::size_t rcpt_actions = static_cast<std::size_t>(RcptAction::other) + 1;
-  static constexpr std::size_t not_signed_reasons = static_cast<std::size_t>(NotSigned::other) + 1;
-  static constexpr std::size_t verdicts = static_cast<std::size_t>(Verdict::other) + 1;
+  // Series per family: one per enum value, then "other" (its slot is the last).
+  static constexpr std::size_t session_ends = session_end_count + 1;  // SessionEnd::none's slot is unused
+  static constexpr std::size_t rcpt_actions = rcpt_action_count + 1;
+  static constexpr std::size_t not_signed_reasons = crypto::no_sign_reason_count + 1;
+  static constexpr std::size_t verdicts = crypto::verdict_count + 1;
   static constexpr std::size_t upstream_stages = static_cast<std::size_t>(UpstreamStage::other) + 1;
   static constexpr std::size_t answers = static_cast<std::size_t>(Answer::other) + 1;
   static constexpr std::size_t proxy_header_errors = static_cast<std::size_t>(ProxyHeaderError::other) + 1;
@@ -75,22 +72,25 @@ class Metrics {
 
   // --- sessions ---
   void session_started(Role role);
-  // `reason`: the session's end reason (Session::end_name()); unknown text counts as "other".
+  // SessionEnd::none counts as "other". The text form takes to_string(SessionEnd); text that names
+  // no value counts as "other" (so does "none").
+  void session_ended(Role role, SessionEnd reason);
   void session_ended(Role role, std::string_view reason);
 
   // --- transactions and recipients ---
   void message(Role role, bool accepted);
-  // `action`: accepted, exempt, refused, monitored, stripped, kept, passed, relayed.
-  void recipient(Role role, std::string_view action);
+  void recipient(Role role, RcptAction action);
+  void recipient(Role role, std::string_view action);  // to_string(RcptAction); else "other"
 
   // --- signing (outbound) ---
-  void signed_with(int key_id);                // 0-9; anything else is ignored
-  void not_signed(std::string_view reason);    // crypto::to_string(NoSignReason)
+  void signed_with(int key_id);                     // 0-9; anything else is ignored
+  void not_signed(crypto::NoSignReason reason);
+  void not_signed(std::string_view reason);         // to_string(NoSignReason); else "other"
 
   // --- verification (inbound) ---
   // `domain` is matched case-insensitively against set_domains(); unknown -> domain="other".
-  // `verdict`: crypto::to_string(Verdict).
-  void verdict(std::string_view domain, std::string_view verdict);
+  void verdict(std::string_view domain, crypto::Verdict verdict);
+  void verdict(std::string_view domain, std::string_view verdict);  // to_string(Verdict); else "other"
   // The verify domains (lowercase); call at start-up and on every reload.
   void set_domains(std::vector<std::string> domains);
 
@@ -139,11 +139,7 @@ class Metrics {
   // Zeroes every counter and forgets domains and keys. Tests only: not atomic as a whole.
   void reset_for_tests();
 
-  // Label text of the fixed sets (for tests and the renderer).
-  static std::string_view name(SessionEnd v);
-  static std::string_view name(RcptAction v);
-  static std::string_view name(NotSigned v);
-  static std::string_view name(Verdict v);
+  // Label text of the metrics' own fixed sets (for tests and the renderer).
   static std::string_view name(UpstreamStage v);
   static std::string_view name(Answer v);
   static std::string_view name(ProxyHeaderError v);
@@ -160,6 +156,7 @@ class Metrics {
   };
 
   const DomainTable* domains() const { return domains_.load(std::memory_order_acquire); }
+  void count_verdict(std::string_view domain, std::size_t slot);
 
   std::array<std::atomic<std::int64_t>, roles> sessions_current_{};
   std::array<Counter, roles> sessions_total_{};

@@ -5,6 +5,7 @@
 #include "relay/client_identity.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/spawn.hpp"
 #include "relay/upstream.hpp"
 
 namespace batv::relay {
@@ -134,7 +135,7 @@ void probe_next_hops(asio::any_io_executor ex, std::shared_ptr<const Runtime> rt
   for (std::size_t i = 0; i < rt->config.listeners.size(); ++i) {
     const conf::Listener& l = rt->config.listeners[i];
     if (!conf::is_proxy(l.role) || l.upstream_connect != conf::UpstreamConnect::mail) continue;
-    asio::co_spawn(ex, probe(rt, i), asio::detached);
+    asio::co_spawn(ex, probe(rt, i), log_exceptions("next_hop_probe"));
   }
 }
 

@@ -4,17 +4,9 @@
 
 #include "relay/replies.hpp"
 #include "relay/smtp/command.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay {
-
-namespace {
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; };
-           return lower(x) == lower(y);
-         });
-}
-}  // namespace
 
 Keyrings::Keyrings(crypto::Keyring only) {
   rings_.push_back(Ring{"default", {}, {}, std::move(only), 0, {}});
@@ -25,10 +17,7 @@ Keyrings::Keyrings(std::vector<Ring> rings) : rings_(std::move(rings)) { index()
 void Keyrings::index() {
   for (std::size_t i = 1; i < rings_.size(); ++i)
     for (const std::string& d : rings_[i].domains) {
-      std::string lower(d);
-      for (char& c : lower)
-        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-      by_domain_.emplace_back(std::move(lower), i);
+      by_domain_.emplace_back(text::lower(d), i);
     }
   // Stable: of two rings listing one domain, the first keeps it.
   std::stable_sort(by_domain_.begin(), by_domain_.end(),
@@ -40,10 +29,8 @@ const Ring& Keyrings::for_domain(std::string_view domain) const {
   // Lowercased into a stack buffer: a longer name is no configured domain (253 at most).
   char buf[conf::fixed::max_domain_length];
   if (domain.size() > sizeof buf) return rings_.front();
-  for (std::size_t i = 0; i < domain.size(); ++i) {
-    const char c = domain[i];
-    buf[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-  }
+  domain.copy(buf, domain.size());
+  text::lower_in_place(buf, domain.size());
   const std::string_view key(buf, domain.size());
   auto it = std::lower_bound(by_domain_.begin(), by_domain_.end(), key,
                              [](const auto& e, std::string_view k) { return std::string_view(e.first) < k; });
@@ -58,7 +45,7 @@ const Ring& Keyrings::for_address(std::string_view address) const {
 }
 
 bool domain_in(const std::vector<std::string>& list, std::string_view domain) {
-  return std::any_of(list.begin(), list.end(), [&](const std::string& d) { return iequals(d, domain); });
+  return std::any_of(list.begin(), list.end(), [&](const std::string& d) { return text::iequals(d, domain); });
 }
 
 crypto::PrvsParams prvs_params(const conf::Config& cfg) {
@@ -99,20 +86,7 @@ bool is_bounce(const conf::Config& cfg, std::string_view sender) {
   if (sender.empty()) return true;
   if (!cfg.inbound.mailer_daemon_is_bounce) return false;
   const auto at = sender.rfind('@');
-  return at != std::string_view::npos && iequals(sender.substr(0, at), "MAILER-DAEMON");
-}
-
-std::string_view to_string(RcptAction a) {
-  switch (a) {
-    case RcptAction::accepted: return "accepted";
-    case RcptAction::exempt: return "exempt";
-    case RcptAction::refused: return "refused";
-    case RcptAction::monitored: return "monitored";
-    case RcptAction::stripped: return "stripped";
-    case RcptAction::kept: return "kept";
-    case RcptAction::passed: return "passed";
-  }
-  return "?";
+  return at != std::string_view::npos && text::iequals(sender.substr(0, at), "MAILER-DAEMON");
 }
 
 crypto::Verdict worse(crypto::Verdict a, crypto::Verdict b) {
@@ -189,7 +163,7 @@ RcptDecision decide_recipient(const conf::Config& cfg, KeyringsRef keyrings,
   const std::string_view local = std::string_view(original).substr(0, oat);
   bool exempt = client_exempt;
   for (const auto& lp : cfg.inbound.exempt_local_parts)
-    if (iequals(lp, local)) exempt = true;
+    if (text::iequals(lp, local)) exempt = true;
   if (exempt || d.monitor) {
     d.action = exempt ? RcptAction::exempt : RcptAction::monitored;
     d.monitor = !exempt && d.monitor;

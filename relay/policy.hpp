@@ -9,6 +9,7 @@
 // quoted_local_part, too_long).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -104,8 +105,26 @@ enum class RcptAction {
   stripped,   // normal sender: tag stripped
   kept,       // normal sender, bad tag, policy "keep": passed as received
   passed,     // not one of our verify domains, or no tag to act on: passed as received
+  relayed,    // outbound: the next hop accepted the RCPT (never a decide_recipient result; a
+              // next-hop refusal counts as refused)
 };
-std::string_view to_string(RcptAction a);
+// One more than the last value; a value appended without raising it fails the static_assert.
+inline constexpr std::size_t rcpt_action_count = static_cast<std::size_t>(RcptAction::relayed) + 1;
+constexpr std::string_view to_string(RcptAction a) {
+  switch (a) {
+    case RcptAction::accepted: return "accepted";
+    case RcptAction::exempt: return "exempt";
+    case RcptAction::refused: return "refused";
+    case RcptAction::monitored: return "monitored";
+    case RcptAction::stripped: return "stripped";
+    case RcptAction::kept: return "kept";
+    case RcptAction::passed: return "passed";
+    case RcptAction::relayed: return "relayed";
+  }
+  return "?";
+}
+static_assert(to_string(static_cast<RcptAction>(rcpt_action_count)) == "?",
+              "rcpt_action_count must be one more than the last RcptAction");
 
 struct RcptDecision {
   RcptAction action = RcptAction::passed;

@@ -8,8 +8,10 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "crypto/prvs.hpp"
+#include "relay/smtp/reply.hpp"
 
 namespace batv::relay::replies {
 
@@ -66,6 +68,38 @@ inline std::string bye() { return line(221, "2.0.0 Bye"); }
 inline std::string ok() { return line(250, "2.0.0 OK"); }
 inline std::string sender_ok() { return line(250, "2.1.0 Sender OK"); }
 inline std::string helo(std::string_view host) { return line(250, host); }
+
+// What our EHLO reply advertises: what we and the next hop both do (the session decides).
+struct EhloOffer {
+  bool pipelining = false;           // RFC 2920
+  std::uint64_t size = 0;            // RFC 1870 4: always advertised; 0 = no fixed maximum
+  bool eightbitmime = false;         // RFC 6152
+  bool smtputf8 = false;             // RFC 6531
+  bool enhancedstatuscodes = false;  // RFC 2034
+  bool dsn = false;                  // RFC 3461
+  bool chunking = false;             // RFC 3030
+  bool starttls = false;             // RFC 3207
+  std::vector<std::string> auth;     // RFC 4954 mechanisms, as the next hop named them; empty = no AUTH
+};
+// RFC 5321 4.1.1.1: "250-host", then one extension per line in this fixed order, the last line
+// "250 ". The lines go through smtp::format_reply (mechanism names come from the next hop).
+inline std::string ehlo(std::string_view host, const EhloOffer& o) {
+  std::vector<std::string> lines{std::string(host)};
+  if (o.pipelining) lines.emplace_back("PIPELINING");
+  lines.push_back("SIZE " + std::to_string(o.size));
+  if (o.eightbitmime) lines.emplace_back("8BITMIME");
+  if (o.smtputf8) lines.emplace_back("SMTPUTF8");
+  if (o.enhancedstatuscodes) lines.emplace_back("ENHANCEDSTATUSCODES");
+  if (o.dsn) lines.emplace_back("DSN");
+  if (o.chunking) lines.emplace_back("CHUNKING");
+  if (o.starttls) lines.emplace_back("STARTTLS");
+  if (!o.auth.empty()) {
+    std::string auth = "AUTH";
+    for (const auto& m : o.auth) auth.append(" ").append(m);
+    lines.push_back(std::move(auth));
+  }
+  return smtp::format_reply(250, lines);
+}
 inline std::string help() { return line(214, "2.0.0 batv-relay: see RFC 5321"); }
 inline std::string vrfy_cannot() {
   return line(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
@@ -81,6 +115,9 @@ inline std::string auth_encryption_required() {
   return line(538, "5.7.11 Encryption required for requested authentication mechanism");
 }
 inline std::string tls_required() { return line(530, "5.7.0 Must issue a STARTTLS command first"); }
+inline std::string tls_already_active() { return line(503, "5.5.1 TLS already active"); }
+inline std::string starttls_syntax() { return line(501, "5.5.4 Syntax: STARTTLS"); }
+inline std::string auth_syntax() { return line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"); }
 inline std::string start_data() { return line(354, "End data with <CR><LF>.<CR><LF>"); }
 
 // --- Client errors (RFC 5321 4.2.2; enhanced codes RFC 3463 3.6) ----------------------------------
@@ -90,9 +127,13 @@ inline std::string nul_in_command() { return line(500, "5.5.2 NUL character in c
 inline std::string not_implemented(std::string_view what) {
   return line(502, "5.5.1 " + std::string(what) + " not available");
 }
+inline std::string helo_syntax(bool esmtp) {
+  return line(501, esmtp ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname");
+}
 inline std::string need_helo() { return line(503, "5.5.1 Send HELO/EHLO first"); }
 inline std::string nested_mail() { return line(503, "5.5.1 Sender already specified"); }
 inline std::string need_mail() { return line(503, "5.5.1 Need MAIL before RCPT"); }
+inline std::string need_mail_for_data() { return line(503, "5.5.1 Need MAIL command"); }  // DATA, BDAT
 inline std::string need_rcpt() { return line(503, "5.5.1 Need RCPT before DATA"); }
 inline std::string no_valid_recipients() { return line(554, "5.5.1 No valid recipients"); }
 inline std::string bdat_sequence() { return line(503, "5.5.1 Cannot mix DATA and BDAT, or BDAT after a failed chunk"); }

@@ -8,6 +8,8 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <ctime>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,6 +36,17 @@ struct FileStamp {
 
 FileStamp stamp_of(const std::string& path);
 
+// The wall clock (unix seconds) the roles read for the prvs day: the tags a session signs and
+// checks, and the signing key in force. Production leaves `source` empty: std::time. A test or a
+// fuzzer that builds a Runtime sets it, so that tags are made and checked on the day it chooses
+// (postsrsd's injectable clock; crypto takes `now` as an argument already).
+struct WallClock {
+  std::function<std::int64_t()> source;
+  [[nodiscard]] std::int64_t now() const {
+    return source ? source() : static_cast<std::int64_t>(std::time(nullptr));
+  }
+};
+
 struct Runtime {
   conf::Config config;
   // The default ring (config.key_file) first, then one per [[domain_keys]] entry in file order.
@@ -45,6 +58,7 @@ struct Runtime {
   // Each ring's key file as it was just before it was read (same order as keys.rings()): the
   // watcher's baseline.
   std::vector<FileStamp> key_stamps;
+  WallClock clock{};
 };
 
 // Loads the config file, every key file (the default one and each [[domain_keys]] file, each with

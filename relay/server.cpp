@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -25,6 +26,7 @@
 #include "relay/replies.hpp"
 #include "relay/nexthop_caps.hpp"
 #include "relay/session.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay {
 
@@ -183,7 +185,7 @@ int Server::run() {
     if (!listening) {
       log(Level::error, "listen_failed").kv("listener", i).kv("address", cfg.listeners[i].listen_text()).kv("error", err);
       for (auto& a : acceptors_) a->close();
-      return 71;  // EX_OSERR
+      return EX_OSERR;
     }
     acceptors_.push_back(std::move(listening));
   }
@@ -206,13 +208,13 @@ int Server::run() {
     }
     if (ec) {
       log(Level::error, "listen_failed").kv("listener", "metrics").kv("address", cfg.metrics.listen->to_string()).kv("error", ec.message());
-      return 71;
+      return EX_OSERR;
     }
     log(Level::info, "metrics_listening").kv("address", to_string(metrics_server_->local_endpoint()));
   }
   if (const std::string err = drop_privileges(cfg.process); !err.empty()) {
     log(Level::error, "privileges").kv("result", "failed").kv("error", err);
-    return 78;  // EX_CONFIG
+    return EX_CONFIG;
   }
   if (!cfg.process.user.empty())
     log(Level::info, "privileges").kv("result", "ok").kv("uid", static_cast<std::int64_t>(::getuid()))
@@ -222,8 +224,8 @@ int Server::run() {
   probe_next_hops(main.get_executor(), rt);
   // Handlers are installed here, before "ready": a SIGTERM right after readiness is ours to handle.
   signals_ = std::make_unique<asio::signal_set>(main, SIGTERM, SIGINT, SIGHUP);
-  asio::co_spawn(main, signal_loop(), asio::detached);
-  asio::co_spawn(main, watch_key_file(), asio::detached);
+  asio::co_spawn(main, signal_loop(), log_exceptions("signal_loop"));
+  asio::co_spawn(main, watch_key_file(), log_exceptions("watch_key_file"));
   notify_systemd("READY=1");
   log(Level::info, "ready").kv("threads", threads).kv("keys", rt->keys.default_ring().key_count)
       .kv("signing_key", announced_signers_.front()).kv("rings", rt->keys.rings().size());
@@ -329,8 +331,8 @@ std::shared_ptr<Server::Listening> Server::bind_listener(const conf::Listener& l
 }
 
 void Server::spawn_accept(const std::shared_ptr<Listening>& l) {
-  if (l->acc) asio::co_spawn(*contexts_[0], accept_loop(l), asio::detached);
-  else asio::co_spawn(*contexts_[0], accept_local_loop(l), asio::detached);
+  if (l->acc) asio::co_spawn(*contexts_[0], accept_loop(l), log_exceptions("accept_loop"));
+  else asio::co_spawn(*contexts_[0], accept_local_loop(l), log_exceptions("accept_local_loop"));
 }
 
 awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
@@ -343,7 +345,7 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
       // EMFILE and friends: log, pause briefly so a descriptor shortage does not spin the loop.
       log(Level::warning, "accept_failed").kv("listener", listening->index).kv("error", ec.message());
       asio::steady_timer t(acc.get_executor());
-      t.expires_after(std::chrono::milliseconds(100));
+      t.expires_after(conf::fixed::accept_error_pause);
       co_await t.async_wait(asio::use_awaitable);
       continue;
     }
@@ -360,7 +362,8 @@ awaitable<void> Server::accept_loop(std::shared_ptr<Listening> listening) {
       if (net.contains(std::string_view(unmapped_ip(remote)))) proxied = true;
     if (proxied) {
       auto ex = sock.get_executor();
-      asio::co_spawn(ex, read_proxy_header(std::move(sock), std::move(rt), index, remote), asio::detached);
+      asio::co_spawn(ex, read_proxy_header(std::move(sock), std::move(rt), index, remote),
+                     log_exceptions("read_proxy_header"));
     } else {
       start_session(std::move(sock), std::move(rt), index, remote, local, "");
     }
@@ -437,7 +440,7 @@ awaitable<void> Server::accept_local_loop(std::shared_ptr<Listening> listening) 
     if (ec) {
       log(Level::warning, "accept_failed").kv("listener", listening->index).kv("error", ec.message());
       asio::steady_timer t(acc.get_executor());
-      t.expires_after(std::chrono::milliseconds(100));
+      t.expires_after(conf::fixed::accept_error_pause);
       co_await t.async_wait(asio::use_awaitable);
       continue;
     }
@@ -503,7 +506,7 @@ void Server::start_local(LocalSocket sock, std::size_t listener) {
   asio::co_spawn(ex, [this, conn, id, ip]() -> awaitable<void> {
     co_await conn->run();
     release(id, ip);
-  }, asio::detached);
+  }, log_exceptions("connection"));
 }
 
 void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
@@ -519,10 +522,8 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
   const conf::Listener& l = ctx.runtime->config.listeners[listener];
   const conf::Limits& limits = ctx.runtime->config.limits;
 
-  const std::uint64_t id = next_id_++;
-  char sid[32];
-  std::snprintf(sid, sizeof sid, "%08x%06llx", id_prefix_, static_cast<unsigned long long>(id & 0xffffff));
-  ctx.id = sid;
+  std::uint64_t id = 0;
+  ctx.id = next_session_id(id);
 
   bool allowed = false;
   for (const auto& net : l.allow_clients)
@@ -555,7 +556,7 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
   asio::co_spawn(ex, [this, session, id, ip, counted]() -> awaitable<void> {
     co_await session->run();
     if (counted) release(id, ip);
-  }, asio::detached);
+  }, log_exceptions("session"));
 }
 
 void Server::release(std::uint64_t id, const std::string& ip) {
@@ -570,7 +571,7 @@ void Server::release(std::uint64_t id, const std::string& ip) {
 // rotate` of any ring reaches every relay without a signal. A file that is missing or
 // half-written makes the reload fail and the old keys stay; the next change retries.
 awaitable<void> Server::watch_key_file() {
-  constexpr auto period = std::chrono::seconds(2);
+  constexpr auto period = conf::fixed::key_file_poll_interval;
   asio::steady_timer timer(*contexts_[0]);
   // Per file, the stamp last acted on. A file without an entry is compared with the stamp the
   // running keys were read from, not the file as it is when this first runs (after "ready"): a
@@ -779,7 +780,7 @@ awaitable<void> Server::shutdown() {
   // Let sessions finish within the grace period, polling (bounded) for the last one to end.
   const auto grace_end = Clock::now() + rt->config.timeouts.shutdown_grace;
   while (live_count() > 0 && Clock::now() < grace_end) {
-    timer.expires_after(std::chrono::milliseconds(50));
+    timer.expires_after(conf::fixed::shutdown_poll_interval);
     co_await timer.async_wait(asio::use_awaitable);
   }
   if (live_count() > 0) {
@@ -788,10 +789,10 @@ awaitable<void> Server::shutdown() {
     for (auto& s : left) s->stop();
     // Each stopped session writes its 421 with the idle timeout as bound; one whose message is with
     // the next hop first waits for its verdict (timeouts.upstream_data_reply). Give them that long.
-    const auto hard_end = Clock::now() + std::max<Clock::duration>(std::chrono::seconds(10),
+    const auto hard_end = Clock::now() + std::max<Clock::duration>(conf::fixed::shutdown_stop_minimum,
         rt->config.timeouts.upstream_data_reply + std::chrono::seconds(1));
     while (live_count() > 0 && Clock::now() < hard_end) {
-      timer.expires_after(std::chrono::milliseconds(50));
+      timer.expires_after(conf::fixed::shutdown_poll_interval);
       co_await timer.async_wait(asio::use_awaitable);
     }
   }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <ctime>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
@@ -13,6 +12,7 @@
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
 #include "relay/smtp/data.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay {
 
@@ -22,7 +22,7 @@ namespace {
 // held-open sessions then cost a few KiB each, and a body still streams in 64 KiB reads.
 constexpr std::size_t command_buffer = conf::fixed::command_buffer_bytes;
 constexpr std::size_t stream_buffer = conf::fixed::stream_buffer_bytes;
-constexpr std::size_t max_pending = 100;             // pipelined commands held before a forced flush
+constexpr std::size_t max_pending = conf::fixed::max_pipelined_commands;  // then a forced flush
 
 bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
 
@@ -30,20 +30,6 @@ bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r
 // ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
 bool auth_text(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
-}
-
-// ASCII case mapping (SMTP keywords; domain names for logs); other bytes unchanged.
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
-  return out;
-}
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-  return out;
 }
 
 }  // namespace
@@ -81,7 +67,7 @@ awaitable<void> Session::run() {
   }
   up_.close();
   client_.close();
-  metrics().session_ended(listener_.role, end_name());
+  metrics().session_ended(listener_.role, end_);
   auto line = log(Level::info, "session_end");
   line.kv("sid", ctx_.id)
       .kv("client", ctx_.client)
@@ -416,11 +402,11 @@ awaitable<bool> Session::start_tls(std::string_view args) {
     co_return true;
   }
   if (client_.tls()) {
-    refuse(replies::line(503, "5.5.1 TLS already active"));
+    refuse(replies::tls_already_active());
     co_return true;
   }
   if (!args.empty()) {
-    refuse(replies::line(501, "5.5.4 Syntax: STARTTLS"));
+    refuse(replies::starttls_syntax());
     co_return true;
   }
   if (!co_await write_client(replies::ready_for_tls())) co_return false;
@@ -469,10 +455,10 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     refuse(replies::auth_in_transaction());
     co_return true;
   }
-  const std::string mechanism = upper(args.substr(0, args.find(' ')));
+  const std::string mechanism = text::upper(args.substr(0, args.find(' ')));
   auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
   if (mechanism.empty() || !auth_text(args)) {
-    refuse(replies::line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]"));
+    refuse(replies::auth_syntax());
     co_return true;
   }
   if (!co_await ensure_upstream()) {
@@ -480,9 +466,8 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     co_return true;
   }
   std::string up_line = "AUTH " + std::string(args) + "\r\n";
-  constexpr int max_rounds = 16;  // no real mechanism needs more challenges than this
   std::optional<smtp::Reply> r;
-  for (int round = 0; round < max_rounds; ++round) {
+  for (int round = 0; round < conf::fixed::max_auth_rounds; ++round) {
     const bool sent = co_await up_.send(up_line);
     explicit_bzero(up_line.data(), up_line.size());
     if (!sent || !(r = co_await up_.read_reply())) break;
@@ -595,7 +580,7 @@ awaitable<bool> Session::forward_client_identity() {
   if (!caps.xclient) {
     // The MX then sees the relay's address, which it may trust (Postfix mynetworks): say so at
     // warning level once per listener, then at debug level.
-    static std::array<std::atomic<bool>, 64> warned{};
+    static std::array<std::atomic<bool>, conf::fixed::xclient_warning_listeners> warned{};
     const bool first = ctx_.listener >= warned.size() || !warned[ctx_.listener].exchange(true);
     log(first ? Level::warning : Level::debug, "xclient")
         .kv("sid", ctx_.id)
@@ -620,7 +605,7 @@ awaitable<bool> Session::forward_client_identity() {
   const bool ok = r->code / 100 == 2;
   auto line = log(ok ? Level::info : Level::warning, "xclient");
   line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed").kv("attributes", attributes);
-  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, 200));
+  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, conf::fixed::max_logged_reply_chars));
   co_return true;
 }
 
@@ -702,7 +687,7 @@ awaitable<bool> Session::process(const std::string& line) {
     case Verb::helo: {
       if (!co_await flush()) co_return false;
       if (cmd.args.empty()) {
-        refuse(replies::line(501, cmd.verb == Verb::ehlo ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname"));
+        refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
         co_return true;
       }
       handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
@@ -730,22 +715,17 @@ awaitable<bool> Session::process(const std::string& line) {
         queue_local(replies::helo(rt_->hostname));
         co_return true;
       }
-      std::vector<std::string> lines{rt_->hostname};
-      if (adv_pipelining_) lines.emplace_back("PIPELINING");
-      lines.push_back("SIZE " + std::to_string(adv_size_));
-      if (adv_8bitmime_) lines.emplace_back("8BITMIME");
-      if (adv_smtputf8_) lines.emplace_back("SMTPUTF8");
-      if (adv_enhanced_) lines.emplace_back("ENHANCEDSTATUSCODES");
-      if (adv_dsn_) lines.emplace_back("DSN");
-      if (adv_chunking_) lines.emplace_back("CHUNKING");
-      if (rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls)
-        lines.emplace_back("STARTTLS");
-      if (auth_offered()) {
-        std::string auth = "AUTH";
-        for (const auto& m : up_.caps().auth) auth += " " + m;
-        lines.push_back(std::move(auth));
-      }
-      queue_local(smtp::format_reply(250, lines));
+      replies::EhloOffer offer;
+      offer.pipelining = adv_pipelining_;
+      offer.size = adv_size_;
+      offer.eightbitmime = adv_8bitmime_;
+      offer.smtputf8 = adv_smtputf8_;
+      offer.enhancedstatuscodes = adv_enhanced_;
+      offer.dsn = adv_dsn_;
+      offer.chunking = adv_chunking_;
+      offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
+      if (auth_offered()) offer.auth = up_.caps().auth;
+      queue_local(replies::ehlo(rt_->hostname, offer));
       co_return true;
     }
     case Verb::mail:
@@ -828,13 +808,13 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
   const smtp::Path& path = *res.path;
   bool smtputf8 = false;
   for (const smtp::Param& p : path.params) {
-    const std::string kw = upper(p.keyword);
+    const std::string kw = text::upper(p.keyword);
     bool advertised = false;
     if (kw == "SIZE") {
       advertised = true;  // we always advertise SIZE (RFC 1870)
     } else if (kw == "BODY") {
       // 7BIT always; 8BITMIME when advertised (RFC 6152); BINARYMIME never (not offered).
-      const std::string v = p.value ? upper(*p.value) : std::string();
+      const std::string v = p.value ? text::upper(*p.value) : std::string();
       advertised = v == "7BIT" || (v == "8BITMIME" && adv_8bitmime_);
     } else if (kw == "SMTPUTF8") {
       advertised = adv_smtputf8_;
@@ -884,8 +864,8 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     // no longer offers it.
     const smtp::Capabilities& now = up_.caps();
     for (const smtp::Param& p : path.params) {
-      const std::string kw = upper(p.keyword);
-      const std::string v = p.value ? upper(*p.value) : std::string();
+      const std::string kw = text::upper(p.keyword);
+      const std::string v = p.value ? text::upper(*p.value) : std::string();
       std::string_view missing;
       if (kw == "BODY" && v == "8BITMIME" && !now.eightbitmime) missing = "8BITMIME";
       else if (kw == "SMTPUTF8" && !now.smtputf8) missing = "SMTPUTF8";
@@ -910,7 +890,7 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     tx_.mail_params = std::string(path.params_text);
   } else {
     for (const smtp::Param& p : path.params) {
-      if (upper(p.keyword) == "SIZE") continue;
+      if (text::iequals(p.keyword, "SIZE")) continue;
       if (!tx_.mail_params.empty()) tx_.mail_params += ' ';
       tx_.mail_params += p.keyword;
       if (p.value) tx_.mail_params.append("=").append(*p.value);
@@ -939,7 +919,7 @@ void Session::handle_rcpt(std::string_view args) {
   }
   const smtp::Path& path = *res.path;
   for (const smtp::Param& p : path.params) {
-    const std::string kw = upper(p.keyword);
+    const std::string kw = text::upper(p.keyword);
     if (auto bad = check_param(kw, p, (kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
       refuse(std::move(*bad));
       return;
@@ -968,17 +948,17 @@ void Session::handle_rcpt(std::string_view args) {
   std::string forward_path = path.address;
   if (listener_.role == conf::Role::inbound) {
     const RcptDecision rd = decide_recipient(cfg_, rt_->keys, rt_->prvs, tx_.bounce, client_exempt_,
-                                             path.address, static_cast<std::int64_t>(std::time(nullptr)));
+                                             path.address, rt_->clock.now());
     auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
     line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
     line.kv("upstream_to", rd.action == RcptAction::refused ? std::string("-") : "<" + rd.upstream + ">");
     const auto at = path.address.rfind('@');
-    line.kv("domain", at == std::string::npos ? std::string("-") : lower(path.address.substr(at + 1)));
+    line.kv("domain", at == std::string::npos ? std::string("-") : text::lower(path.address.substr(at + 1)));
     if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
     line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
     if (rd.ours && at != std::string::npos)
-      metrics().verdict(lower(path.address.substr(at + 1)), crypto::to_string(rd.verdict));
-    metrics().recipient(listener_.role, to_string(rd.action));
+      metrics().verdict(text::lower(path.address.substr(at + 1)), rd.verdict);
+    metrics().recipient(listener_.role, rd.action);
     if (rd.action == RcptAction::refused) {
       ++refused_;
       ++invalid_recipients_;
@@ -996,7 +976,8 @@ void Session::handle_rcpt(std::string_view args) {
   rcpt_cmd += "\r\n";
 
   auto rcpt_result = [this, shared](const smtp::Reply& r) {
-    if (listener_.role == conf::Role::outbound) metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? "relayed" : "refused");
+    if (listener_.role == conf::Role::outbound)
+      metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? RcptAction::relayed : RcptAction::refused);
     if (r.code / 100 == 2) {
       ++shared->rcpt_accepted;
       ++recipients_;
@@ -1004,7 +985,7 @@ void Session::handle_rcpt(std::string_view args) {
     return relay_reply(r);
   };
 
-  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  const std::int64_t now = rt_->clock.now();
   // Only the outbound role signs; an inbound listener passes senders through untouched.
   const bool outbound = listener_.role == conf::Role::outbound;
   auto decide = [&] {
@@ -1022,7 +1003,7 @@ void Session::handle_rcpt(std::string_view args) {
       if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
       else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
       if (tx_.decision.sign) metrics().signed_with(tx_.decision.key_id);
-      else metrics().not_signed(crypto::to_string(tx_.decision.reason));
+      else metrics().not_signed(tx_.decision.reason);
     }
 
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
@@ -1094,7 +1075,7 @@ std::string Session::monitor_header() const {
 std::optional<std::string> Session::data_precondition(bool bdat) {
   if (listener_.require_tls && !client_.tls()) return replies::tls_required();
   if (!helo_seen_) return replies::need_helo();
-  if (!tx_.active) return replies::line(503, "5.5.1 Need MAIL command");
+  if (!tx_.active) return replies::need_mail_for_data();
   if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
   if (bdat && tx_.bdat_failed) return replies::bdat_sequence();
   if (tx_.shared->rcpt_accepted == 0)
@@ -1363,26 +1344,6 @@ std::string_view Session::phase_name() const {
   return "?";
 }
 
-std::string_view Session::end_name() const {
-  switch (end_) {
-    case End::none: return "none";
-    case End::quit: return "quit";
-    case End::client_closed: return "client_closed";
-    case End::idle_timeout: return "idle_timeout";
-    case End::data_timeout: return "data_timeout";
-    case End::too_many_errors: return "too_many_errors";
-    case End::too_many_commands: return "too_many_commands";
-    case End::too_many_invalid_recipients: return "too_many_invalid_recipients";
-    case End::session_timeout: return "session_timeout";
-    case End::tls_failed: return "tls_failed";
-    case End::upstream_lost: return "upstream_lost";
-    case End::upstream_unavailable: return "upstream_unavailable";
-    case End::shutdown: return "shutdown";
-    case End::access_denied: return "access_denied";
-    case End::too_many_sessions: return "too_many_sessions";
-    case End::io_error: return "io_error";
-  }
-  return "?";
-}
+std::string_view Session::end_name() const { return to_string(end_); }
 
 }  // namespace batv::relay

@@ -29,6 +29,7 @@
 #include "relay/io.hpp"
 #include "relay/policy.hpp"
 #include "relay/runtime.hpp"
+#include "relay/session_end.hpp"
 #include "relay/smtp/command.hpp"
 #include "relay/upstream.hpp"
 
@@ -111,11 +112,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
 
  private:
   enum class Phase { connect, greeting, command, mail, rcpt, data, bdat, quit };
-  enum class End {
-    none, quit, client_closed, idle_timeout, data_timeout, too_many_errors, too_many_commands,
-    too_many_invalid_recipients, session_timeout, tls_failed,
-    upstream_lost, upstream_unavailable, shutdown, access_denied, too_many_sessions, io_error
-  };
+  using End = SessionEnd;  // relay/session_end.hpp: the values a proxy session ends with, quit..io_error
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
   enum class ReadFailure { closed, timeout, stopped };
 

@@ -5,6 +5,8 @@
 
 #include <sys/socket.h>
 
+#include "conf/limits.hpp"
+
 namespace batv::relay {
 
 std::string_view to_string(Upstream::Failure f) {
@@ -244,7 +246,7 @@ awaitable<std::optional<smtp::Reply>> Upstream::read_reply(bool final_dot) {
       fail(Failure::protocol, "reply line too long");
       co_return std::nullopt;
     }
-    char tmp[4096];
+    char tmp[conf::fixed::upstream_read_bytes];
     const std::size_t room = std::min(sizeof tmp, max_line - buf_.size());
     const IoResult r = co_await read_some_for(*sock_, asio::buffer(tmp, room), deadline - Clock::now());
     if (!r) {

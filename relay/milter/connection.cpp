@@ -4,11 +4,12 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <ctime>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/milter/handler.hpp"
+#include "relay/session_end.hpp"
 
 namespace batv::relay {
 namespace {
@@ -17,7 +18,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
  public:
   MilterConnection(LocalSocket s, ConnContext ctx)
       : sock_(std::move(s)), ctx_(std::move(ctx)), timer_(sock_.get_executor()),
-        handler_(ctx_.runtime, ctx_.listener, ctx_.id, [] { return static_cast<std::int64_t>(std::time(nullptr)); }) {}
+        handler_(ctx_.runtime, ctx_.listener, ctx_.id, [rt = ctx_.runtime] { return rt->clock.now(); }) {}
 
   asio::any_io_executor executor() override { return sock_.get_executor(); }
 
@@ -38,7 +39,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
     try {
       co_await serve();
     } catch (const std::exception& e) {
-      if (reason_ == "quit") reason_ = "io_error";
+      if (reason_ == SessionEnd::quit) reason_ = SessionEnd::io_error;
       log(Level::error, "session_error").kv("sid", ctx_.id).kv("error", e.what());
     }
     boost::system::error_code ec;
@@ -46,7 +47,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
     sock_.close(ec);
     metrics().session_ended(conf::Role::milter, reason_);
     log(Level::info, "session_end").kv("sid", ctx_.id).kv("peer", ctx_.peer).kv("role", "milter")
-        .kv("reason", reason_).kv("messages", handler_.messages()).kv("signed", handler_.signed_count())
+        .kv("reason", to_string(reason_)).kv("messages", handler_.messages()).kv("signed", handler_.signed_count())
         .kv("refused", handler_.refused());
   }
 
@@ -55,7 +56,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
   awaitable<bool> read_more(std::chrono::seconds deadline, bool idle) {
     if (buf_.size() >= max_) co_return false;
     std::size_t old = buf_.size();
-    buf_.resize(std::min(max_, old + 16 * 1024));
+    buf_.resize(std::min(max_, old + conf::fixed::milter_read_bytes));
     timed_out_ = false;
     timer_.expires_after(deadline);
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
@@ -70,10 +71,10 @@ class MilterConnection final : public Connection, public std::enable_shared_from
                                                    asio::redirect_error(asio::use_awaitable, ec));
     timer_.cancel();
     buf_.resize(old + n);
-    if (timed_out_) reason_ = idle ? "idle_timeout" : "data_timeout";
-    else if (ec == asio::error::eof) reason_ = "client_closed";
-    else if (ec == asio::error::operation_aborted && stop_requested_) reason_ = "shutdown";
-    else if (ec) reason_ = "io_error";
+    if (timed_out_) reason_ = idle ? SessionEnd::idle_timeout : SessionEnd::data_timeout;
+    else if (ec == asio::error::eof) reason_ = SessionEnd::client_closed;
+    else if (ec == asio::error::operation_aborted && stop_requested_) reason_ = SessionEnd::shutdown;
+    else if (ec) reason_ = SessionEnd::io_error;
     co_return !ec && n > 0;
   }
 
@@ -81,7 +82,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
     const auto& cfg = ctx_.runtime->config;
     max_ = static_cast<std::size_t>(cfg.limits.milter_packet) + 4;
     for (;;) {
-      if (stop_requested_ && !handler_.in_request()) { reason_ = "shutdown"; co_return; }
+      if (stop_requested_ && !handler_.in_request()) { reason_ = SessionEnd::shutdown; co_return; }
       auto fr = milter::parse_packet(std::string_view(buf_.data(), buf_.size()), max_ - 4);
       if (!fr.ok && fr.error == milter::Error::incomplete) {
         if (!co_await read_more(buf_.empty() ? cfg.timeouts.milter_idle : cfg.timeouts.milter_command, buf_.empty()))
@@ -91,12 +92,12 @@ class MilterConnection final : public Connection, public std::enable_shared_from
       std::string out;
       if (!fr.ok) {
         handler_.on_frame_error(fr.error, out);
-        reason_ = fr.error == milter::Error::too_large ? "request_too_large" : "protocol_error";
+        reason_ = fr.error == milter::Error::too_large ? SessionEnd::request_too_large : SessionEnd::protocol_error;
       } else {
         handler_.on_packet(fr.packet, out);
         buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(fr.packet.consumed));
         if (handler_.state() == milter::Handler::State::closed)
-          reason_ = handler_.error().empty() ? "quit" : "protocol_error";
+          reason_ = handler_.error().empty() ? SessionEnd::quit : SessionEnd::protocol_error;
       }
       if (!out.empty()) {
         busy_ = true;
@@ -108,7 +109,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
         co_await asio::async_write(sock_, asio::buffer(out), asio::redirect_error(asio::use_awaitable, ec));
         timer_.cancel();
         busy_ = false;
-        if (ec) { reason_ = "io_error"; co_return; }
+        if (ec) { reason_ = SessionEnd::io_error; co_return; }
       }
       if (handler_.state() == milter::Handler::State::closed) co_return;
     }
@@ -123,7 +124,7 @@ class MilterConnection final : public Connection, public std::enable_shared_from
   bool stop_requested_ = false;
   bool busy_ = false;
   bool timed_out_ = false;
-  std::string reason_ = "quit";
+  SessionEnd reason_ = SessionEnd::quit;
 };
 
 }  // namespace

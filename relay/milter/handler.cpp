@@ -2,18 +2,15 @@
 
 #include <algorithm>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/replies.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::milter {
 
 namespace {
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 std::string_view unbracket(std::string_view a) {
   if (a.size() >= 2 && a.front() == '<' && a.back() == '>') return a.substr(1, a.size() - 2);
   return a;
@@ -25,11 +22,6 @@ std::string join(const std::vector<std::string>& v) {
     s += a;
   }
   return s;
-}
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (char& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return r;
 }
 // A reply line of relay/replies.hpp without its CRLF.
 std::string bare(std::string line) {
@@ -153,9 +145,9 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
     const RcptDecision rd = decide_recipient(cfg, rt_->keys, rt_->prvs, bounce_, client_exempt, rcpt, now);
     if (rd.ours) {
       const auto at = rcpt.rfind('@');
-      metrics().verdict(lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), crypto::to_string(rd.verdict));
+      metrics().verdict(text::lower(at == std::string::npos ? "" : rcpt.substr(at + 1)), rd.verdict);
     }
-    metrics().recipient(role, to_string(rd.action));
+    metrics().recipient(role, rd.action);
     log(Level::info, "rcpt").kv("sid", sid_).kv("to", "<" + rcpt + ">").kv("action", to_string(rd.action))
         .kv("verdict", crypto::to_string(rd.verdict));
     if (rd.action == RcptAction::refused && !local_) {
@@ -182,7 +174,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
       if (d.sign) line.kv("signing", "signed").kv("key", d.key_id);
       else line.kv("signing", "not_signed").kv("reason", crypto::to_string(d.reason));
       if (d.sign) metrics().signed_with(d.key_id);
-      else metrics().not_signed(crypto::to_string(d.reason));
+      else metrics().not_signed(d.reason);
     } else if ((d.sign != decision_.sign || d.upstream_from != decision_.upstream_from) && !local_) {
       out += encode_replycode(bare(replies::separate_transaction()));
       metrics().answer(role, Metrics::Answer::tempfail);
@@ -197,7 +189,7 @@ void Handler::on_rcpt(const Envelope& e, std::string& out) {
 
 void Handler::on_header(const Header& h, std::string& out) {
   if (!in_message_) return tempfail(out);
-  if (iequals(h.name, kStatusHeader)) ++status_headers_;
+  if (text::iequals(h.name, kStatusHeader)) ++status_headers_;
   if (!(protocol_ & proto::nr_hdr)) out += encode_continue();
 }
 
@@ -241,7 +233,7 @@ void Handler::on_packet(const Packet& p, std::string& out) {
       const auto& v = kv_in.second;
       auto it = std::find_if(macros_.begin(), macros_.end(), [&k](const auto& kv) { return kv.first == k; });
       if (it != macros_.end()) it->second = v;
-      else if (macros_.size() < 64) macros_.emplace_back(k, v);
+      else if (macros_.size() < conf::fixed::max_milter_macros) macros_.emplace_back(k, v);
     }
     return;  // macros get no reply
   }

@@ -1,22 +1,15 @@
 // The policy service's connection: PolicyFramer + parse_policy_request + decide_policy per request
 // on the shared request loop (relay/postfix/request_connection.hpp).
-#include <ctime>
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/postfix/policy_service.hpp"
 #include "relay/postfix/request_connection.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::postfix {
 
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-  return out;
-}
 
 Metrics::Answer metric_answer(PolicyAnswer a) {
   switch (a) {
@@ -36,14 +29,14 @@ class PolicyConnection final : public RequestConnection {
   Step process(std::string_view in, std::string& out) override {
     Step st;
     const Runtime& rt = runtime();
-    const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+    const std::int64_t now = rt.clock.now();
     for (;;) {
       const std::string_view rest = in.substr(st.consumed);
       const PolicyFrame f = framer_.next(rest);
       if (f.status == PolicyFrame::Status::need_more) return st;
       if (f.status == PolicyFrame::Status::too_large) {
         st.close = true;
-        st.reason = "request_too_large";
+        st.reason = SessionEnd::request_too_large;
         st.detail = "no end of request within " + std::to_string(limits_.request_size) + " octets";
         return st;
       }
@@ -52,15 +45,15 @@ class PolicyConnection final : public RequestConnection {
       if (!p.ok()) {
         st.close = true;
         st.reason = p.error == PolicyError::attribute_too_long || p.error == PolicyError::too_many_attributes
-                        ? "request_too_large"
-                        : "protocol_error";
+                        ? SessionEnd::request_too_large
+                        : SessionEnd::protocol_error;
         st.detail = std::string(to_string(p.error)) + " at line " + std::to_string(p.line);
         return st;
       }
       const PolicyDecision d = decide_policy(rt.config, rt.keys, rt.prvs, p.request, now);
       if (!d.error.empty()) {
         st.close = true;
-        st.reason = "protocol_error";
+        st.reason = SessionEnd::protocol_error;
         st.detail = std::string(d.error);
         return st;
       }
@@ -80,11 +73,11 @@ class PolicyConnection final : public RequestConnection {
       return;
     }
     const auto at = d.recipient.rfind('@');
-    const std::string domain = lower(d.recipient.substr(at + 1));  // ours: the address has an '@'
+    const std::string domain = text::lower(d.recipient.substr(at + 1));  // ours: the address has an '@'
     // Bounce decisions are counted as the inbound proxy counts them; a normal sender's mail is the
     // socketmap's to strip, and only its refusal (bad_signature = "reject") is ours to count.
-    if (d.bounce) metrics().verdict(domain, crypto::to_string(rd.verdict));
-    if (d.bounce || rd.action == RcptAction::refused) metrics().recipient(conf::Role::policy, to_string(rd.action));
+    if (d.bounce) metrics().verdict(domain, rd.verdict);
+    if (d.bounce || rd.action == RcptAction::refused) metrics().recipient(conf::Role::policy, rd.action);
     const Level level = rd.action == RcptAction::refused ? Level::warning : Level::info;
     if (!log_enabled(level)) return;
     auto line = log(level, "policy");

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "conf/ascii.hpp"
+
 namespace batv::relay::postfix {
 
 std::string_view to_string(PolicyError e) {
@@ -61,8 +63,7 @@ std::optional<std::string_view> PolicyRequest::find(std::string_view name) const
 
 namespace {
 bool name_byte(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-         c == '-';
+  return text::is_alnum(c) || c == '_' || c == '.' || c == '-';
 }
 }  // namespace
 

@@ -1,6 +1,7 @@
 #include "relay/postfix/policy_service.hpp"
 
 #include "relay/replies.hpp"
+#include "conf/ascii.hpp"
 
 namespace batv::relay::postfix {
 
@@ -14,17 +15,6 @@ std::string_view to_string(PolicyAnswer a) {
 }
 
 namespace {
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
-    if (x != y) return false;
-  }
-  return true;
-}
-
 // relay/replies.hpp writes SMTP replies with their CRLF; a policy action is the text alone.
 std::string without_crlf(std::string reply) {
   while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.pop_back();
@@ -47,7 +37,7 @@ PolicyDecision decide_policy(const conf::Config& cfg, KeyringsRef keys,
     d.error = "missing_protocol_state";
     return d;
   }
-  if (!iequals(*state, "RCPT")) return d;
+  if (!text::iequals(*state, "RCPT")) return d;
   d.rcpt = true;
   const auto sender = request.find("sender");
   const auto recipient = request.find("recipient");

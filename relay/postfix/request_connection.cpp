@@ -3,16 +3,17 @@
 #include <algorithm>
 #include <cstring>
 
+#include "conf/limits.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
+#include "relay/spawn.hpp"
 
 namespace batv::relay::postfix {
 
 namespace {
-// Reads go into at least this much free space; the buffer starts at twice that and grows (up to
-// max_request + read_room) only for a request that does not fit. Postfix's requests are well
-// under 1 KiB, so a connection normally keeps its first 8 KiB.
-constexpr std::size_t read_room = 4096;
+// Reads go into at least conf::fixed::request_read_bytes of free space; the buffer starts at
+// twice that and grows (up to max_request + read_room) only for a request that does not fit.
+constexpr std::size_t read_room = conf::fixed::request_read_bytes;
 constexpr std::size_t initial_buffer = 2 * read_room;
 }  // namespace
 
@@ -39,11 +40,11 @@ awaitable<void> RequestConnection::run() {
   metrics().session_started(opt_.role);
   log(Level::info, "session_start").kv("sid", ctx_.id).kv("role", role).kv("peer", ctx_.peer);
   deadline_ = Clock::now() + opt_.idle;
-  asio::co_spawn(sock_.get_executor(), [self]() { return self->watchdog(); }, asio::detached);
+  asio::co_spawn(sock_.get_executor(), [self]() { return self->watchdog(); }, log_exceptions("request_watchdog"));
   try {
     co_await serve();
   } catch (const std::exception& e) {
-    end_ = "io_error";
+    end_ = SessionEnd::io_error;
     detail_ = e.what();
   }
   done_ = true;
@@ -52,10 +53,10 @@ awaitable<void> RequestConnection::run() {
   sock_.shutdown(asio::socket_base::shutdown_both, ignored);
   sock_.close(ignored);
   metrics().session_ended(opt_.role, end_);
-  auto line = log(end_ == "protocol_error" || end_ == "request_too_large" || end_ == "io_error" ? Level::warning
-                                                                                               : Level::info,
-                  "session_end");
-  line.kv("sid", ctx_.id).kv("role", role).kv("peer", ctx_.peer).kv("reason", end_).kv("requests", requests_);
+  const bool failed = end_ == SessionEnd::protocol_error || end_ == SessionEnd::request_too_large ||
+                      end_ == SessionEnd::io_error;
+  auto line = log(failed ? Level::warning : Level::info, "session_end");
+  line.kv("sid", ctx_.id).kv("role", role).kv("peer", ctx_.peer).kv("reason", to_string(end_)).kv("requests", requests_);
   if (!detail_.empty()) line.kv("error", detail_);
 }
 
@@ -89,7 +90,7 @@ awaitable<void> RequestConnection::serve() {
   };
   for (;;) {
     if (stop_requested_) {
-      end_ = "shutdown";
+      end_ = SessionEnd::shutdown;
       co_return;
     }
     const bool pending = tail_ > head_;
@@ -102,7 +103,7 @@ awaitable<void> RequestConnection::serve() {
       if (buf_.size() - tail_ < read_room && buf_.size() < cap)
         buf_.resize(std::min(cap, std::max(buf_.size() * 2, tail_ + read_room)));
       if (buf_.size() == tail_) {  // cannot happen: process() refuses what does not fit; be safe
-        end_ = "request_too_large";
+        end_ = SessionEnd::request_too_large;
         co_return;
       }
     }
@@ -110,11 +111,11 @@ awaitable<void> RequestConnection::serve() {
     auto [ec, n] = co_await sock_.async_read_some(asio::buffer(buf_.data() + tail_, buf_.size() - tail_),
                                                   asio::as_tuple(asio::use_awaitable));
     if (ec) {
-      if (timed_out_) end_ = "idle_timeout";
-      else if (stop_requested_) end_ = "shutdown";
-      else if (ec == asio::error::eof || ec == asio::error::connection_reset) end_ = "client_closed";
+      if (timed_out_) end_ = SessionEnd::idle_timeout;
+      else if (stop_requested_) end_ = SessionEnd::shutdown;
+      else if (ec == asio::error::eof || ec == asio::error::connection_reset) end_ = SessionEnd::client_closed;
       else {
-        end_ = "io_error";
+        end_ = SessionEnd::io_error;
         detail_ = ec.message();
       }
       co_return;
@@ -134,10 +135,10 @@ awaitable<void> RequestConnection::serve() {
       writing_ = false;
       out_.clear();
       if (wec) {
-        if (timed_out_) end_ = "idle_timeout";
-        else if (wec == asio::error::broken_pipe || wec == asio::error::connection_reset) end_ = "client_closed";
+        if (timed_out_) end_ = SessionEnd::idle_timeout;
+        else if (wec == asio::error::broken_pipe || wec == asio::error::connection_reset) end_ = SessionEnd::client_closed;
         else {
-          end_ = "io_error";
+          end_ = SessionEnd::io_error;
           detail_ = wec.message();
         }
         co_return;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "relay/connection.hpp"
+#include "relay/session_end.hpp"
 
 namespace batv::relay::postfix {
 
@@ -50,7 +51,7 @@ class RequestConnection : public Connection, public std::enable_shared_from_this
   struct Step {
     std::size_t consumed = 0;   // bytes of whole requests taken from the front
     bool close = false;         // end after writing `out`
-    std::string_view reason;    // when close: "request_too_large" or "protocol_error"
+    SessionEnd reason = SessionEnd::protocol_error;  // when close: request_too_large or protocol_error
     std::string detail;         // when close: what was wrong, for session_end
   };
   // Takes the whole requests at the front of `in`, appends their answers to `out`. `in` starts at
@@ -83,7 +84,7 @@ class RequestConnection : public Connection, public std::enable_shared_from_this
   std::vector<char> buf_;
   std::size_t head_ = 0, tail_ = 0;  // pending bytes are buf_[head_, tail_)
   std::string out_;
-  std::string_view end_ = "none";
+  SessionEnd end_ = SessionEnd::none;
   std::string detail_;
 };
 

@@ -1,6 +1,5 @@
 // The socketmap's connection: decode_netstring + decide_socketmap per query on the shared request
 // loop (relay/postfix/request_connection.hpp).
-#include <ctime>
 
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
@@ -32,13 +31,13 @@ class SocketmapConnection final : public RequestConnection {
   Step process(std::string_view in, std::string& out) override {
     Step st;
     const Runtime& rt = runtime();
-    const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+    const std::int64_t now = rt.clock.now();
     for (;;) {
       const NetstringResult r = decode_netstring(in.substr(st.consumed), conf::fixed::socketmap_max_query);
       if (r.status == NetstringResult::Status::need_more) return st;
       if (r.status == NetstringResult::Status::error) {
         st.close = true;
-        st.reason = r.error == NetstringError::too_long ? "request_too_large" : "protocol_error";
+        st.reason = r.error == NetstringError::too_long ? SessionEnd::request_too_large : SessionEnd::protocol_error;
         st.detail = "netstring " + std::string(to_string(r.error));
         return st;
       }

@@ -3,31 +3,22 @@
 #include <array>
 #include <utility>
 
+#include "conf/ascii.hpp"
+
 namespace batv::relay::smtp {
 
 namespace {
 
-constexpr bool is_alpha(unsigned char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-constexpr bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-constexpr bool is_alnum(unsigned char c) { return is_alpha(c) || is_digit(c); }
-constexpr bool is_hex(unsigned char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-constexpr bool is_upper_hex(unsigned char c) { return is_digit(c) || (c >= 'A' && c <= 'F'); }
+using text::iequals;
+using text::is_alnum;
+using text::is_digit;
+using text::istarts_with;
+using text::is_xdigit;
+constexpr bool is_upper_hex(unsigned char c) { return is_digit(static_cast<char>(c)) || (c >= 'A' && c <= 'F'); }
 constexpr bool is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
 constexpr bool is_8bit(unsigned char c) { return c >= 0x80; }
-constexpr unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? static_cast<unsigned char>(c + 32) : c; }
 
 unsigned char at(std::string_view s, std::size_t i) { return static_cast<unsigned char>(s[i]); }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(at(a, i)) != lower(at(b, i))) return false;
-  return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
 
 std::string_view trim_spaces(std::string_view s) {
   while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
@@ -145,7 +136,7 @@ bool valid_label(std::string_view l) {
     if (is_8bit(c)) ascii = false;
     else if (!is_alnum(c) && c != '-') return false;
   }
-  return !ascii || l.size() <= 63;
+  return !ascii || l.size() <= conf::fixed::max_label_length;
 }
 
 bool valid_domain_name(std::string_view d) {
@@ -171,7 +162,7 @@ bool valid_ipv4(std::string_view s) {
     if (p.empty() || p.size() > 3) return false;
     int v = 0;
     for (const char ch : p) {
-      if (!is_digit(static_cast<unsigned char>(ch))) return false;
+      if (!is_digit(ch)) return false;
       v = v * 10 + (ch - '0');
     }
     if (v > 255) return false;
@@ -199,7 +190,7 @@ bool count_ipv6_groups(std::string_view s, bool allow_v4, int& groups) {
     }
     if (g.empty() || g.size() > 4) return false;
     for (const char ch : g)
-      if (!is_hex(static_cast<unsigned char>(ch))) return false;
+      if (!is_xdigit(ch)) return false;
     ++groups;
     if (last) return true;
     start = colon + 1;
@@ -272,7 +263,7 @@ PathError parse_params(std::string_view text, std::vector<Param>& out) {
     }
     for (const Param& q : out)
       if (iequals(q.keyword, p.keyword)) return PathError::duplicate_param;  // RFC 1869 6
-    if (out.size() >= max_params) return PathError::bad_param;
+    if (out.size() >= conf::fixed::max_esmtp_params) return PathError::bad_param;
     out.push_back(p);
     i = end;
     while (i < text.size() && text[i] == ' ') ++i;
@@ -347,11 +338,11 @@ PathResult parse_path_command(std::string_view args, std::string_view prefix, bo
     const std::string_view local = has_domain ? mailbox.substr(0, at_pos) : mailbox;
     const std::string_view domain = has_domain ? mailbox.substr(at_pos + 1) : std::string_view();
 
-    if (local.size() > max_local_part) return fail(PathError::local_part_too_long);  // 4.5.3.1.1
-    if (domain.size() > max_domain) return fail(PathError::domain_too_long);         // 4.5.3.1.2
+    if (local.size() > conf::fixed::max_local_part_length) return fail(PathError::local_part_too_long);
+    if (domain.size() > conf::fixed::max_domain_length) return fail(PathError::domain_too_long);
     for (const std::string_view d : route)
-      if (d.size() > max_domain) return fail(PathError::domain_too_long);
-    if (close + 1 > max_path) return fail(PathError::address_too_long);  // 4.5.3.1.3, brackets included
+      if (d.size() > conf::fixed::max_domain_length) return fail(PathError::domain_too_long);
+    if (close + 1 > conf::fixed::max_path_length) return fail(PathError::address_too_long);  // brackets included
 
     for (const std::string_view d : route)
       if (!valid_domain(d)) return fail(PathError::bad_domain);

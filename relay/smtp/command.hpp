@@ -10,8 +10,9 @@
 //   - parse_bdat reads the arguments of BDAT (RFC 3030 2).
 // Lifetimes: every std::string_view in a result (Command::args, Param, Path::params_text) points
 // into the caller's input, which must outlive the result. Path::address is an owned copy.
-// Limits: the fixed RFC 5321 4.5.3.1 sizes below plus max_params; line length itself is bounded by
-// the reader (limits.line_length) before these functions see a line.
+// Limits: the fixed RFC 5321 4.5.3.1 sizes of conf::fixed (max_local_part_length, max_domain_length,
+// max_path_length) plus max_esmtp_params, in octets, not characters (RFC 6531 3.3 keeps octets);
+// line length itself is bounded by the reader (limits.line_length) before these functions see a line.
 #pragma once
 
 #include <cstddef>
@@ -21,15 +22,9 @@
 #include <string_view>
 #include <vector>
 
-namespace batv::relay::smtp {
+#include "conf/limits.hpp"
 
-// RFC 5321 4.5.3.1.1 / 4.5.3.1.2 / 4.5.3.1.3. Octets, not characters (RFC 6531 3.3 keeps octets).
-inline constexpr std::size_t max_local_part = 64;
-inline constexpr std::size_t max_domain = 255;
-inline constexpr std::size_t max_path = 256;  // "<" ... ">" included
-// Most esmtp-params accepted on one MAIL or RCPT. RFC 5321 sets no bound; the extensions we know
-// use at most 5 on one command (SIZE BODY SMTPUTF8 RET ENVID). Bounds work and memory per command.
-inline constexpr std::size_t max_params = 32;
+namespace batv::relay::smtp {
 
 // --- Command line (RFC 5321 4.1.1) ----------------------------------------------------------------
 
@@ -67,13 +62,13 @@ enum class PathError {
   none,
   syntax,               // not "FROM:"/"TO:", junk after ">", control character, no "@" in the mailbox
   missing_brackets,     // no "<" or no closing ">"
-  address_too_long,     // the path with its brackets over max_path octets
-  local_part_too_long,  // over max_local_part octets (quotes included)
-  domain_too_long,      // over max_domain octets
+  address_too_long,     // the path with its brackets over fixed::max_path_length octets
+  local_part_too_long,  // over fixed::max_local_part_length octets (quotes included)
+  domain_too_long,      // over fixed::max_domain_length (253) octets, also in a source route
   bad_local_part,       // not a Dot-string or Quoted-string, or invalid UTF-8
   bad_domain,           // not a Domain or address-literal (also in a source route), or invalid UTF-8
   null_not_allowed,     // RCPT TO:<>
-  bad_param,            // esmtp-param syntax, or more than max_params
+  bad_param,            // esmtp-param syntax, or more than fixed::max_esmtp_params
   duplicate_param,      // a keyword given twice (case-insensitive), RFC 1869 6
 };
 std::string_view to_string(PathError e);  // short snake_case name, e.g. "bad_domain"

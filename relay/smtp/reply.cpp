@@ -2,18 +2,13 @@
 
 #include <algorithm>
 
+#include "conf/ascii.hpp"
+
 namespace batv::relay::smtp {
 
 namespace {
 
-constexpr bool is_digit(char c) { return c >= '0' && c <= '9'; }
-constexpr char upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 32) : c; }
-
-std::string to_upper(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = upper(c);
-  return out;
-}
+using text::is_digit;
 
 // Splits at runs of spaces (sanitised text: tabs are already '?').
 std::vector<std::string_view> words(std::string_view s) {
@@ -132,7 +127,7 @@ Capabilities parse_ehlo(const Reply& r) {
   for (std::size_t n = 1; n < r.lines.size(); ++n) {  // lines[0] is the greeting
     const std::vector<std::string_view> w = words(r.lines[n]);
     if (w.empty()) continue;
-    std::string kw = to_upper(w[0]);
+    std::string kw = text::upper(w[0]);
     std::vector<std::string_view> args(w.begin() + 1, w.end());
     // "AUTH=PLAIN LOGIN": the pre-RFC 4954 form some servers still add (Postfix
     // broken_sasl_auth_clients); its first mechanism is glued to the keyword.
@@ -164,10 +159,10 @@ Capabilities parse_ehlo(const Reply& r) {
         if (!overflow && v > 0) caps.size = v;
       }
     } else if (kw == "AUTH") {
-      for (const auto a : args) add_unique(caps.auth, to_upper(a));
+      for (const auto a : args) add_unique(caps.auth, text::upper(a));
     } else if (kw == "XCLIENT") {
       caps.xclient = true;
-      for (const auto a : args) add_unique(caps.xclient_attrs, to_upper(a));
+      for (const auto a : args) add_unique(caps.xclient_attrs, text::upper(a));
     }
   }
   return caps;

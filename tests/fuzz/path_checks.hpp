@@ -16,6 +16,7 @@
 namespace fuzz {
 
 using namespace batv::relay::smtp;
+namespace fixed = batv::conf::fixed;
 
 inline bool inside(std::string_view part, std::string_view whole) {
   return part.empty() ||
@@ -68,7 +69,7 @@ inline void check_path(std::string_view in, const PathResult& r, bool rcpt) {
   const Path& p = *r.path;
   if (rcpt && p.null_path) std::abort();
   if (p.null_path != p.address.empty()) std::abort();
-  if (p.address.size() + 2 > max_path) std::abort();
+  if (p.address.size() + 2 > fixed::max_path_length) std::abort();
   bool high = false;
   for (const char ch : p.address) {
     const auto c = static_cast<unsigned char>(ch);
@@ -78,7 +79,7 @@ inline void check_path(std::string_view in, const PathResult& r, bool rcpt) {
   if (high != p.non_ascii) std::abort();
   if (!inside(p.params_text, in)) std::abort();
   if (!p.params_text.empty() && (p.params_text.front() == ' ' || p.params_text.back() == ' ')) std::abort();
-  if (p.params.size() > max_params) std::abort();
+  if (p.params.size() > fixed::max_esmtp_params) std::abort();
   for (std::size_t i = 0; i < p.params.size(); ++i) {
     const Param& a = p.params[i];
     if (a.keyword.empty() || !inside(a.keyword, p.params_text)) std::abort();
@@ -102,7 +103,8 @@ inline void check_path(std::string_view in, const PathResult& r, bool rcpt) {
     if (!rcpt || !iequal(p.address, "postmaster")) std::abort();
     return;
   }
-  if (at == 0 || at > max_local_part || p.address.size() - at - 1 > max_domain || at + 1 == p.address.size())
+  if (at == 0 || at > fixed::max_local_part_length || p.address.size() - at - 1 > fixed::max_domain_length ||
+      at + 1 == p.address.size())
     std::abort();
   // A mailbox is a mailbox in both commands.
   if (!reparse(!rcpt, text, p.address).ok()) std::abort();

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <string>
 
+#include "crypto/prvs.hpp"
 #include "relay/connection.hpp"
 #include "relay/postfix/netstring.hpp"
 #include "relay/postfix/policy_service.hpp"
@@ -39,13 +40,14 @@ struct Harness {
   std::shared_ptr<Connection> conn;
   bool finished = false;
 
-  Harness(std::string_view role, const std::string& timeouts = "") {
+  Harness(std::string_view role, const std::string& timeouts = "") : Harness(role, runtime_for(role, timeouts)) {}
+  Harness(std::string_view role, std::shared_ptr<const Runtime> rt) {
     int fds[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
     mta.assign(asio::local::stream_protocol(), fds[0]);
     LocalSocket side(io, asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), fds[1]);
     ConnContext ctx;
-    ctx.runtime = runtime_for(role, timeouts);
+    ctx.runtime = std::move(rt);
     ctx.id = "test";
     ctx.peer = "unix:test";
     conn = role == "policy" ? postfix::make_policy_connection(std::move(side), std::move(ctx))
@@ -154,4 +156,41 @@ TEST_CASE("policy connection: the idle timeout closes without an answer; a reque
   const auto took = std::chrono::steady_clock::now() - t0;
   CHECK(took >= 2500ms);  // 3 x 0.5 s, then the 1 s idle timeout
   CHECK(took < 4000ms);
+}
+
+TEST_CASE("policy connection: the prvs day is the runtime's clock (Runtime::clock), not the system's") {
+  // A bounce to a tag made at T1: valid on T1, expired 30 days later, as the clock the runtime
+  // carries says; the system clock (2026 and on) would call it expired in both.
+  const std::string text =
+      "key_file = \"k\"\n[domains]\nsign = [\"example.com\"]\nverify = [\"example.com\"]\n[[listener]]\nrole = \"policy\"\n"
+      "listen = \"127.0.0.1:0\"\n";
+  const auto tag = crypto::sign(test::spec_ring(), "user@example.com", test::T1);
+  REQUIRE(tag.tagged);
+  const std::string request = "request=smtpd_access_policy\nprotocol_state=RCPT\nsender=\nrecipient=" +
+                              *tag.tagged + "\n\n";
+  struct Row {
+    std::int64_t now;
+    std::string answer;
+  };
+  const Row rows[] = {
+      {test::T1, "action=DUNNO\n\n"},
+      {test::T1 + 6 * 86400, "action=DUNNO\n\n"},
+      {test::T1 + 30 * 86400, "action=550 5.7.1 bounce refused: tag expired\n\n"},
+  };
+  for (const Row& r : rows) {
+    CAPTURE(r.now);
+    auto loaded = conf::load_config_string(text, "t.toml", "");
+    REQUIRE_MESSAGE(loaded.config.has_value(), (loaded.errors.empty() ? "" : conf::format(loaded.errors[0])));
+    const crypto::PrvsParams params = prvs_params(*loaded.config);
+    Runtime rt{std::move(*loaded.config), test::spec_ring(), params, "relay.test", {}, {}};
+    int reads = 0;
+    rt.clock.source = [now = r.now, &reads] {
+      ++reads;
+      return now;
+    };
+    Harness h("policy", std::make_shared<const Runtime>(std::move(rt)));
+    h.write(request);
+    CHECK(h.read(r.answer.size()) == r.answer);
+    CHECK(reads > 0);
+  }
 }

@@ -9,9 +9,11 @@
 #include <string_view>
 #include <vector>
 
+#include "conf/limits.hpp"
 #include "relay/smtp/command.hpp"
 
 using namespace batv::relay::smtp;
+namespace fixed = batv::conf::fixed;
 
 namespace {
 
@@ -213,7 +215,8 @@ TEST_CASE("parse_mail_from / parse_rcpt_to: every PathError") {
       {false, "FROM:<a@" + domain_of(256) + ">", PathError::domain_too_long},
       {true, "TO:<a@" + domain_of(300) + ">", PathError::domain_too_long},
       {false, "FROM:<@" + domain_of(256) + ":a@b>", PathError::domain_too_long},
-      {false, "FROM:<a@" + domain_of(255) + ">", PathError::address_too_long},  // 255 is fine, 260 is not
+      {false, "FROM:<a@" + domain_of(255) + ">", PathError::domain_too_long},   // over 253 (RFC 1035 text form)
+      {false, "FROM:<a@" + domain_of(253) + ">", PathError::address_too_long},  // 253 is fine, 258 is not
       {true, "TO:<@" + domain_of(120) + ":a@" + domain_of(120) + ">", PathError::none},
       // null_not_allowed
       {true, "TO:<>", PathError::null_not_allowed},
@@ -253,9 +256,17 @@ TEST_CASE("path length limits at the boundary (RFC 5321 4.5.3.1)") {
   CHECK(parse_rcpt_to("TO:" + p256).ok());
   CHECK(parse_mail_from("FROM:" + p257).error == PathError::address_too_long);
   CHECK(parse_rcpt_to("TO:" + p257).error == PathError::address_too_long);
-  // Domain: 255 octets is within its own limit (the path then is 260: address_too_long), 256 not.
-  REQUIRE(domain_of(255).size() == 255);
-  CHECK(parse_mail_from("FROM:<a@" + domain_of(255) + ">").error == PathError::address_too_long);
+  // Domain: 253 octets, the most a name has in text form (conf::fixed::max_domain_length: RFC
+  // 1035's 255 counts the length octets), is within its own limit (the path then is 258:
+  // address_too_long); 254 is not, in the mailbox and in a source route alike.
+  REQUIRE(fixed::max_domain_length == 253);
+  REQUIRE(domain_of(253).size() == 253);
+  REQUIRE(domain_of(254).size() == 254);
+  CHECK(parse_mail_from("FROM:<a@" + domain_of(253) + ">").error == PathError::address_too_long);
+  CHECK(parse_mail_from("FROM:<a@" + domain_of(254) + ">").error == PathError::domain_too_long);
+  CHECK(parse_rcpt_to("TO:<a@" + domain_of(254) + ">").error == PathError::domain_too_long);
+  CHECK(parse_mail_from("FROM:<@" + domain_of(253) + ":a@b>").error == PathError::address_too_long);
+  CHECK(parse_mail_from("FROM:<@" + domain_of(254) + ":a@b>").error == PathError::domain_too_long);
   CHECK(parse_mail_from("FROM:<a@" + domain_of(256) + ">").error == PathError::domain_too_long);
   // A source route counts towards the path: 256 accepted, 257 rejected.
   CHECK(parse_mail_from("FROM:<@" + domain_of(249) + ":a@b>").ok());
@@ -331,9 +342,9 @@ TEST_CASE("params: parsed in order, views as sent, params_text preserved exactly
   CHECK_FALSE(lc.path->params[2].value.has_value());
 }
 
-TEST_CASE("params: at most max_params") {
+TEST_CASE("params: at most fixed::max_esmtp_params") {
   std::string args = "FROM:<a@b>";
-  for (std::size_t i = 0; i < max_params; ++i) args += " P" + std::to_string(i);
+  for (std::size_t i = 0; i < fixed::max_esmtp_params; ++i) args += " P" + std::to_string(i);
   CHECK(parse_mail_from(args).ok());
   args += " ONEMORE";
   CHECK(parse_mail_from(args).error == PathError::bad_param);
