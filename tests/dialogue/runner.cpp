@@ -31,6 +31,8 @@
 //   hop: close   the next hop closes its current connection
 //   hops: N      the relay has opened exactly N next-hop connections so far
 //   stop         Session::stop() (what SIGTERM does after the grace period)
+//   tls          the client's TLS handshake (after "S: 220 2.0.0 Ready to start TLS"); every
+//                client step after it goes through TLS
 //   eof          the client shuts down its sending side (the session reads end of stream)
 //   closed       the relay closes the client connection: end of stream, no byte unread before it
 //   end: NAME    the session has ended, with SessionEnd NAME (relay/session_end.hpp to_string):
@@ -91,6 +93,7 @@
 #include <vector>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ssl.hpp>
 
 #include "crypto/prvs.hpp"
 #include "relay/log.hpp"
@@ -121,7 +124,7 @@ bool tracing() { return std::getenv("BATV_DIALOGUE_TRACE") != nullptr; }
 
 enum class Kind {
   client_line, client_raw, expect_reply, expect_reply_re, hop_line, hop_line_re, hop_raw, hop_reply,
-  hop_close, hops, stop, eof, closed, end
+  hop_close, hops, stop, tls, eof, closed, end
 };
 
 struct Step {
@@ -225,6 +228,7 @@ std::vector<Dialogue> parse_file(const std::filesystem::path& path) {
     else if (line.rfind("hops: ", 0) == 0) add(Kind::hops, trim(line.substr(6)));
     else if (line == "stop") add(Kind::stop, "");
     else if (line == "eof") add(Kind::eof, "");
+    else if (line == "tls") add(Kind::tls, "");
     else if (line == "closed") add(Kind::closed, "");
     else if (line.rfind("end: ", 0) == 0) add(Kind::end, trim(line.substr(5)));
     else if (const auto eq = line.find('='); eq != std::string::npos && d.steps.empty()) {
@@ -457,16 +461,6 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A next-hop connection: greeted and its EHLO answered by the runner, then the script's.
-struct Hop {
-  explicit Hop(tcp::socket s) : sock(std::move(s)) {}
-  tcp::socket sock;
-  std::string buf;
-  bool eof = false;
-  bool ready = false;   // greeting and EHLO done: the script takes over
-  bool closed_by_script = false;
-};
-
 // A signal on one executor: waiters re-check their condition each time it fires.
 class Signal {
  public:
@@ -485,7 +479,8 @@ class Signal {
 };
 
 // Reads more bytes into buf: false at the deadline; eof set at end of stream or an error.
-awaitable<bool> read_more(tcp::socket& s, std::string& buf, bool& eof, Clock::time_point deadline) {
+template <class AsyncStream>
+awaitable<bool> read_more(AsyncStream& s, std::string& buf, bool& eof, Clock::time_point deadline) {
   using namespace asio::experimental::awaitable_operators;
   char tmp[16384];
   asio::steady_timer timer(s.get_executor());
@@ -500,6 +495,33 @@ awaitable<bool> read_more(tcp::socket& s, std::string& buf, bool& eof, Clock::ti
   buf.append(tmp, n);
   co_return true;
 }
+
+// One end of a connection the runner holds: the client's, or the next hop's. The client's may
+// switch to TLS (the `tls` step); what it reads then is the decrypted stream.
+struct Conn {
+  explicit Conn(tcp::socket s) : sock(std::move(s)) {}
+  tcp::socket sock;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls;
+  std::string buf;  // received, not yet read by a step
+  bool eof = false;
+  awaitable<bool> more(Clock::time_point deadline) {
+    if (tls) return read_more(*tls, buf, eof, deadline);
+    return read_more(sock, buf, eof, deadline);
+  }
+  awaitable<void> write(const std::string& data) {
+    // A write the relay no longer reads (it closed) is not an error of the dialogue: the steps
+    // after it say what the peer sees.
+    if (tls) co_await asio::async_write(*tls, asio::buffer(data), use_tuple);
+    else co_await asio::async_write(sock, asio::buffer(data), use_tuple);
+  }
+};
+
+// A next-hop connection: greeted and its EHLO answered by the runner, then the script's.
+struct Hop : Conn {
+  using Conn::Conn;
+  bool ready = false;   // greeting and EHLO done: the script takes over
+  bool closed_by_script = false;
+};
 
 std::string printable(std::string_view s) {
   std::string out;
@@ -577,7 +599,7 @@ class Run {
     boost::system::error_code ignored;
     listen_.close(ignored);
     hop_acceptor_.close(ignored);
-    client_.close(ignored);
+    client_.sock.close(ignored);
     for (auto& h : hops_) h->sock.close(ignored);
     if (session_ && !session_done_) session_->stop();
   }
@@ -601,7 +623,7 @@ class Run {
       std::string line;
       const auto deadline = Clock::now() + kStepCap;
       while (!hop->eof && hop->buf.find('\n') == std::string::npos)
-        if (!co_await read_more(hop->sock, hop->buf, hop->eof, deadline)) break;
+        if (!co_await hop->more(deadline)) break;
       const std::size_t nl = hop->buf.find('\n');
       if (nl == std::string::npos) {
         fail("the next hop got no EHLO after its greeting");
@@ -617,9 +639,9 @@ class Run {
   }
 
   awaitable<void> start_session() {
-    co_await client_.async_connect(listen_.local_endpoint(), asio::use_awaitable);
+    co_await client_.sock.async_connect(listen_.local_endpoint(), asio::use_awaitable);
     tcp::socket accepted = co_await listen_.async_accept(asio::use_awaitable);
-    client_.set_option(tcp::no_delay(true));
+    client_.sock.set_option(tcp::no_delay(true));
     accepted.set_option(tcp::no_delay(true));
     const auto remote = accepted.remote_endpoint();
     relay::SessionContext ctx;
@@ -657,24 +679,24 @@ class Run {
     co_return current_hop();
   }
 
-  // The next CRLF-terminated line from sock (CRLF removed).
-  awaitable<std::string> next_line(tcp::socket& sock, std::string& buf, bool& eof, const Step& s, const char* who) {
+  // The next CRLF-terminated line from c (CRLF removed).
+  awaitable<std::string> next_line(Conn& c, const Step& s, const char* who) {
     const auto deadline = Clock::now() + kStepCap;
     for (;;) {
-      const std::size_t nl = buf.find('\n');
+      const std::size_t nl = c.buf.find('\n');
       if (nl != std::string::npos) {
-        std::string line = buf.substr(0, nl + 1);
-        buf.erase(0, nl + 1);
+        std::string line = c.buf.substr(0, nl + 1);
+        c.buf.erase(0, nl + 1);
         if (line.size() < 2 || line[line.size() - 2] != '\r')
           throw Failure(at(s) + who + " got a line without CRLF: " + printable(line));
         line.resize(line.size() - 2);
         co_return line;
       }
-      if (eof) throw Failure(at(s) + who + " got end of stream" + (buf.empty() ? "" : " after " + printable(buf)) +
-                             ", expected: " + s.text);
-      if (!co_await read_more(sock, buf, eof, deadline))
+      if (c.eof) throw Failure(at(s) + who + " got end of stream" + (c.buf.empty() ? "" : " after " + printable(c.buf)) +
+                               ", expected: " + s.text);
+      if (!co_await c.more(deadline))
         throw Failure(at(s) + who + " waited " + std::to_string(kStepCap.count()) + " s in vain" +
-                      (buf.empty() ? "" : " (got " + printable(buf) + ")") + ", expected: " + s.text);
+                      (c.buf.empty() ? "" : " (got " + printable(c.buf) + ")") + ", expected: " + s.text);
     }
   }
 
@@ -700,23 +722,21 @@ class Run {
           const bool more = i + 1 < d_.steps.size() &&
                             (d_.steps[i + 1].kind == Kind::client_line || d_.steps[i + 1].kind == Kind::client_raw);
           if (!more) {
-            // A write the relay no longer reads (it closed) is not an error of the dialogue:
-            // the steps after it say what the client sees.
-            co_await asio::async_write(client_, asio::buffer(batch), use_tuple);
+            co_await client_.write(batch);
             batch.clear();
           }
           break;
         }
         case Kind::expect_reply:
         case Kind::expect_reply_re: {
-          const std::string got = co_await next_line(client_, client_buf_, client_eof_, s, "client");
+          const std::string got = co_await next_line(client_, s, "client");
           match(s, got, s.kind == Kind::expect_reply_re, "client");
           break;
         }
         case Kind::hop_line:
         case Kind::hop_line_re: {
           auto hop = co_await wait_hop(s);
-          const std::string got = co_await next_line(hop->sock, hop->buf, hop->eof, s, "next hop");
+          const std::string got = co_await next_line(*hop, s, "next hop");
           match(s, got, s.kind == Kind::hop_line_re, "next hop");
           break;
         }
@@ -724,7 +744,7 @@ class Run {
           auto hop = co_await wait_hop(s);
           const auto deadline = Clock::now() + kStepCap;
           while (hop->buf.size() < s.text.size() && !hop->eof)
-            if (!co_await read_more(hop->sock, hop->buf, hop->eof, deadline)) break;
+            if (!co_await hop->more(deadline)) break;
           const std::string got = hop->buf.substr(0, s.text.size());
           hop->buf.erase(0, got.size());
           if (got != s.text)
@@ -734,7 +754,7 @@ class Run {
         case Kind::hop_reply: {
           auto hop = co_await wait_hop(s);
           const std::string text = expand_tags(s.text, *rt_) + "\r\n";
-          co_await asio::async_write(hop->sock, asio::buffer(text), use_tuple);
+          co_await hop->write(text);
           break;
         }
         case Kind::hop_close: {
@@ -752,17 +772,33 @@ class Run {
           if (!session_) throw Failure(at(s) + "stop: the session has ended already");
           session_->stop();
           break;
+        case Kind::tls: {
+          // The client's side of STARTTLS: a handshake over the client connection (any
+          // certificate: the relay's is made up in memory).
+          using namespace asio::experimental::awaitable_operators;
+          static asio::ssl::context client_ctx(asio::ssl::context::tls_client);
+          client_.tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(client_.sock, client_ctx);
+          client_.tls->set_verify_mode(asio::ssl::verify_none);
+          if (!client_.buf.empty()) throw Failure(at(s) + "the client got bytes before its TLS handshake: " + printable(client_.buf));
+          asio::steady_timer timer(io_);
+          timer.expires_after(kStepCap);
+          auto r = co_await (client_.tls->async_handshake(asio::ssl::stream_base::client, use_tuple) ||
+                             timer.async_wait(use_tuple));
+          if (r.index() == 1) throw Failure(at(s) + "the TLS handshake timed out");
+          if (auto [ec] = std::get<0>(r); ec) throw Failure(at(s) + "the TLS handshake failed: " + ec.message());
+          break;
+        }
         case Kind::eof: {
           boost::system::error_code ignored;
-          client_.shutdown(tcp::socket::shutdown_send, ignored);
+          client_.sock.shutdown(tcp::socket::shutdown_send, ignored);
           break;
         }
         case Kind::closed: {
           const auto deadline = Clock::now() + kStepCap;
-          while (!client_eof_ && client_buf_.empty())
-            if (!co_await read_more(client_, client_buf_, client_eof_, deadline))
+          while (!client_.eof && client_.buf.empty())
+            if (!co_await client_.more(deadline))
               throw Failure(at(s) + "the relay did not close the client connection");
-          if (!client_buf_.empty()) throw Failure(at(s) + "the client got more before the close: " + printable(client_buf_));
+          if (!client_.buf.empty()) throw Failure(at(s) + "the client got more before the close: " + printable(client_.buf));
           break;
         }
         case Kind::end: {
@@ -788,17 +824,17 @@ class Run {
   // next-hop connection's up to its close by the relay.
   awaitable<void> check_the_rest() {
     const auto deadline = Clock::now() + kStepCap;
-    while (!client_eof_)
-      if (!co_await read_more(client_, client_buf_, client_eof_, deadline)) {
+    while (!client_.eof)
+      if (!co_await client_.more(deadline)) {
         fail("the relay did not close the client connection after the session");
         break;
       }
-    if (!client_buf_.empty()) fail(d_.file + ": the client got more than the script reads: " + printable(client_buf_));
+    if (!client_.buf.empty()) fail(d_.file + ": the client got more than the script reads: " + printable(client_.buf));
     for (std::size_t i = 0; i < hops_.size(); ++i) {
       Hop& h = *hops_[i];
       if (h.closed_by_script) continue;
       while (!h.eof)
-        if (!co_await read_more(h.sock, h.buf, h.eof, deadline)) {
+        if (!co_await h.more(deadline)) {
           fail("the relay did not close next-hop connection " + std::to_string(i + 1));
           break;
         }
@@ -812,9 +848,7 @@ class Run {
   asio::io_context io_{1};
   tcp::acceptor listen_{io_};
   tcp::acceptor hop_acceptor_{io_};
-  tcp::socket client_{io_};
-  std::string client_buf_;
-  bool client_eof_ = false;
+  Conn client_{tcp::socket(io_)};
   std::vector<std::shared_ptr<Hop>> hops_;
   std::shared_ptr<const relay::Runtime> rt_;
   std::shared_ptr<relay::Session> session_;
