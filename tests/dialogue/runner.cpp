@@ -68,6 +68,9 @@
 //   message_size, line_length                                     [conf/limits.hpp defaults]
 //   idle_timeout, command_timeout, data_timeout, session_timeout, upstream_reply_timeout
 //                        seconds                                  [10; 1 is the smallest allowed]
+//   expect_failure       the runner's own tests (runner_selftest.dlg): the dialogue must FAIL,
+//                        with this text in the failure message
+
 // Domains: sign and verify example.com; signing key 1 "dialogue-signing-key"; hostname relay.test.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -177,7 +180,8 @@ const std::vector<std::string>& header_keys() {
       "role", "upstream_connect", "next_hop", "next_hop_greeting", "next_hop_ehlo", "cached_caps", "starttls",
       "require_tls", "needs_auth", "plaintext_auth_loopback", "admission", "inbound_mode", "bad_signature", "vrfy",
       "errors_per_session", "commands_before_mail", "invalid_recipients", "recipients_per_message", "message_size",
-      "line_length", "idle_timeout", "command_timeout", "data_timeout", "session_timeout", "upstream_reply_timeout"};
+      "line_length", "idle_timeout", "command_timeout", "data_timeout", "session_timeout", "upstream_reply_timeout",
+      "expect_failure"};
   return keys;
 }
 
@@ -893,7 +897,14 @@ TEST_CASE("dialogues") {
         } catch (const std::exception& e) {
           failures = e.what();
         }
-        CHECK_MESSAGE(failures.empty(), name << " (" << d.file << ":" << d.line << "):\n" << failures);
+        if (const auto it = d.header.find("expect_failure"); it != d.header.end()) {
+          // The runner's own test (runner_selftest.dlg): this dialogue is wrong on purpose.
+          CHECK_MESSAGE(failures.find(it->second) != std::string::npos,
+                        name << " (" << d.file << ":" << d.line << ") should fail with \"" << it->second
+                             << "\", got:\n" << (failures.empty() ? "(no failure)" : failures));
+        } else {
+          CHECK_MESSAGE(failures.empty(), name << " (" << d.file << ":" << d.line << "):\n" << failures);
+        }
       }
     }
   }
