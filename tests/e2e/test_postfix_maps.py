@@ -39,9 +39,9 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (DAY, HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream,  # noqa: E402
-                     expected_tag, scaled, tmpdir, wait_until)
+from harness import DAY, HOST, expected_tag, scaled, wait_until  # noqa: E402
 from postfix import PostfixInstance  # noqa: E402
 
 RELAY = KEYS = None
@@ -142,25 +142,19 @@ class Peer:
         self.s.close()
 
 
-class MapsTest(RelayLogMixin, unittest.TestCase):
+class MapsTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-maps-"
+    TMP_MODE = 0o755
+    RELAY_KW = {"sign_domains": ("example.com", "example.org")}
+
     def setUp(self):
-        self._dir = tmpdir("batv-maps-")
-        self.dir = self._dir.name
-        os.chmod(self.dir, 0o755)
-        self.addCleanup(self._dir.cleanup)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.pfconf = os.path.join(self.dir, "postfix")
         os.mkdir(self.pfconf)
         with open(os.path.join(self.pfconf, "main.cf"), "w") as f:
             # maillog_file: one of the default maillog_file_prefixes; postmap writes its warnings and
             # fatal errors to stderr as well, which the lookups below require to stay empty.
             f.write("compatibility_level = 3.6\nmaillog_file = /dev/stdout\n")
-
-    def relay(self, listeners, timeouts=None, inbound=None, extra_toml="", **kw):
-        r = Relay(RELAY, self.dir, self.keys, listeners=listeners, timeouts=timeouts, inbound=inbound,
-                  sign_domains=("example.com", "example.org"), extra_toml=extra_toml, **kw)
-        self.watch_relay(r)
-        return r
 
     def peer(self, where, timeout=10.0):
         p = Peer(where, timeout)
@@ -469,21 +463,17 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
 
 
 @unittest.skipUnless(os.geteuid() == 0, "a private Postfix needs root")
-class ThroughPostfixTest(RelayLogMixin, unittest.TestCase):
+class ThroughPostfixTest(cases.RelayTestCase):
     """A Postfix MX for example.com (relay_domains, recipients listed in relay_recipient_maps,
     so an unknown one is refused) in front of a ScriptedUpstream, with both roles on TCP."""
 
+    TMP_PREFIX = "batv-maps-pf-"
+    TMP_MODE = 0o755
+
     def setUp(self):
-        self._dir = tmpdir("batv-maps-pf-")
-        self.dir = self._dir.name
-        os.chmod(self.dir, 0o755)
-        self.addCleanup(self._dir.cleanup)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self.relay = Relay(RELAY, self.dir, self.keys, listeners=[{"role": "policy"}, {"role": "socketmap"}],
-                           sign_domains=("example.com",))
-        self.watch_relay(self.relay)
-        self.up = ScriptedUpstream()
-        self.addCleanup(self.up.close)
+        super().setUp()
+        self.relay = self.start_relay([{"role": "policy"}, {"role": "socketmap"}])
+        self.up = self.upstream()
         policy = "inet:127.0.0.1:%d" % self.relay.port(0)
         smap = "socketmap:inet:127.0.0.1:%d:strip" % self.relay.port(1)
         self.pf = PostfixInstance(workdir=self.dir, relay_port=self.up.port, main_cf_extra={
