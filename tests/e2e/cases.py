@@ -29,7 +29,8 @@ the test fails half way, in reverse order):
 Class attributes are the per-file defaults: HELO (the EHLO name), LISTENER (keys of listener 0,
 e.g. {"role": "inbound"}), RELAY_KW (Relay() arguments, e.g. verify_domains), TIMEOUTS (merged
 under the timeouts a test gives), METRICS / CHECK_CONFIG (defaults of relay()'s keywords),
-TMP_PREFIX / TMP_MODE (the directory), KEY_FILE (its name; None: no key file).
+TMP_PREFIX / TMP_MODE (the directory), KEY_FILE (its name; None: no key file and no self.keys,
+which such a file may use for a method of its own; its relays then name theirs: keyfile=).
 
 A relay that dies by itself fails the test, and a failed test prints the relay's log tail
 (harness.RelayLogMixin; BATV_E2E_LOGS=1 prints every log).
@@ -77,7 +78,6 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
         self.dir = tmp.name
         if self.TMP_MODE is not None:
             os.chmod(self.dir, self.TMP_MODE)
-        self.keys = None
         if self.KEY_FILE:
             self.keys = KeyFile(harness.KEYS_BIN, os.path.join(self.dir, self.KEY_FILE))
 
@@ -89,7 +89,8 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
 
     # -- the relay --
     def relay(self, to=None, **kw):
-        return self.start_relay(to, **kw)
+        # The base's start_relay() even where a file has a start_relay() of its own.
+        return RelayTestCase.start_relay(self, to, **kw)
 
     def start_relay(self, to=None, listeners=None, start=True, metrics=None, check_config=None,
                     workdir=None, keyfile=None, relay_class=Relay, **kw):
@@ -112,7 +113,8 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
         metrics = self.METRICS if metrics is None else metrics
         if metrics:
             args["extra_toml"] = METRICS_TOML + args.get("extra_toml", "")
-        r = relay_class(harness.RELAY_BIN, workdir or self.dir, keyfile or self.keys,
+        r = relay_class(harness.RELAY_BIN, workdir or self.dir,
+                        self.keys if keyfile is None else keyfile,
                         listeners=listeners, start=False, **args)
         self.watch_relay(r)
         if self.CHECK_CONFIG if check_config is None else check_config:
