@@ -34,7 +34,6 @@ from harness import (DEFAULT_CAPS, HOST, closed_port, expected_tag, run_tests,  
                      wait_until)
 
 RELAY = KEYS = None
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 CONSERVATIVE = ["PIPELINING", "ENHANCEDSTATUSCODES"]  # plus SIZE <limits.message_size>
 NEEDS_MX = ["8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
 

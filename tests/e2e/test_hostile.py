@@ -64,7 +64,6 @@ HOSTNAME = "relay.test"
 
 MEM_BOUND_KIB = 8 * 1024       # RSS growth allowed during an attack (the relay idles at ~10 MiB)
 GOOD_MAX = 5.0                 # seconds one well-behaved message may take during an attack
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 TIMEOUT_REPLY = Reply(421, "4.4.2 %s Error: timeout exceeded" % HOSTNAME)
 DATA_TIMEOUT_REPLY = Reply(421, "4.4.2 %s Error: DATA took too long, closing" % HOSTNAME)

@@ -326,10 +326,8 @@ class MapsTest(cases.RelayTestCase):
         self.assertEqual(len([x for x in r.logs("session_end") if x.get("reason") == "idle_timeout"]), 2)
 
     def test_policy_shutdown_ends_idle_connections_and_metrics_count_answers(self):
-        r = self.relay([{"role": "policy"}], timeouts={"shutdown_grace": 30},
-                       extra_toml='[metrics]\nlisten = "127.0.0.1:0"\n')
-        m = r.wait_log("metrics_listening", 5)
-        mport = int(m["address"].rsplit(":", 1)[1])
+        r = self.relay([{"role": "policy"}], timeouts={"shutdown_grace": 30}, metrics=True)
+        mport = r.metrics_port
         p = self.peer(r.port(0))
         p.send(policy_request(sender="", recipient=HOMER) * 2 + policy_request(sender="", recipient=expected_tag(HOMER))
                + policy_request(sender=BART, recipient=HOMER))
