@@ -23,10 +23,13 @@ the test fails half way, in reverse order):
                                a client that got 220 and, when `ehlo`, 250 to EHLO (kept in
                                c.ehlo_reply)
   smtp(to, listener, helo)     an smtplib.SMTP connection
+  transaction(c, ...), deliver(r, ...)
+                               MAIL/RCPT/DATA/body on a session (SENDER, RCPTS, BODY by default)
   session_ends(r, n), logs_of(r, event, n)
                                at least n log records of an event (asserted)
 
-Class attributes are the per-file defaults: HELO (the EHLO name), LISTENER (keys of listener 0,
+Class attributes are the per-file defaults: HELO (the EHLO name), SENDER / RCPTS / BODY (of
+transaction()), LISTENER (keys of listener 0,
 e.g. {"role": "inbound"}), RELAY_KW (Relay() arguments, e.g. verify_domains), TIMEOUTS (merged
 under the timeouts a test gives), METRICS / CHECK_CONFIG (defaults of relay()'s keywords),
 TMP_PREFIX / TMP_MODE (the directory), KEY_FILE (its name; None: no key file and no self.keys,
@@ -63,6 +66,9 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
     """A temporary directory with a key file per test, and the fixtures of the module docstring."""
 
     HELO = "client.test"
+    SENDER = "homer@example.com"
+    RCPTS = ("bart@elsewhere.org",)
+    BODY = b"Subject: e2e\r\n\r\nhello\r\n"
     LISTENER = {}
     RELAY_KW = {}
     TIMEOUTS = {}
@@ -165,6 +171,28 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
             s.close()
         except Exception:
             pass
+
+    # -- one transaction on a raw client --
+    def transaction(self, c, sender=None, rcpts=None, wire=None, mail_params="", timeout=30.0):
+        """MAIL/RCPT.../DATA/body/dot on an EHLO'd client; asserts 250/250/354; returns the
+        reply to the final dot. `wire` is the dot-stuffed body without the final ".\\r\\n";
+        sender, rcpts and wire default to SENDER, RCPTS and BODY."""
+        r = c.cmd("MAIL FROM:<%s>%s" % (self.SENDER if sender is None else sender, mail_params))
+        self.assertEqual(r.code, 250, r)
+        for rcpt in self.RCPTS if rcpts is None else rcpts:
+            r = c.cmd("RCPT TO:<%s>" % rcpt)
+            self.assertEqual(r.code, 250, (rcpt, r))
+        r = c.cmd("DATA")
+        self.assertEqual(r.code, 354, r)
+        c.send((self.BODY if wire is None else wire) + b".\r\n")
+        return c.read_reply(timeout)
+
+    def deliver(self, relay, **kw):
+        """A fresh session with one transaction; returns the final reply."""
+        c = self.session(relay)
+        final = self.transaction(c, **kw)
+        c.cmd("QUIT")
+        return final
 
     # -- logs --
     def logs_of(self, r, event, n=1, timeout=5.0):

@@ -25,6 +25,7 @@ close()/stop(), so a test that fails half way still cleans up when it registers 
                                lifetime 7); tag_matches(tagged, addr, t0, t1) for clock windows.
   closed_port()                a 127.0.0.1 port with nobody listening (connection refused).
   rss_kib(pid)                 VmRSS of a process, KiB.
+  metrics_text(port)           the text of a relay's /metrics.
   scaled(seconds)              a wait scaled by BATV_TEST_TIMEOUT_FACTOR (see below).
   sanitizer_findings(text)     the lines of `text` that report an ASan/LSan/UBSan/memcheck error.
   run_checked(cmd, ...)        subprocess.run that raises AssertionError on a sanitizer finding.
@@ -178,6 +179,13 @@ def free_port():
 def closed_port():
     """A port nobody listens on: connecting to it is refused."""
     return free_port()
+
+
+def metrics_text(port, timeout=10.0, host=HOST):
+    """The body of GET http://host:port/metrics (a relay's [metrics] listener)."""
+    import urllib.request
+    with urllib.request.urlopen("http://%s:%d/metrics" % (host, port), timeout=timeout) as f:
+        return f.read().decode()
 
 
 def rss_kib(pid, field="VmRSS"):

@@ -26,11 +26,11 @@ import os
 import re
 import signal
 import sys
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
-from harness import (DEFAULT_CAPS, HOST, closed_port, expected_tag, run_tests,  # noqa: E402
+import harness  # noqa: E402
+from harness import (DEFAULT_CAPS, closed_port, expected_tag, run_tests,  # noqa: E402
                      wait_until)
 
 RELAY = KEYS = None
@@ -65,8 +65,7 @@ class ConnectAtMailTest(cases.RelayTestCase):
         self.rcpt = expected_tag("homer@example.com")  # a bounce to a valid tag: accepted
 
     def metric(self, name, **labels):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as f:
-            text = f.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
         m = re.search(r"^%s\{%s\} (\d+)$" % (re.escape(name), re.escape(want)), text, re.M)
         self.assertIsNotNone(m, "no %s{%s} in the exposition" % (name, want))

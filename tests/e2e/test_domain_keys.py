@@ -23,7 +23,6 @@ import signal
 import smtplib
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -111,8 +110,7 @@ class DomainKeysTest(cases.RelayTestCase):
         return 250, m.group(1)
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as r:
-            text = r.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         out = {}
         for m in re.finditer(r'(?m)^(batv_active_key_id|batv_next_key_switch_timestamp_seconds)'
                              r'\{ring="([^"]*)"\} (\d+)$', text):

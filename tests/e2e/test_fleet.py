@@ -42,7 +42,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -222,12 +221,11 @@ class Client(threading.Thread):
 
 
 def metric(port, name):
-    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=10) as f:
-        total = 0.0
-        for line in f.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    total = 0.0
+    for line in harness.metrics_text(port).splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 class FleetTest(cases.RelayTestCase):

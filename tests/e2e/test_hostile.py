@@ -48,7 +48,6 @@ import struct
 import sys
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -313,8 +312,7 @@ class HostileCase(cases.RelayTestCase):
         self.assertEqual(r.code, 250, r)
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as f:
-            return parse_metrics(f.read().decode())
+        return parse_metrics(harness.metrics_text(self.metrics_port))
 
     # -- next hop --
     @staticmethod

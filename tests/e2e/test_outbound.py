@@ -39,29 +39,9 @@ FAST = {"idle": 5, "command": 5, "upstream_connect": 2, "upstream_reply": 2,
 
 
 class OutboundTestCase(cases.RelayTestCase):
-    """cases.RelayTestCase (one outbound listener by default) with a transaction helper."""
+    """cases.RelayTestCase (one outbound listener by default) with the signing assertions."""
 
-    # -- one transaction on a raw client --
-    def transaction(self, c, sender=HOMER, rcpts=(BART,), wire=SIMPLE_BODY, mail_params="",
-                    timeout=30.0):
-        """MAIL/RCPT.../DATA/body/dot on an EHLO'd client; asserts 250/250/354; returns the
-        reply to the final dot. `wire` is the dot-stuffed body without the final ".\\r\\n"."""
-        r = c.cmd("MAIL FROM:<%s>%s" % (sender, mail_params))
-        self.assertEqual(r.code, 250, r)
-        for rcpt in rcpts:
-            r = c.cmd("RCPT TO:<%s>" % rcpt)
-            self.assertEqual(r.code, 250, (rcpt, r))
-        r = c.cmd("DATA")
-        self.assertEqual(r.code, 354, r)
-        c.send(wire + b".\r\n")
-        return c.read_reply(timeout)
-
-    def deliver(self, relay, **kw):
-        """A fresh session with one transaction; returns the final reply."""
-        c = self.session(relay)
-        final = self.transaction(c, **kw)
-        c.cmd("QUIT")
-        return final
+    SENDER, RCPTS, BODY = HOMER, (BART,), SIMPLE_BODY
 
     # -- assertions --
     def assertSigned(self, tagged, address, t0, t1, key_id=3):

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -332,7 +331,7 @@ class MapsTest(cases.RelayTestCase):
         p.send(policy_request(sender="", recipient=HOMER) * 2 + policy_request(sender="", recipient=expected_tag(HOMER))
                + policy_request(sender=BART, recipient=HOMER))
         self.assertEqual(len(p.answers(4)), 4)
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=scaled(10)).read().decode()
+        text = harness.metrics_text(mport, timeout=scaled(10))
 
         def value(series):
             m = re.search(r"^%s (\S+)$" % re.escape(series), text, re.M)

@@ -27,7 +27,6 @@ import socket
 import struct
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -102,8 +101,7 @@ class ProxyInTest(cases.RelayTestCase):
         return up.connections()[r.probes:]
 
     def metrics(self, r):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, r.metrics_port), timeout=10) as f:
-            return parse_metrics(f.read().decode())
+        return parse_metrics(harness.metrics_text(r.metrics_port))
 
     def metric(self, r, name, **labels):
         return self.metrics(r).get((name, frozenset(labels.items())), 0.0)

@@ -26,7 +26,6 @@ import signal
 import smtplib
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -76,8 +75,7 @@ class Node:
         test.assertEqual(recs[-1].get("result"), "ok", recs[-1]["_raw"])
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as r:
-            text = r.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         out = {}
         for name in ("batv_active_key_id", "batv_next_key_switch_timestamp_seconds"):
             m = re.search(r'(?m)^%s\{ring="default"\} (\d+)$' % name, text)

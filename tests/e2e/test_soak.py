@@ -59,7 +59,6 @@ import subprocess
 import sys
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
@@ -201,8 +200,7 @@ class CountingRelay(Relay):
 
 def metrics(port):
     """The relay's Prometheus text as {(name, frozenset(labels)): value}."""
-    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=10) as r:
-        text = r.read().decode()
+    text = harness.metrics_text(port)
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):

@@ -44,6 +44,7 @@ class TlsTestCase(cases.RelayTestCase):
     timeouts (FAST), every config checked by --check-config, and TLS client helpers."""
 
     TMP_PREFIX = "batv-e2e-tls-"
+    SENDER, RCPTS, BODY = HOMER, (BART,), BODY
     TIMEOUTS = FAST
     CHECK_CONFIG = True
 
@@ -102,15 +103,6 @@ class TlsTestCase(cases.RelayTestCase):
             c.ehlo_reply = c.cmd("EHLO client.test")
             self.assertCode(c.ehlo_reply, 250)
         return c
-
-    def transaction(self, c, sender=HOMER, rcpts=(BART,), body=BODY):
-        r = c.cmd("MAIL FROM:<%s>" % sender)
-        self.assertCode(r, 250)
-        for rcpt in rcpts:
-            self.assertCode(c.cmd("RCPT TO:<%s>" % rcpt), 250)
-        self.assertCode(c.cmd("DATA"), 354)
-        c.send(body + b".\r\n")
-        return c.read_reply(30)
 
     def swaks(self, port, *extra):
         if not os.access(SWAKS, os.X_OK):
