@@ -50,6 +50,19 @@ HOMER = "homer@example.com"
 BART = "bart@remote.example"
 
 
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+
+
+def readme_canonical_maps():
+    """The recipient_canonical_maps value of README.md's no-hop main.cf, as Postfix reads it
+    ($$ is main.cf's escape for $)."""
+    with open(README, encoding="utf-8") as f:
+        m = re.search(r"^recipient_canonical_maps = (pipemap:.+)$", f.read(), re.M)
+    if not m:
+        raise AssertionError("README.md: no recipient_canonical_maps = pipemap:... line")
+    return m.group(1).replace("$$", "$")
+
+
 def bad_sig(tagged):
     """The same tag with its last signature digit changed."""
     local, _, domain = tagged.rpartition("@")
@@ -384,6 +397,31 @@ class MapsTest(cases.RelayTestCase):
         self.assertIn("unknown map name", stderr)
         ends = [x for x in r.logs("session_end") if x.get("role") == "socketmap"]
         self.assertTrue(any(int(x.get("requests", 0)) == len(keys) * 20 for x in ends), ends)
+
+    def test_socketmap_behind_the_readme_prefilter_answers_the_same(self):
+        """README's recipient_canonical_maps: a pipemap that passes only prvs= keys on to the
+        socketmap. Key by key, the same answers as the socketmap alone, and untagged keys never
+        reach the relay."""
+        r = self.relay([{"role": "socketmap"}])
+        plain = "socketmap:inet:127.0.0.1:%d:strip" % r.port(0)
+        lean = readme_canonical_maps().replace("127.0.0.1:10028", "127.0.0.1:%d" % r.port(0))
+        self.assertTrue(lean.startswith("pipemap:{regexp:"), lean)
+        now = time.time()
+        tag = expected_tag(HOMER, now)
+        keys = [tag, "PRVS=" + tag[5:], "Prvs=" + tag[5:], expected_tag(HOMER, now - 10 * DAY), bad_sig(tag),
+                "prvs=9" + tag[6:], "prvs=36829=homer@example.com", expected_tag("lisa@elsewhere.example", now),
+                HOMER, "@example.com", "homer", "x" + tag, "homer+" + tag, "prvs="]
+        for key in keys:
+            with self.subTest(key=key):
+                self.assertEqual(self.postmap(key, lean), self.postmap(key, plain))
+        tagged = [k for k in keys if k.lower().startswith("prvs=") and len(k) > 5]
+        # Every plain lookup reached the relay, and only the tagged ones of the prefilter did.
+        want = len(keys) + len(tagged)
+        def served():
+            return sum(int(x.get("requests", 0)) for x in r.logs("session_end") if x.get("role") == "socketmap")
+        self.assertTrue(wait_until(lambda: served() >= want, 10), (served(), want))
+        time.sleep(0.2)  # a late session_end of an untagged key would show here
+        self.assertEqual(served(), want)
 
     def test_socketmap_raw_netstrings_pipelined_and_broken(self):
         r = self.relay([{"role": "socketmap"}], inbound={"bad_signature": "keep"})
