@@ -68,6 +68,7 @@
 //   message_size, line_length                                     [conf/limits.hpp defaults]
 //   idle_timeout, command_timeout, data_timeout, session_timeout, upstream_reply_timeout
 //                        seconds                                  [10; 1 is the smallest allowed]
+//   step_cap             seconds a step may wait (the runner's own tests)        [5]
 //   expect_failure       the runner's own tests (runner_selftest.dlg): the dialogue must FAIL,
 //                        with this text in the failure message
 
@@ -115,7 +116,7 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-constexpr auto kStepCap = std::chrono::seconds(5);   // one step: far above any relay timeout used
+constexpr auto kStepCap = std::chrono::seconds(5);   // one step (default): far above any relay timeout used
 constexpr auto kRunCap = std::chrono::seconds(30);   // one dialogue, cleanup included
 constexpr std::int64_t kNow = 1700000000;            // the runtime's clock (tests/unit/fixtures.hpp T1)
 constexpr const char* kHostname = "relay.test";
@@ -181,7 +182,7 @@ const std::vector<std::string>& header_keys() {
       "require_tls", "needs_auth", "plaintext_auth_loopback", "admission", "inbound_mode", "bad_signature", "vrfy",
       "errors_per_session", "commands_before_mail", "invalid_recipients", "recipients_per_message", "message_size",
       "line_length", "idle_timeout", "command_timeout", "data_timeout", "session_timeout", "upstream_reply_timeout",
-      "expect_failure"};
+      "expect_failure", "step_cap"};
   return keys;
 }
 
@@ -566,6 +567,7 @@ class Run {
                                          caps_of(cached.empty() ? caps : split_caps(cached)),
                                          relay::NextHopCaps::Source::probe);
     role_ = conf::to_string(rt_->config.listeners[0].role);
+    if (const auto it = d.header.find("step_cap"); it != d.header.end()) step_cap_ = std::chrono::seconds(std::stoi(it->second));
   }
 
   // The failures of the dialogue, empty when it passed.
@@ -625,7 +627,7 @@ class Run {
     auto [ec, n] = co_await asio::async_write(hop->sock, asio::buffer(greeting_), use_tuple);
     if (!ec && greeting_.rfind("220", 0) == 0) {
       std::string line;
-      const auto deadline = Clock::now() + kStepCap;
+      const auto deadline = Clock::now() + step_cap_;
       while (!hop->eof && hop->buf.find('\n') == std::string::npos)
         if (!co_await hop->more(deadline)) break;
       const std::size_t nl = hop->buf.find('\n');
@@ -677,7 +679,7 @@ class Run {
   }
 
   awaitable<std::shared_ptr<Hop>> wait_hop(const Step& s) {
-    const auto deadline = Clock::now() + kStepCap;
+    const auto deadline = Clock::now() + step_cap_;
     while (!current_hop())
       if (!co_await signal_.wait(deadline)) throw Failure(at(s) + "the relay opened no next-hop connection");
     co_return current_hop();
@@ -685,7 +687,7 @@ class Run {
 
   // The next CRLF-terminated line from c (CRLF removed).
   awaitable<std::string> next_line(Conn& c, const Step& s, const char* who) {
-    const auto deadline = Clock::now() + kStepCap;
+    const auto deadline = Clock::now() + step_cap_;
     for (;;) {
       const std::size_t nl = c.buf.find('\n');
       if (nl != std::string::npos) {
@@ -699,7 +701,7 @@ class Run {
       if (c.eof) throw Failure(at(s) + who + " got end of stream" + (c.buf.empty() ? "" : " after " + printable(c.buf)) +
                                ", expected: " + s.text);
       if (!co_await c.more(deadline))
-        throw Failure(at(s) + who + " waited " + std::to_string(kStepCap.count()) + " s in vain" +
+        throw Failure(at(s) + who + " waited " + std::to_string(step_cap_.count()) + " s in vain" +
                       (c.buf.empty() ? "" : " (got " + printable(c.buf) + ")") + ", expected: " + s.text);
     }
   }
@@ -746,7 +748,7 @@ class Run {
         }
         case Kind::hop_raw: {
           auto hop = co_await wait_hop(s);
-          const auto deadline = Clock::now() + kStepCap;
+          const auto deadline = Clock::now() + step_cap_;
           while (hop->buf.size() < s.text.size() && !hop->eof)
             if (!co_await hop->more(deadline)) break;
           const std::string got = hop->buf.substr(0, s.text.size());
@@ -785,7 +787,7 @@ class Run {
           client_.tls->set_verify_mode(asio::ssl::verify_none);
           if (!client_.buf.empty()) throw Failure(at(s) + "the client got bytes before its TLS handshake: " + printable(client_.buf));
           asio::steady_timer timer(io_);
-          timer.expires_after(kStepCap);
+          timer.expires_after(step_cap_);
           auto r = co_await (client_.tls->async_handshake(asio::ssl::stream_base::client, use_tuple) ||
                              timer.async_wait(use_tuple));
           if (r.index() == 1) throw Failure(at(s) + "the TLS handshake timed out");
@@ -798,7 +800,7 @@ class Run {
           break;
         }
         case Kind::closed: {
-          const auto deadline = Clock::now() + kStepCap;
+          const auto deadline = Clock::now() + step_cap_;
           while (!client_.eof && client_.buf.empty())
             if (!co_await client_.more(deadline))
               throw Failure(at(s) + "the relay did not close the client connection");
@@ -806,7 +808,7 @@ class Run {
           break;
         }
         case Kind::end: {
-          const auto deadline = Clock::now() + kStepCap;
+          const auto deadline = Clock::now() + step_cap_;
           while (!session_done_)
             if (!co_await signal_.wait(deadline)) throw Failure(at(s) + "the session did not end");
           const auto after = session_ends(role_);
@@ -827,7 +829,7 @@ class Run {
   // Nothing the script did not read: the client's remaining bytes up to the close, and each
   // next-hop connection's up to its close by the relay.
   awaitable<void> check_the_rest() {
-    const auto deadline = Clock::now() + kStepCap;
+    const auto deadline = Clock::now() + step_cap_;
     while (!client_.eof)
       if (!co_await client_.more(deadline)) {
         fail("the relay did not close the client connection after the session");
@@ -861,6 +863,7 @@ class Run {
   std::string greeting_, ehlo_, role_;
   std::map<std::string, std::int64_t> ends_before_;
   std::string failures_;
+  std::chrono::seconds step_cap_ = kStepCap;
 };
 
 std::string g_only_file;  // --file=NAME
