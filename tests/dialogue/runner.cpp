@@ -38,7 +38,8 @@
 //   end: NAME    the session has ended, with SessionEnd NAME (relay/session_end.hpp to_string):
 //                exactly one batv_session_end_total{role,reason} sample grew, by one. Required
 //                once in every dialogue.
-// The next hop is the "current" connection: the latest one the relay opened. Each connection
+// The next hop is the "current" connection: the latest one the relay opened; a >: step that finds
+// it closed by the relay waits for the next one (a reconnect). Each connection
 // is greeted and its EHLO answered by the runner itself (next_hop_greeting / next_hop_ehlo), so
 // scripts start after the relay's "EHLO relay.test". After the script the runner checks that the
 // client received nothing more than the S: steps read, and that every next-hop connection was
@@ -685,8 +686,19 @@ class Run {
     co_return current_hop();
   }
 
-  // The next CRLF-terminated line from c (CRLF removed).
-  awaitable<std::string> next_line(Conn& c, const Step& s, const char* who) {
+  // The relay closed `hop` (a command was expected on it): the command goes to the connection it
+  // opens next (a reconnect), if it does so within the step's time.
+  awaitable<std::shared_ptr<Hop>> successor(const std::shared_ptr<Hop>& hop, const Step& s) {
+    const auto deadline = Clock::now() + step_cap_;
+    while (hops_.back() == hop || !hops_.back()->ready)
+      if (!co_await signal_.wait(deadline))
+        throw Failure(at(s) + "the next hop got end of stream (and no new connection), expected: " + s.text);
+    co_return hops_.back();
+  }
+
+  // The next CRLF-terminated line from c (CRLF removed). nullopt at end of stream with nothing
+  // left when eof_ok (a next-hop connection the relay closed: the line may come on its successor).
+  awaitable<std::optional<std::string>> next_line(Conn& c, const Step& s, const char* who, bool eof_ok = false) {
     const auto deadline = Clock::now() + step_cap_;
     for (;;) {
       const std::size_t nl = c.buf.find('\n');
@@ -698,6 +710,7 @@ class Run {
         line.resize(line.size() - 2);
         co_return line;
       }
+      if (c.eof && eof_ok && c.buf.empty()) co_return std::nullopt;
       if (c.eof) throw Failure(at(s) + who + " got end of stream" + (c.buf.empty() ? "" : " after " + printable(c.buf)) +
                                ", expected: " + s.text);
       if (!co_await c.more(deadline))
@@ -735,15 +748,16 @@ class Run {
         }
         case Kind::expect_reply:
         case Kind::expect_reply_re: {
-          const std::string got = co_await next_line(client_, s, "client");
+          const std::string got = *co_await next_line(client_, s, "client");
           match(s, got, s.kind == Kind::expect_reply_re, "client");
           break;
         }
         case Kind::hop_line:
         case Kind::hop_line_re: {
           auto hop = co_await wait_hop(s);
-          const std::string got = co_await next_line(*hop, s, "next hop");
-          match(s, got, s.kind == Kind::hop_line_re, "next hop");
+          std::optional<std::string> got;
+          while (!(got = co_await next_line(*hop, s, "next hop", true))) hop = co_await successor(hop, s);
+          match(s, *got, s.kind == Kind::hop_line_re, "next hop");
           break;
         }
         case Kind::hop_raw: {
