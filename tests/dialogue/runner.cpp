@@ -216,11 +216,14 @@ std::vector<Dialogue> parse_file(const std::filesystem::path& path) {
     Dialogue& d = out.back();
     // Step tags are two characters, then one space ("S: x"), or a bare word.
     const std::string tag = line.substr(0, 2);
-    const std::string rest = line.size() > 3 ? std::string(raw.substr(raw.find(tag) + 3)) : std::string();
     // The text is taken from the raw line after the tag and one space: trailing spaces count
     // (a reply "334 " ends in one), a trailing CR (CRLF file) does not.
-    std::string text = rest;
+    const std::size_t at = raw.find(tag);
+    std::string text = raw.size() > at + 3 ? raw.substr(at + 3) : std::string();
     if (!text.empty() && text.back() == '\r') text.pop_back();
+    const bool tagged = tag == "C:" || tag == "C+" || tag == "S:" || tag == "S~" || tag == ">:" || tag == ">~" ||
+                        tag == ">+" || tag == "U:";
+    if (tagged && line.size() > 2 && line[2] != ' ') throw std::runtime_error(where + ": a space must follow " + tag);
     auto add = [&](Kind k, std::string t) { d.steps.push_back({k, std::move(t), n}); };
     if (tag == "C:") add(Kind::client_line, text);
     else if (tag == "C+") add(Kind::client_raw, unescape(text, where));
