@@ -904,7 +904,7 @@ TEST_CASE("dialogues") {
     try {
       dialogues = parse_file(path);
     } catch (const std::exception& e) {
-      FAIL(e.what());
+      FAIL(std::string(e.what()));
     }
     for (const Dialogue& d : dialogues) {
       const std::string name = d.file + "/" + d.name;
