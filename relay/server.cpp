@@ -380,11 +380,11 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
     sock.shutdown(tcp::socket::shutdown_both, ignored);
     sock.close(ignored);
   };
-  auto fail = [&](std::string_view reason) {
+  auto fail = [&](ProxyHeaderError reason) {
     // No greeting: the peer is a load balancer speaking the wrong protocol (or none), and a
     // load balancer passes nothing we write on to anyone.
     metrics().proxy_header_error(reason);
-    log(Level::warning, "proxy_header_failed").kv("listener", listener).kv("peer", lb).kv("reason", reason);
+    log(Level::warning, "proxy_header_failed").kv("listener", listener).kv("peer", lb).kv("reason", to_string(reason));
     close();
   };
   asio::steady_timer timer(sock.get_executor());
@@ -399,7 +399,7 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
     buf.resize(have + p.need);
     auto r = co_await (asio::async_read(sock, asio::buffer(buf.data() + have, p.need), asio::as_tuple(asio::use_awaitable)) ||
                        timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-    if (r.index() == 1) co_return fail("timeout");
+    if (r.index() == 1) co_return fail(ProxyHeaderError::timeout);
     const auto [ec, n] = std::get<0>(r);
     const bool closed = ec == asio::error::eof || ec == asio::error::connection_reset;
     if (closed && have == 0 && n == 0) {
@@ -410,10 +410,10 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
       close();
       co_return;
     }
-    if (ec) co_return fail(closed ? "closed" : "io_error");
+    if (ec) co_return fail(closed ? ProxyHeaderError::closed : ProxyHeaderError::io_error);
     p = parse_proxy_header(buf, max);
   }
-  if (p.status == ProxyParse::Status::error) co_return fail(to_string(p.error));
+  if (p.status == ProxyParse::Status::error) co_return fail(from_parse(p.error));
   const ProxyHeader& h = p.header;
   if (h.command != ProxyHeader::Command::proxy) {
     // A health check: it names no client, and opens no session (nothing counted, no next hop).
