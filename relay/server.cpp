@@ -202,8 +202,10 @@ int Server::run() {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
     if (!ec) {
+      MetricsServer::Options options;
+      options.now = [this] { return runtime_.get()->clock.now(); };  // the key ages' clock
       metrics_server_ = std::make_unique<MetricsServer>(main, tcp::endpoint(addr, cfg.metrics.listen->port),
-                                                        [this] { return !stopping_; });
+                                                        [this] { return !stopping_; }, options);
       ec = metrics_server_->start();
     }
     if (ec) {
@@ -708,15 +710,11 @@ void Server::reload() {
       .kv("listeners", static_cast<std::int64_t>(acceptors_.size()));
 }
 
-namespace {
-std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
-}  // namespace
-
 void Server::arm_key_switch() {
   const auto rt = runtime_.get();
   // One reading of the clock for the metrics, the announced signers and the timer, so that a
   // reload in the very second of a switch cannot show one key and arm for none.
-  const std::int64_t now = unix_now();
+  const std::int64_t now = rt->clock.now();
   const auto& rings = rt->keys.rings();
   std::vector<Metrics::RingKeys> shown;
   announced_signers_.clear();
