@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import smtplib
+import subprocess
 import sys
 import threading
 import time
@@ -147,6 +148,35 @@ class OpsTest(cases.RelayTestCase):
         self.assertTrue(r.logs("shutdown_complete"))
         # The message was never acknowledged, so nothing was half-delivered upstream.
         self.assertFalse(any(t.completed for t in self.mx.transactions()))
+
+    def test_sigterm_ends_as_soon_as_the_last_session_does(self):
+        # The shutdown waits for the group of open connections to empty, not for the grace: a
+        # session that finishes its message and quits during the grace is the last one, and the
+        # relay exits right after it, long before shutdown_grace, without closing anyone.
+        r = self.relay(timeouts={"shutdown_grace": 60})
+        r.start()
+        c = SmtpClient(r.port())
+        self.addCleanup(c.close)
+        self.assertEqual(c.read_reply().code, 220)
+        self.assertEqual(c.cmd("EHLO x").code, 250)
+        r.send_signal(signal.SIGTERM)
+        self.assertTrue(r.wait_logs(lambda x: x.get("event") == "shutdown_begin", 1, 10))
+        # The session goes on during the grace: a whole transaction, delivered.
+        for line, code in (("MAIL FROM:<homer@example.com>", 250), ("RCPT TO:<bart@elsewhere.org>", 250),
+                           ("DATA", 354)):
+            self.assertEqual(c.cmd(line).code, code, line)
+        self.assertEqual(c.cmd("Subject: t\r\n\r\nbody\r\n.").code, 250)
+        self.assertEqual(c.cmd("QUIT").code, 221)
+        try:
+            code = r.proc.wait(harness.scaled(10))
+        except subprocess.TimeoutExpired:
+            self.fail("no exit 10 s after the last session ended: the relay waits for shutdown_grace")
+        self.assertEqual(code, 0)
+        self.assertTrue(r.logs("shutdown_complete"))
+        self.assertFalse(r.logs("shutdown_closing"), "a session was closed although none was left")
+        ends = r.logs("session_end")
+        self.assertEqual([e.get("reason") for e in ends], ["quit"])
+        self.assertEqual(sum(1 for t in self.mx.transactions() if t.completed), 1)
 
 
 class ReloadTest(cases.RelayTestCase):
