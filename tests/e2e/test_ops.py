@@ -155,8 +155,7 @@ class OpsTest(cases.RelayTestCase):
         # relay exits right after it, long before shutdown_grace, without closing anyone.
         r = self.relay(timeouts={"shutdown_grace": 60})
         r.start()
-        c = SmtpClient(r.port())
-        self.addCleanup(c.close)
+        c = self.client(r)
         self.assertEqual(c.read_reply().code, 220)
         self.assertEqual(c.cmd("EHLO x").code, 250)
         r.send_signal(signal.SIGTERM)
