@@ -246,6 +246,16 @@ int Server::run() {
   guards.clear();
   for (auto& c : contexts_) c->stop();
   for (auto& t : pool) t.join();
+  // The signal_set goes away with the server, and with it our handlers: asio restores SIG_DFL,
+  // and a second SIGTERM from an impatient sender would kill the process mid-exit (status -15,
+  // not 0). Blocked in the one thread left (asio's own threads block every signal), it stays
+  // pending and dies with the process.
+  sigset_t late;
+  sigemptyset(&late);
+  sigaddset(&late, SIGTERM);
+  sigaddset(&late, SIGINT);
+  sigaddset(&late, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &late, nullptr);
   log(Level::info, "shutdown_complete");
   return 0;
 }
