@@ -1659,7 +1659,22 @@ class RelayLogMixin:
         return result is not None and any(
             t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
 
+    def show_failure_first(self):
+        """In a cleanup of a failed test: its assertion, written once before any log dump (CI
+        shows the head and the tail of a long output; the traceback unittest prints at the end of
+        the run would fall in the part left out)."""
+        if getattr(self, "_failure_shown", False):
+            return
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        for t, text in getattr(result, "failures", []) + getattr(result, "errors", []):
+            if t is self:
+                self._failure_shown = True
+                sys.stderr.write("\n--- %s failed: ---\n%s\n" % (self.id(), "\n".join(text.splitlines()[-12:])))
+                return
+
     def _show_logs(self, relay):
+        if self._failed():
+            self.show_failure_first()
         if self._failed() or os.environ.get("BATV_E2E_LOGS"):
             lines = relay.stderr_text().splitlines()
             if not os.environ.get("BATV_E2E_LOGS"):

@@ -319,7 +319,8 @@ class FleetTest(cases.RelayTestCase):
         self.assertLess(at_stop, total, "the stop came after the last message")
 
         # Every message at the next hop exactly once, from the client that sent it.
-        self.assertTrue(wait_until(lambda: len(mx.accepted()) >= total, scaled(10)))
+        self.assertTrue(wait_until(lambda: len(mx.accepted()) >= total, scaled(10)),
+                        "the next hop accepted %d of %d messages" % (len(mx.accepted()), total))
         seen = {}
         for conn in mx.connections():
             for tx in conn.transactions:
@@ -361,7 +362,7 @@ class FleetTest(cases.RelayTestCase):
             self.assertTrue(ends, r.name)
             for rec in ends:
                 self.assertIn(rec.get("client", "").rsplit(":", 1)[0], {src for _, src in CLIENTS}, rec["_raw"])
-        self.assertTrue(b.running())
+        self.assertTrue(b.running(), "relay B stopped")
         self.assertGreater(metric(b.metrics_port, "batv_proxy_health_checks_total"), 2)
         # The stop was felt: a client had to retry (after a 421 or a lost connection), and only
         # temporarily (no 5xx above, nothing lost or doubled).
@@ -373,9 +374,9 @@ class FleetTest(cases.RelayTestCase):
                          % (total, at_stop, {c.source: c.temporary for c in clients if c.temporary}))
 
     def show_haproxy_log_on_failure(self, hap):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
+        failed = self._failed()
+        if failed:
+            self.show_failure_first()
         if (failed or os.environ.get("BATV_E2E_LOGS")) and os.path.exists(hap.log_path):
             with open(hap.log_path, "rb") as f:
                 sys.stderr.write("\n--- haproxy log ---\n%s\n--- end ---\n" % f.read().decode(errors="replace")[-4000:])
