@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "crypto/prvs.hpp"
+#include "relay/session_end.hpp"
 #include "relay/smtp/reply.hpp"
 
 namespace batv::relay::replies {
@@ -203,6 +204,36 @@ inline std::string upstream_tls_unavailable_mail() {
 }
 inline std::string upstream_tls_failed_mail() {
   return line(451, "4.4.2 Next hop TLS handshake failed, try again later");
+}
+
+// --- How a proxy session ends (relay/session.hpp, Session::finish) ---------------------------------
+// The final reply per SessionEnd, in one table: empty = nothing to write (the client is gone, the
+// value belongs to a no-hop role, or the TLS layer never came up). `client` is the client's IP
+// address (access_denied names it). Two ends have variants the session names itself: the
+// per-client session limit (too_many_from_client) and a next hop unreachable at connect for a TLS
+// reason (upstream_tls_unavailable, upstream_tls_failed).
+inline std::string final_reply(SessionEnd e, std::string_view host, std::string_view client) {
+  switch (e) {
+    case SessionEnd::quit: return bye();
+    case SessionEnd::idle_timeout: return idle_timeout(host);
+    case SessionEnd::data_timeout: return data_timeout(host);
+    case SessionEnd::too_many_errors: return too_many_errors(host);
+    case SessionEnd::too_many_commands: return too_many_commands(host);
+    case SessionEnd::too_many_invalid_recipients: return too_many_invalid_recipients();
+    case SessionEnd::session_timeout: return session_timeout(host);
+    case SessionEnd::upstream_lost: return upstream_lost_closing(host);
+    case SessionEnd::upstream_unavailable: return upstream_unavailable(host);
+    case SessionEnd::shutdown: return shutting_down(host);
+    case SessionEnd::access_denied: return access_denied(client);
+    case SessionEnd::too_many_sessions: return too_many_sessions(host);
+    case SessionEnd::none:
+    case SessionEnd::client_closed:
+    case SessionEnd::tls_failed:
+    case SessionEnd::io_error:
+    case SessionEnd::protocol_error:
+    case SessionEnd::request_too_large: return {};
+  }
+  return {};
 }
 
 }  // namespace batv::relay::replies

@@ -94,17 +94,10 @@ awaitable<void> Session::serve() {
   }
   switch (ctx_.admission) {
     case SessionContext::Admission::ok: break;
-    case SessionContext::Admission::denied:
-      end_ = End::access_denied;
-      co_await write_client(replies::access_denied(ctx_.client_ip));
-      co_return;
-    case SessionContext::Admission::too_many:
-      end_ = End::too_many_sessions;
-      co_await write_client(replies::too_many_sessions(host));
-      co_return;
+    case SessionContext::Admission::denied: co_await finish(End::access_denied); co_return;
+    case SessionContext::Admission::too_many: co_await finish(End::too_many_sessions); co_return;
     case SessionContext::Admission::too_many_from_client:
-      end_ = End::too_many_sessions;
-      co_await write_client(replies::too_many_from_client(host));
+      co_await finish(End::too_many_sessions, replies::too_many_from_client(host));
       co_return;
   }
 
@@ -119,23 +112,15 @@ awaitable<void> Session::serve() {
     const IoResult h = co_await client_.handshake(*rt_->tls.at(ctx_.listener).server,
                                                   asio::ssl::stream_base::server, cfg_.timeouts.idle);
     if (!h) {
-      end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
       tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
+      co_await finish_silently(h.timed_out ? End::idle_timeout : End::tls_failed);
       co_return;
     }
   }
   if (!connect_at_mail() && !co_await open_upstream()) {
-    end_ = End::upstream_unavailable;
-    // required/verify: TLS policy not met (4.7.0); opportunistic: a broken handshake is just a
-    // next hop we could not talk to (4.4.2).
-    const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
-                        listener_.upstream_tls == conf::UpstreamTls::verify;
-    const bool tls_trouble = up_.failure() == Upstream::Failure::tls;
-    // Named, not a ?: temporary inside co_await (g++ 12 destroys such a temporary twice).
-    const std::string reply = !tls_trouble ? replies::upstream_unavailable(host)
-                              : strict     ? replies::upstream_tls_unavailable(host)
-                                           : replies::upstream_tls_failed(host);
-    co_await write_client(reply);
+    if (up_.failure() != Upstream::Failure::tls) co_await finish(End::upstream_unavailable);
+    else if (strict_upstream_tls()) co_await finish(End::upstream_unavailable, replies::upstream_tls_unavailable(host));
+    else co_await finish(End::upstream_unavailable, replies::upstream_tls_failed(host));
     co_return;
   }
   // upstream_connect = "mail": nothing is open yet; EHLO/HELO will offer what the next hop
@@ -162,40 +147,66 @@ awaitable<void> Session::serve() {
         refuse(replies::line_too_long());
         break;
       case LineStatus::closed:
-        end_ = End::client_closed;
-        co_return;
-      case LineStatus::timeout: {
-        const bool session_over = Clock::now() >= session_deadline_;
-        end_ = session_over ? End::session_timeout : End::idle_timeout;
-        co_await flush();
-        const std::string reply = session_over ? replies::session_timeout(host) : replies::idle_timeout(host);
-        co_await write_client(reply);
-        co_return;
-      }
+      case LineStatus::timeout:
       case LineStatus::stopped:
-        end_ = End::shutdown;
-        co_await write_client(replies::shutting_down(host));
+        co_await finish(read_end(failure_of(st), session_deadline_, End::session_timeout));
         co_return;
     }
-    if (errors_ >= cfg_.limits.errors_per_session) {
-      end_ = End::too_many_errors;
-      co_await flush();
-      co_await write_client(replies::too_many_errors(host));
-      co_return;
-    }
-    if (invalid_recipients_ >= cfg_.limits.invalid_recipients_per_session) {
-      end_ = End::too_many_invalid_recipients;
-      co_await flush();
-      co_await write_client(replies::too_many_invalid_recipients());
-      co_return;
-    }
-    if (commands_outside_tx_ > cfg_.limits.commands_before_mail) {
-      end_ = End::too_many_commands;
-      co_await flush();
-      co_await write_client(replies::too_many_commands(host));
+    if (const auto end = over_limit()) {
+      co_await finish(*end);
       co_return;
     }
   }
+}
+
+// --- How the session ends ------------------------------------------------------------------------
+
+awaitable<bool> Session::finish(End e) {
+  co_return co_await finish(e, replies::final_reply(e, rt_->hostname, ctx_.client_ip));
+}
+
+awaitable<bool> Session::finish(End e, std::string reply) {
+  end_ = e;
+  // A flush that loses the next hop ends the session upstream_lost (its own 421 first), as it did
+  // before this exit existed: the reply named here still follows.
+  co_await flush();
+  co_await write_client(reply);
+  co_return false;
+}
+
+awaitable<bool> Session::finish_silently(End e) {
+  end_ = e;
+  co_return false;
+}
+
+awaitable<bool> Session::next_hop_lost(std::string_view stage) {
+  if (!stage.empty()) metrics().upstream_error(stage);
+  upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+  co_return co_await finish(End::upstream_lost);
+}
+
+Session::ReadFailure Session::failure_of(LineStatus st) {
+  switch (st) {
+    case LineStatus::stopped: return ReadFailure::stopped;
+    case LineStatus::timeout: return ReadFailure::timeout;
+    default: return ReadFailure::closed;
+  }
+}
+
+Session::End Session::read_end(ReadFailure f, Clock::time_point deadline, End at_deadline) const {
+  switch (f) {
+    case ReadFailure::stopped: return End::shutdown;
+    case ReadFailure::timeout: return Clock::now() >= deadline ? at_deadline : End::idle_timeout;
+    case ReadFailure::closed: break;
+  }
+  return End::client_closed;
+}
+
+std::optional<Session::End> Session::over_limit() const {
+  if (errors_ >= cfg_.limits.errors_per_session) return End::too_many_errors;
+  if (invalid_recipients_ >= cfg_.limits.invalid_recipients_per_session) return End::too_many_invalid_recipients;
+  if (commands_outside_tx_ > cfg_.limits.commands_before_mail) return End::too_many_commands;
+  return std::nullopt;
 }
 
 // --- Client input ------------------------------------------------------------------------------------
@@ -378,13 +389,15 @@ void Session::learn_caps() {
     NextHopCaps::global().learn(NextHopCaps::key_of(listener_), up_.caps(), NextHopCaps::Source::session);
 }
 
+bool Session::strict_upstream_tls() const {
+  // required/verify not met is a policy matter (4.7.0); a broken opportunistic handshake is just a
+  // next hop we could not talk to (4.4.2).
+  return listener_.upstream_tls == conf::UpstreamTls::required || listener_.upstream_tls == conf::UpstreamTls::verify;
+}
+
 std::string Session::mail_open_failed_reply() const {
   if (up_.failure() != Upstream::Failure::tls) return upstream_failure_reply();
-  // As at connect: required/verify not met is a policy matter (4.7.0), a broken opportunistic
-  // handshake a next hop we could not talk to (4.4.2).
-  const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
-                      listener_.upstream_tls == conf::UpstreamTls::verify;
-  return strict ? replies::upstream_tls_unavailable_mail() : replies::upstream_tls_failed_mail();
+  return strict_upstream_tls() ? replies::upstream_tls_unavailable_mail() : replies::upstream_tls_failed_mail();
 }
 
 void Session::log_downgrade() {
@@ -415,9 +428,8 @@ awaitable<bool> Session::start_tls(std::string_view args) {
   in_begin_ = in_end_ = 0;
   const IoResult h = co_await client_.handshake(*server, asio::ssl::stream_base::server, cfg_.timeouts.idle);
   if (!h) {
-    end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
     tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
-    co_return false;
+    co_return co_await finish_silently(h.timed_out ? End::idle_timeout : End::tls_failed);
   }
   // RFC 3207 4.2: discard all knowledge from before TLS; the client starts again with EHLO.
   handle_rset(/*reply=*/false);
@@ -487,8 +499,8 @@ awaitable<bool> Session::do_auth(std::string_view args) {
     if (st != LineStatus::ok) {
       explicit_bzero(response.data(), response.size());
       up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
-      end_ = st == LineStatus::timeout ? End::idle_timeout : st == LineStatus::stopped ? End::shutdown : End::client_closed;
-      co_return false;
+      // No deadline of its own here: a timeout is idle_timeout.
+      co_return co_await finish_silently(read_end(failure_of(st), Clock::time_point::max(), End::idle_timeout));
     }
     if (!auth_text(response)) {  // not base64: cancel the exchange ("*", RFC 4954 4) instead
       explicit_bzero(response.data(), response.size());
@@ -653,16 +665,10 @@ awaitable<bool> Session::flush() {
   out_.clear();
   if (!co_await write_client(text)) co_return false;
   if (lost) {
-    metrics().upstream_error(phase_ == Phase::mail || phase_ == Phase::rcpt ? phase_name() : "reply");
-    if (stop_requested_) {
-      end_ = End::shutdown;
-      co_await write_client(replies::shutting_down(rt_->hostname));
-      co_return false;
-    }
-    end_ = End::upstream_lost;
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    co_await write_client(replies::upstream_lost_closing(rt_->hostname));
-    co_return false;
+    const std::string_view stage = phase_ == Phase::mail || phase_ == Phase::rcpt ? phase_name() : "reply";
+    if (!stop_requested_) co_return co_await next_hop_lost(stage);
+    metrics().upstream_error(stage);  // the stop cancelled it
+    co_return co_await finish(End::shutdown);
   }
   co_return true;
 }
@@ -697,12 +703,7 @@ awaitable<bool> Session::process(const std::string& line) {
       // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
       if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
         if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
-        if (!co_await forward_client_identity()) {
-          end_ = End::upstream_lost;
-          upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-          co_await write_client(replies::upstream_lost_closing(rt_->hostname));
-          co_return false;
-        }
+        if (!co_await forward_client_identity()) co_return co_await next_hop_lost("");
         // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
         // now sees): the client is offered what the next hop offers from here on.
         offer(up_.caps());
@@ -763,8 +764,7 @@ awaitable<bool> Session::process(const std::string& line) {
     case Verb::quit: {
       phase_ = Phase::quit;
       if (!co_await flush()) co_return false;
-      end_ = End::quit;
-      co_await write_client(replies::bye());
+      co_await finish(End::quit);
       // A clean next hop (no transaction open, never authenticated as this client) waits for
       // the next session instead of being closed.
       const bool clean = pending_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
@@ -1112,16 +1112,11 @@ awaitable<bool> Session::do_data() {
     co_return true;
   }
   phase_ = Phase::data;
-  const std::string& host = rt_->hostname;
   std::optional<smtp::Reply> r;
   if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
   if (!r) {
-    metrics().upstream_error("data");
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    end_ = End::upstream_lost;
-    co_await write_client(upstream_failure_reply());
-    co_await write_client(replies::upstream_lost_closing(host));
-    co_return false;
+    out_ += upstream_failure_reply();  // DATA's own reply, then the 421
+    co_return co_await next_hop_lost("data");
   }
   if (r->code != 354) {
     std::string reply = r->code / 100 == 2 ? replies::upstream_garbled() : relay_reply(*r);
@@ -1147,25 +1142,7 @@ awaitable<bool> Session::do_data() {
   while (!done) {
     if (in_begin_ == in_end_ && !co_await fill(data_deadline)) {
       up_.close();  // the next hop discards an unterminated message
-      switch (read_failure_) {
-        case ReadFailure::stopped:
-          end_ = End::shutdown;
-          co_await write_client(replies::shutting_down(host));
-          break;
-        case ReadFailure::timeout:
-          end_ = Clock::now() >= data_deadline ? End::data_timeout : End::idle_timeout;
-          {
-            // Named, not a ?: temporary inside co_await: g++ 12 destroys such a temporary twice.
-            const std::string reply =
-                end_ == End::data_timeout ? replies::data_timeout(host) : replies::idle_timeout(host);
-            co_await write_client(reply);
-          }
-          break;
-        case ReadFailure::closed:
-          end_ = End::client_closed;
-          break;
-      }
-      co_return false;
+      co_return co_await finish(read_end(read_failure_, data_deadline, End::data_timeout));
     }
     const char* p = in_.data() + in_begin_;
     const std::size_t n = scanner.scan(p, in_end_ - in_begin_, done);
@@ -1216,30 +1193,11 @@ awaitable<bool> Session::do_data() {
   co_return co_await write_client(reply);
 }
 
-std::string Session::chunk_read_failed(Clock::time_point deadline) {
-  switch (read_failure_) {
-    case ReadFailure::stopped:
-      end_ = End::shutdown;
-      return replies::shutting_down(rt_->hostname);
-    case ReadFailure::timeout:
-      // The chunk's deadline, or timeouts.idle (shorter) between two reads.
-      end_ = Clock::now() >= deadline ? End::data_timeout : End::idle_timeout;
-      return end_ == End::data_timeout ? replies::data_timeout(rt_->hostname) : replies::idle_timeout(rt_->hostname);
-    case ReadFailure::closed:
-      break;
-  }
-  end_ = End::client_closed;
-  return {};
-}
-
 awaitable<bool> Session::skip_bytes(std::uint64_t n) {
   const auto deadline = Clock::now() + cfg_.timeouts.data;
   while (n > 0) {
-    if (in_begin_ == in_end_ && !co_await fill(deadline)) {
-      const std::string reply = chunk_read_failed(deadline);
-      co_await write_client(reply);
-      co_return false;
-    }
+    if (in_begin_ == in_end_ && !co_await fill(deadline))  // the chunk's deadline, or timeouts.idle
+      co_return co_await finish(read_end(read_failure_, deadline, End::data_timeout));
     const std::uint64_t take = std::min<std::uint64_t>(n, in_end_ - in_begin_);
     in_begin_ += static_cast<std::size_t>(take);
     n -= take;
@@ -1293,9 +1251,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
   while (left > 0) {
     if (in_begin_ == in_end_ && !co_await fill(deadline)) {
       up_.close();
-      const std::string reply = chunk_read_failed(deadline);
-      co_await write_client(reply);
-      co_return false;
+      co_return co_await finish(read_end(read_failure_, deadline, End::data_timeout));
     }
     const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in_end_ - in_begin_));
     if (ok) ok = co_await up_.send(std::string_view(in_.data() + in_begin_, take));

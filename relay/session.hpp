@@ -160,8 +160,23 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   awaitable<bool> do_data();
   awaitable<bool> do_bdat(std::string_view args);
   awaitable<bool> skip_bytes(std::uint64_t n);
-  // A read inside a BDAT chunk failed: sets end_ and returns the 421 owed (empty: client gone).
-  std::string chunk_read_failed(Clock::time_point deadline);
+  // The one way a session ends: end_ = e, the replies owed flushed, then e's final reply
+  // (replies::final_reply, or `reply` for the variants it names). Returns false ("over"), for
+  // `co_return co_await finish(...)`.
+  awaitable<bool> finish(End e);
+  awaitable<bool> finish(End e, std::string reply);
+  // Ends without a final reply: a TLS handshake that did not complete cannot carry one, and a
+  // client read failing inside an AUTH exchange has never been answered with one.
+  awaitable<bool> finish_silently(End e);
+  // The next hop went away: metrics (stage; empty = not counted), upstream_detail_, 421 4.4.2.
+  awaitable<bool> next_hop_lost(std::string_view stage);
+  // How a failed client read ends the session: stop -> shutdown, EOF or reset -> client_closed,
+  // a timeout -> `at_deadline` once `deadline` has passed, else idle_timeout (timeouts.idle).
+  End read_end(ReadFailure f, Clock::time_point deadline, End at_deadline) const;
+  static ReadFailure failure_of(LineStatus st);
+  // A per-session limit reached after a command (errors, invalid recipients, junk commands).
+  std::optional<End> over_limit() const;
+  bool strict_upstream_tls() const;  // upstream_tls required/verify: TLS trouble is policy (4.7.0)
   awaitable<bool> ensure_upstream();
   awaitable<bool> forward_client_identity();
   awaitable<bool> open_upstream();
