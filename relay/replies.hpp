@@ -12,6 +12,7 @@
 
 #include "crypto/prvs.hpp"
 #include "relay/session_end.hpp"
+#include "relay/smtp/phase.hpp"
 #include "relay/smtp/reply.hpp"
 
 namespace batv::relay::replies {
@@ -159,6 +160,30 @@ inline std::string separate_transaction() {
 }
 inline std::string bare_newline() {
   return line(554, "5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8), rejected");
+}
+
+// The reply for each refusal of the phase table (relay/smtp/phase.hpp).
+inline std::string refusal(smtp::Refusal r) {
+  switch (r) {
+    case smtp::Refusal::tls_required: return tls_required();
+    case smtp::Refusal::auth_required: return auth_required();
+    case smtp::Refusal::need_helo: return need_helo();
+    case smtp::Refusal::nested_mail: return nested_mail();
+    case smtp::Refusal::need_mail: return need_mail();
+    case smtp::Refusal::rcpt_after_bdat: return rcpt_after_bdat();
+    case smtp::Refusal::need_mail_for_data: return need_mail_for_data();
+    case smtp::Refusal::bdat_sequence: return bdat_sequence();
+    case smtp::Refusal::need_rcpt: return need_rcpt();
+    case smtp::Refusal::no_valid_recipients: return no_valid_recipients();
+    case smtp::Refusal::bdat_not_offered: return not_implemented("BDAT");
+    case smtp::Refusal::starttls_not_offered: return not_implemented("STARTTLS");
+    case smtp::Refusal::tls_already_active: return tls_already_active();
+    case smtp::Refusal::auth_not_offered: return not_implemented("AUTH");
+    case smtp::Refusal::auth_encryption_required: return auth_encryption_required();
+    case smtp::Refusal::auth_already: return auth_already();
+    case smtp::Refusal::auth_in_transaction: return auth_in_transaction();
+  }
+  return unknown_command();
 }
 
 // --- Inbound tag checks (the verdict named in the text, so a sender's NDR explains itself) --------

@@ -24,8 +24,6 @@ constexpr std::size_t command_buffer = conf::fixed::command_buffer_bytes;
 constexpr std::size_t stream_buffer = conf::fixed::stream_buffer_bytes;
 constexpr std::size_t max_pending = conf::fixed::max_pipelined_commands;  // then a forced flush
 
-bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
-
 // AUTH arguments and responses are a mechanism name and base64, "=" or "*" (RFC 4954 4): printable
 // ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
 bool auth_text(std::string_view s) {
@@ -134,8 +132,12 @@ awaitable<void> Session::serve() {
   std::string line;
   for (;;) {
     // Flush replies (and relay pipelined commands) once the batch the client sent is consumed.
-    if (!has_complete_line() || pending_.size() >= max_pending) {
+    if (!has_complete_line() || pipeline_.size() >= max_pending) {
       if (!co_await flush()) co_return;
+      if (const auto end = over_limit()) {  // the next hop's refusals count too
+        co_await finish(*end);
+        co_return;
+      }
     }
     command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
     const LineStatus st = co_await read_line(line);
@@ -302,15 +304,17 @@ void Session::offer(const smtp::Capabilities& caps) {
   if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
 }
 
-void Session::queue_local(std::string reply) {
-  Pending p;
-  p.local_reply = std::move(reply);
-  pending_.push_back(std::move(p));
+// Every reply the client gets for a command passes here or through Pipeline::flush, and counts
+// toward limits.errors_per_session by one rule (Answer::counts). Local replies count when queued,
+// so that the limit stops a pipelined batch of bad commands where it is reached.
+void Session::queue_local(std::string reply, bool own_limit) {
+  if (Answer::counted(reply, own_limit)) ++errors_;
+  pipeline_.local(std::move(reply));
 }
 
-void Session::refuse(std::string reply) {
-  queue_local(std::move(reply));
-  ++errors_;
+awaitable<bool> Session::reply_now(std::string reply) {
+  if (Answer::counted(reply)) ++errors_;
+  co_return co_await write_client(reply);
 }
 
 std::optional<std::string> Session::check_param(const std::string& kw, const smtp::Param& p, bool advertised) const {
@@ -327,14 +331,7 @@ std::string Session::relay_reply(const smtp::Reply& r) const {
   return smtp::format_reply(r.code, r.lines);
 }
 
-std::string Session::upstream_failure_reply() const {
-  switch (up_.failure()) {
-    case Upstream::Failure::timeout: return replies::upstream_timeout();
-    case Upstream::Failure::protocol: return replies::upstream_garbled();
-    case Upstream::Failure::unreachable: return replies::upstream_unreachable();
-    default: return replies::upstream_failed();
-  }
-}
+std::string Session::upstream_failure_reply() const { return next_hop_failure_reply(up_); }
 
 UpstreamTlsPolicy Session::upstream_tls_policy() const {
   UpstreamTlsPolicy p;
@@ -409,15 +406,7 @@ void Session::log_downgrade() {
 }
 
 awaitable<bool> Session::start_tls(std::string_view args) {
-  const auto& server = rt_->tls.at(ctx_.listener).server;
-  if (!server || listener_.implicit_tls) {
-    refuse(replies::not_implemented("STARTTLS"));
-    co_return true;
-  }
-  if (client_.tls()) {
-    refuse(replies::tls_already_active());
-    co_return true;
-  }
+  const auto& server = rt_->tls.at(ctx_.listener).server;  // offered: smtp::check said so
   if (!args.empty()) {
     refuse(replies::starttls_syntax());
     co_return true;
@@ -454,19 +443,7 @@ bool Session::auth_offered() const {
 // its final reply. Whatever the mechanism, nothing of the exchange is logged but the mechanism
 // name and the outcome.
 awaitable<bool> Session::do_auth(std::string_view args) {
-  if (!auth_offered()) {
-    refuse(up_.caps().auth.empty() || listener_.role != conf::Role::outbound ? replies::not_implemented("AUTH")
-                                                                           : replies::auth_encryption_required());
-    co_return true;
-  }
-  if (authenticated_) {
-    refuse(replies::auth_already());
-    co_return true;
-  }
-  if (tx_.active) {
-    refuse(replies::auth_in_transaction());
-    co_return true;
-  }
+  // Offered, not yet done, outside a transaction: smtp::check said so.
   const std::string mechanism = text::upper(args.substr(0, args.find(' ')));
   auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
   if (mechanism.empty() || !auth_text(args)) {
@@ -526,8 +503,7 @@ awaitable<bool> Session::do_auth(std::string_view args) {
       .kv("mechanism", mechanism)
       .kv("result", authenticated_ ? "ok" : "failed")
       .kv("reply", reply.substr(0, 3));
-  if (reply_is_error(reply)) ++errors_;
-  co_return co_await write_client(reply);
+  co_return co_await reply_now(std::move(reply));
 }
 
 awaitable<bool> Session::ensure_upstream() {
@@ -623,43 +599,12 @@ awaitable<bool> Session::forward_client_identity() {
 
 awaitable<bool> Session::flush() {
   bool lost = false;
-  if (!pending_.empty()) {
-    const bool need_upstream =
-        std::any_of(pending_.begin(), pending_.end(), [](const Pending& p) { return !p.upstream.empty(); });
-    bool up_ok = true;
-    if (need_upstream) up_ok = co_await ensure_upstream();
-    const bool pipelined = up_ok && up_.caps().pipelining;
-    if (pipelined && need_upstream) {
-      std::string batch;
-      for (const Pending& p : pending_)
-        for (const std::string& c : p.upstream) batch += c;
-      up_ok = co_await up_.send(batch);
-    }
-    for (Pending& p : pending_) {
-      if (p.upstream.empty()) {
-        out_ += p.local_reply;
-        continue;
-      }
-      std::vector<smtp::Reply> got;
-      for (const std::string& c : p.upstream) {
-        if (!up_ok) break;
-        if (!pipelined && !(up_ok = co_await up_.send(c))) break;
-        auto r = co_await up_.read_reply();
-        if (!r) {
-          up_ok = false;
-          break;
-        }
-        got.push_back(std::move(*r));
-        if (!pipelined && p.stop_on_failure && got.back().code / 100 != 2) break;
-      }
-      if (!up_ok) {
-        lost = true;
-        out_ += upstream_failure_reply();
-      } else {
-        out_ += p.on_replies(got);
-      }
-    }
-    pending_.clear();
+  if (!pipeline_.empty()) {
+    const bool up_ok = !pipeline_.needs_next_hop() || co_await ensure_upstream();
+    Pipeline::Flushed f = co_await pipeline_.flush(up_, up_ok);
+    out_ += f.text;
+    errors_ += f.errors;  // the next hop's refusals, relayed (Answer::counts)
+    lost = f.lost;
   }
   std::string text = std::move(out_);
   out_.clear();
@@ -682,111 +627,112 @@ awaitable<bool> Session::process(const std::string& line) {
   }
   const smtp::Command cmd = smtp::parse_command(line);
   using smtp::Verb;
-  // Junk commands (Postfix smtpd_junk_command_limit): everything but the transaction itself,
-  // inside a transaction too, so that MAIL/RSET or NOOP loops are bounded; the count restarts
-  // when a message is delivered.
-  if (cmd.verb != Verb::mail && cmd.verb != Verb::rcpt && cmd.verb != Verb::data && cmd.verb != Verb::bdat &&
-      cmd.verb != Verb::quit)
-    ++commands_outside_tx_;
-  switch (cmd.verb) {
-    case Verb::ehlo:
-    case Verb::helo: {
-      if (!co_await flush()) co_return false;
-      if (cmd.args.empty()) {
-        refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
-        co_return true;
-      }
-      handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
-      helo_seen_ = true;
-      esmtp_ = cmd.verb == Verb::ehlo;
-      client_helo_ = clean_helo(cmd.args, rt_->hostname);
-      // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
-      if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
-        if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
-        if (!co_await forward_client_identity()) co_return co_await next_hop_lost("");
-        // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
-        // now sees): the client is offered what the next hop offers from here on.
-        offer(up_.caps());
-        learn_caps();
-      } else if (connect_at_mail()) {
-        // The live connection when there is one (a later EHLO), else what was learned last.
-        offer(up_.connected() ? up_.caps() : NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps);
-      }
-      if (!esmtp_) {
-        queue_local(replies::helo(rt_->hostname));
-        co_return true;
-      }
-      replies::EhloOffer offer;
-      offer.pipelining = adv_pipelining_;
-      offer.size = adv_size_;
-      offer.eightbitmime = adv_8bitmime_;
-      offer.smtputf8 = adv_smtputf8_;
-      offer.enhancedstatuscodes = adv_enhanced_;
-      offer.dsn = adv_dsn_;
-      offer.chunking = adv_chunking_;
-      offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
-      if (auth_offered()) offer.auth = up_.caps().auth;
-      queue_local(replies::ehlo(rt_->hostname, offer));
+  const smtp::VerbFlags flags = smtp::verb_flags(cmd.verb);
+  // Junk commands (Postfix smtpd_junk_command_limit): the count restarts when a message is delivered.
+  if (flags.junk) ++commands_outside_tx_;
+  if (cmd.verb == Verb::quit) phase_ = Phase::quit;  // a next hop lost in this flush is lost at "reply"
+  if (flags.flush_first && !co_await flush()) co_return false;
+  // BDAT is checked once its size is parsed: a refused chunk is still read (do_bdat).
+  if (cmd.verb != Verb::bdat) {
+    if (const auto no = smtp::check(facts(), cmd.verb)) {
+      refuse(replies::refusal(*no));
       co_return true;
     }
-    case Verb::mail:
-      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
-      else if (ctx_.needs_auth && !authenticated_) refuse(replies::auth_required());
-      else if (!helo_seen_) refuse(replies::need_helo());
-      else if (tx_.active) refuse(replies::nested_mail());
-      else co_return co_await handle_mail(cmd.args);
-      co_return true;
-    case Verb::rcpt:
-      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
-      else if (!helo_seen_) refuse(replies::need_helo());
-      else if (!tx_.active) refuse(replies::need_mail());
-      else if (tx_.bdat_used) refuse(replies::rcpt_after_bdat());  // the next hop may be gone (failed chunk)
-      else handle_rcpt(cmd.args);
-      co_return true;
-    case Verb::data:
-      co_return co_await do_data();
-    case Verb::bdat:
-      co_return co_await do_bdat(cmd.args);
-    case Verb::rset:
-      handle_rset(/*reply=*/true);
-      co_return true;
-    case Verb::noop:
-      queue_local(replies::ok());
-      co_return true;
+  }
+  switch (cmd.verb) {
+    case Verb::ehlo:
+    case Verb::helo: co_return co_await do_helo(cmd);
+    case Verb::mail: co_return co_await handle_mail(cmd.args);
+    case Verb::rcpt: handle_rcpt(cmd.args); co_return true;
+    case Verb::data: co_return co_await do_data();
+    case Verb::bdat: co_return co_await do_bdat(cmd.args);
+    case Verb::rset: handle_rset(/*reply=*/true); co_return true;
+    case Verb::noop: queue_local(replies::ok()); co_return true;
     case Verb::vrfy:
     case Verb::expn:
       if (cfg_.smtp.vrfy == conf::VrfyReply::cannot_verify) queue_local(replies::vrfy_cannot());
       else refuse(replies::vrfy_disabled());
       co_return true;
-    case Verb::help:
-      queue_local(replies::help());
-      co_return true;
-    case Verb::quit: {
-      phase_ = Phase::quit;
-      if (!co_await flush()) co_return false;
-      co_await finish(End::quit);
-      // A clean next hop (no transaction open, never authenticated as this client) waits for
-      // the next session instead of being closed.
-      const bool clean = pending_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
-      if (up_.connected() && clean && upstream_reusable()) {
-        UpstreamCache::local().put(rt_.get(), ctx_.listener, rt_, up_.release(), cfg_.timeouts.upstream_idle,
-                                   static_cast<std::size_t>(cfg_.limits.upstream_idle_connections));
-      } else if (up_.connected()) {
-        co_await up_.send("QUIT\r\n");
-      }
-      co_return false;
-    }
-    case Verb::starttls:
-      if (!co_await flush()) co_return false;
-      co_return co_await start_tls(cmd.args);
-    case Verb::auth:
-      if (!co_await flush()) co_return false;
-      co_return co_await do_auth(cmd.args);
-    case Verb::unknown:
-      refuse(replies::unknown_command());
-      co_return true;
+    case Verb::help: queue_local(replies::help()); co_return true;
+    case Verb::quit: co_return co_await do_quit();
+    case Verb::starttls: co_return co_await start_tls(cmd.args);
+    case Verb::auth: co_return co_await do_auth(cmd.args);
+    case Verb::unknown: refuse(replies::unknown_command()); co_return true;
   }
   co_return true;
+}
+
+smtp::PhaseFacts Session::facts() const {
+  smtp::PhaseFacts f;
+  f.helo_seen = helo_seen_;
+  f.in_transaction = tx_.active;
+  f.bdat_used = tx_.bdat_used;
+  f.bdat_failed = tx_.bdat_failed;
+  f.recipients_accepted = tx_.shared->rcpt_accepted > 0;
+  f.recipients_tried = tx_.rcpt_tried > 0;
+  f.tls_missing = listener_.require_tls && !client_.tls();
+  f.auth_missing = ctx_.needs_auth && !authenticated_;
+  f.chunking_offered = adv_chunking_;
+  f.tls_offered = rt_->tls.at(ctx_.listener).server && !listener_.implicit_tls;
+  f.tls_active = client_.tls();
+  f.auth_offered = auth_offered();
+  f.auth_needs_tls = listener_.role == conf::Role::outbound && !up_.caps().auth.empty();
+  f.authenticated = authenticated_;
+  return f;
+}
+
+awaitable<bool> Session::do_helo(const smtp::Command& cmd) {
+  using smtp::Verb;
+  if (cmd.args.empty()) {
+    refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
+    co_return true;
+  }
+  handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
+  helo_seen_ = true;
+  esmtp_ = cmd.verb == Verb::ehlo;
+  client_helo_ = clean_helo(cmd.args, rt_->hostname);
+  // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
+  if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
+    if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
+    if (!co_await forward_client_identity()) co_return co_await next_hop_lost("");
+    // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
+    // now sees): the client is offered what the next hop offers from here on.
+    offer(up_.caps());
+    learn_caps();
+  } else if (connect_at_mail()) {
+    // The live connection when there is one (a later EHLO), else what was learned last.
+    offer(up_.connected() ? up_.caps() : NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps);
+  }
+  if (!esmtp_) {
+    queue_local(replies::helo(rt_->hostname));
+    co_return true;
+  }
+  replies::EhloOffer offer;
+  offer.pipelining = adv_pipelining_;
+  offer.size = adv_size_;
+  offer.eightbitmime = adv_8bitmime_;
+  offer.smtputf8 = adv_smtputf8_;
+  offer.enhancedstatuscodes = adv_enhanced_;
+  offer.dsn = adv_dsn_;
+  offer.chunking = adv_chunking_;
+  offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
+  if (auth_offered()) offer.auth = up_.caps().auth;
+  queue_local(replies::ehlo(rt_->hostname, offer));
+  co_return true;
+}
+
+awaitable<bool> Session::do_quit() {
+  co_await finish(End::quit);
+  // A clean next hop (no transaction open, never authenticated as this client) waits for
+  // the next session instead of being closed.
+  const bool clean = pipeline_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
+  if (up_.connected() && clean && upstream_reusable()) {
+    UpstreamCache::local().put(rt_.get(), ctx_.listener, rt_, up_.release(), cfg_.timeouts.upstream_idle,
+                               static_cast<std::size_t>(cfg_.limits.upstream_idle_connections));
+  } else if (up_.connected()) {
+    co_await up_.send("QUIT\r\n");
+  }
+  co_return false;
 }
 
 awaitable<bool> Session::handle_mail(std::string_view args) {
@@ -802,7 +748,6 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
       default:
         queue_local(replies::bad_sender(smtp::to_string(res.error)));
     }
-    ++errors_;
     co_return true;
   }
   const smtp::Path& path = *res.path;
@@ -914,7 +859,6 @@ void Session::handle_rcpt(std::string_view args) {
       case smtp::PathError::duplicate_param: queue_local(replies::rcpt_syntax()); break;
       default: queue_local(replies::bad_recipient(smtp::to_string(res.error)));
     }
-    ++errors_;
     return;
   }
   const smtp::Path& path = *res.path;
@@ -937,7 +881,7 @@ void Session::handle_rcpt(std::string_view args) {
   phase_ = Phase::rcpt;
   ++tx_.rcpt_tried;
   if (tx_.rcpt_sent >= cfg_.limits.recipients_per_message) {
-    queue_local(replies::too_many_recipients());
+    queue_local(replies::too_many_recipients(), /*own_limit=*/true);
     return;
   }
   std::shared_ptr<TxShared> shared = tx_.shared;
@@ -962,7 +906,7 @@ void Session::handle_rcpt(std::string_view args) {
     if (rd.action == RcptAction::refused) {
       ++refused_;
       ++invalid_recipients_;
-      queue_local(rd.reply);
+      queue_local(rd.reply, /*own_limit=*/true);  // limits.invalid_recipients_per_session
       return;
     }
     if (rd.monitor) {
@@ -982,7 +926,7 @@ void Session::handle_rcpt(std::string_view args) {
       ++shared->rcpt_accepted;
       ++recipients_;
     }
-    return relay_reply(r);
+    return Answer{relay_reply(r)};
   };
 
   const std::int64_t now = rt_->clock.now();
@@ -1009,34 +953,28 @@ void Session::handle_rcpt(std::string_view args) {
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
     if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
     mail_cmd += "\r\n";
-    Pending p;
-    p.upstream = {std::move(mail_cmd), std::move(rcpt_cmd)};
-    p.stop_on_failure = true;
-    p.on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (got.empty()) return upstream_failure_reply();
+    auto on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (got.empty()) return Answer{upstream_failure_reply()};
       if (got[0].code / 100 != 2) {
         shared->mail_error = relay_reply(got[0]);
         shared->upstream_open = false;
-        return *shared->mail_error;
+        return Answer{*shared->mail_error};
       }
-      if (got.size() < 2) return upstream_failure_reply();
+      if (got.size() < 2) return Answer{upstream_failure_reply()};
       return rcpt_result(got[1]);
     };
     shared->upstream_open = true;  // corrected by the reply handler if MAIL fails
-    pending_.push_back(std::move(p));
+    pipeline_.relay({std::move(mail_cmd), std::move(rcpt_cmd)}, std::move(on_replies), /*stop_on_failure=*/true);
   } else {
     const SenderDecision d = decide();
     if (d.sign != tx_.decision.sign) {
-      queue_local(replies::separate_transaction());
+      queue_local(replies::separate_transaction(), /*own_limit=*/true);
       return;
     }
-    Pending p;
-    p.upstream = {std::move(rcpt_cmd)};
-    p.on_replies = [shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (shared->mail_error) return *shared->mail_error;
+    pipeline_.relay({std::move(rcpt_cmd)}, [shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (shared->mail_error) return Answer{*shared->mail_error};
       return rcpt_result(got.at(0));
-    };
-    pending_.push_back(std::move(p));
+    });
   }
   ++tx_.rcpt_sent;
 }
@@ -1044,15 +982,11 @@ void Session::handle_rcpt(std::string_view args) {
 void Session::handle_rset(bool reply) {
   // A next-hop connection already lost took its transaction with it: no reconnect for RSET. But
   // a MAIL still waiting in this pipelined batch will reconnect and open one: RSET must follow.
-  const bool mail_queued = std::any_of(pending_.begin(), pending_.end(),
-                                       [](const Pending& p) { return !p.upstream.empty(); });
+  const bool mail_queued = pipeline_.needs_next_hop();
   if (tx_.decided && tx_.shared->upstream_open && (up_.connected() || mail_queued)) {
     // The next hop has a transaction open: abort it too. Its reply is not the client's business
     // beyond success; a failure surfaces as a lost connection in flush().
-    Pending p;
-    p.upstream = {"RSET\r\n"};
-    p.on_replies = [reply](std::vector<smtp::Reply>&) { return reply ? replies::ok() : std::string(); };
-    pending_.push_back(std::move(p));
+    pipeline_.relay({"RSET\r\n"}, [reply](std::vector<smtp::Reply>&) { return Answer{reply ? replies::ok() : std::string()}; });
   } else if (reply) {
     queue_local(replies::ok());
   }
@@ -1072,17 +1006,6 @@ std::string Session::monitor_header() const {
          "\r\n";
 }
 
-std::optional<std::string> Session::data_precondition(bool bdat) {
-  if (listener_.require_tls && !client_.tls()) return replies::tls_required();
-  if (!helo_seen_) return replies::need_helo();
-  if (!tx_.active) return replies::need_mail_for_data();
-  if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
-  if (bdat && tx_.bdat_failed) return replies::bdat_sequence();
-  if (tx_.shared->rcpt_accepted == 0)
-    return tx_.rcpt_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt();
-  return std::nullopt;
-}
-
 void Session::count_message(const std::string& reply, std::uint64_t size) {
   const bool accepted = !reply.empty() && reply[0] == '2';
   metrics().message(listener_.role, accepted);
@@ -1091,8 +1014,6 @@ void Session::count_message(const std::string& reply, std::uint64_t size) {
     ++messages_;
     commands_outside_tx_ = 0;
     if (listener_.role == conf::Role::outbound) ++(tx_.decision.sign ? signed_ : unsigned_);
-  } else if (reply_is_error(reply)) {
-    ++errors_;
   }
   std::string first = reply.substr(0, reply.find('\r'));
   log(accepted ? Level::info : Level::warning, "message")
@@ -1106,11 +1027,7 @@ void Session::count_message(const std::string& reply, std::uint64_t size) {
 }
 
 awaitable<bool> Session::do_data() {
-  if (!co_await flush()) co_return false;
-  if (auto why = data_precondition(false)) {
-    refuse(std::move(*why));
-    co_return true;
-  }
+  // Flushed, and legal now (smtp::check): a next hop accepted a recipient.
   phase_ = Phase::data;
   std::optional<smtp::Reply> r;
   if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
@@ -1119,9 +1036,7 @@ awaitable<bool> Session::do_data() {
     co_return co_await next_hop_lost("data");
   }
   if (r->code != 354) {
-    std::string reply = r->code / 100 == 2 ? replies::upstream_garbled() : relay_reply(*r);
-    if (reply_is_error(reply)) ++errors_;
-    co_return co_await write_client(reply);
+    co_return co_await reply_now(r->code / 100 == 2 ? replies::upstream_garbled() : relay_reply(*r));
   }
   if (!co_await write_client(replies::start_data())) {
     co_return false;
@@ -1190,7 +1105,7 @@ awaitable<bool> Session::do_data() {
   count_message(reply, size);
   reset_transaction();
   resize_input(command_buffer);
-  co_return co_await write_client(reply);
+  co_return co_await reply_now(std::move(reply));
 }
 
 awaitable<bool> Session::skip_bytes(std::uint64_t n) {
@@ -1206,15 +1121,13 @@ awaitable<bool> Session::skip_bytes(std::uint64_t n) {
 }
 
 awaitable<bool> Session::do_bdat(std::string_view args) {
-  if (!co_await flush()) co_return false;
   const auto bdat = smtp::parse_bdat(args);
   if (!bdat) {
     refuse(replies::bdat_syntax());
     co_return true;
   }
   std::optional<std::string> refuse;
-  if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
-  else refuse = data_precondition(true);
+  if (const auto no = smtp::check(facts(), smtp::Verb::bdat)) refuse = replies::refusal(*no);
   // A next-hop connection opened after the client's EHLO (a reconnect) may not offer CHUNKING:
   // its 5xx to BDAT would fail the message for good, for a trouble of ours.
   if (!refuse && !up_.caps().chunking) refuse = replies::upstream_no_chunking();
@@ -1226,12 +1139,11 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
     tx_.bdat_failed = true;
   }
   if (refuse) {
-    ++errors_;
     if (!co_await skip_bytes(bdat->size)) co_return false;
     // The transaction ends here: abort it at the next hop too (RSET), or its MAIL stays open
     // and the client's next MAIL reaches it as a nested MAIL.
     if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
-    co_return co_await write_client(*refuse);
+    co_return co_await reply_now(std::move(*refuse));
   }
   phase_ = Phase::bdat;
   tx_.bdat_used = true;
@@ -1278,10 +1190,8 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
     count_message(reply, tx_.bdat_bytes);
     reset_transaction();
     resize_input(command_buffer);
-  } else if (reply_is_error(reply)) {
-    ++errors_;
   }
-  co_return co_await write_client(reply);
+  co_return co_await reply_now(std::move(reply));
 }
 
 // --- Names for logs -----------------------------------------------------------------------------------

@@ -27,10 +27,12 @@
 #include "conf/limits.hpp"
 #include "relay/connection.hpp"
 #include "relay/io.hpp"
+#include "relay/pipeline.hpp"
 #include "relay/policy.hpp"
 #include "relay/runtime.hpp"
 #include "relay/session_end.hpp"
 #include "relay/smtp/command.hpp"
+#include "relay/smtp/phase.hpp"
 #include "relay/upstream.hpp"
 
 namespace batv::relay {
@@ -116,14 +118,6 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
   enum class ReadFailure { closed, timeout, stopped };
 
-  // A pipelined command waiting for the next hop's replies (or a local reply kept in order).
-  struct Pending {
-    std::string local_reply;            // used when upstream is empty
-    std::vector<std::string> upstream;  // commands to send, CRLF included
-    bool stop_on_failure = false;       // without PIPELINING: skip later commands after a non-2xx
-    std::function<std::string(std::vector<smtp::Reply>&)> on_replies;
-  };
-
   // The part of a transaction that next-hop replies update. Reply handlers of pipelined
   // commands hold it by shared_ptr, so an RSET later in the same batch cannot make them update
   // the next transaction.
@@ -157,6 +151,9 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   awaitable<bool> write_client(std::string_view text);
   awaitable<bool> flush();
   awaitable<bool> process(const std::string& line);
+  smtp::PhaseFacts facts() const;  // where the session stands, for the phase table
+  awaitable<bool> do_helo(const smtp::Command& cmd);
+  awaitable<bool> do_quit();
   awaitable<bool> do_data();
   awaitable<bool> do_bdat(std::string_view args);
   awaitable<bool> skip_bytes(std::uint64_t n);
@@ -190,9 +187,12 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   awaitable<std::string> lookup_client_name(const tcp::endpoint& remote);
   std::string monitor_header() const;
   void offer(const smtp::Capabilities& caps);  // what the client's EHLO reply advertises
-  void queue_local(std::string reply);
+  // A reply of the session's own, kept in order in the pipeline; counted (Answer::counts) now.
+  void queue_local(std::string reply, bool own_limit = false);
+  // A reply written at once (DATA, BDAT, AUTH: the session waited for it); counted the same way.
+  awaitable<bool> reply_now(std::string reply);
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
-  void refuse(std::string reply);  // a local error reply: queued and counted
+  void refuse(std::string reply) { queue_local(std::move(reply)); }  // a local error reply
   std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
   // False: the session is over (a client write failed while flushing before the next hop opened).
   awaitable<bool> handle_mail(std::string_view args);
@@ -204,7 +204,6 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   void handle_rcpt(std::string_view args);
   void handle_rset(bool reply);
   void reset_transaction();
-  std::optional<std::string> data_precondition(bool bdat);
   void count_message(const std::string& reply, std::uint64_t size);
   std::string relay_reply(const smtp::Reply& r) const;
   std::string upstream_failure_reply() const;
@@ -222,7 +221,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   InputBuffer in_;                 // client input, bounded
   std::size_t in_begin_ = 0, in_end_ = 0;
   std::string out_;                // client replies not yet written
-  std::vector<Pending> pending_;
+  Pipeline pipeline_;              // pipelined commands for the next hop, replies in order
 
   ReadFailure read_failure_ = ReadFailure::closed;
   Phase phase_ = Phase::connect;
