@@ -12,7 +12,14 @@
 // Memory per session is bounded: one input buffer (4 KiB or limits.line_length while reading
 // commands, 64 KiB while a body streams), the reply reader's limits, and a bounded queue of
 // pipelined commands.
-// Every session ends in one place (Session::run) with one `event=session_end` log line.
+// Every session ends through Session::finish(End) (the final reply per End: replies::final_reply)
+// and logs one `event=session_end` line in Session::run.
+//
+// Where things live: session.cpp is the dispatcher (the command loop, the phase table
+// relay/smtp/phase.hpp applied, EHLO, MAIL, RCPT, RSET, QUIT, the way out); the pipeline of
+// next-hop commands is relay/pipeline.hpp; session_data.cpp streams DATA and BDAT;
+// session_auth.cpp relays AUTH; session_nexthop.cpp opens the next hop and relays its replies;
+// relay/client_identity.hpp tells the next hop who the client is (XCLIENT, PROXY).
 #pragma once
 
 #include <atomic>
@@ -175,7 +182,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   std::optional<End> over_limit() const;
   bool strict_upstream_tls() const;  // upstream_tls required/verify: TLS trouble is policy (4.7.0)
   awaitable<bool> ensure_upstream();
-  awaitable<bool> forward_client_identity();
+  awaitable<bool> forward_client_identity();  // XCLIENT when the listener says so (relay/client_identity.hpp)
   awaitable<bool> open_upstream();
   bool upstream_reusable() const;  // listener and limits allow an idle next-hop connection cache
   awaitable<bool> start_tls(std::string_view args);  // the STARTTLS command
@@ -183,8 +190,6 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   bool auth_offered() const;
   UpstreamTlsPolicy upstream_tls_policy() const;
   void log_downgrade();
-  awaitable<std::string> confirmed_client_name();
-  awaitable<std::string> lookup_client_name(const tcp::endpoint& remote);
   std::string monitor_header() const;
   void offer(const smtp::Capabilities& caps);  // what the client's EHLO reply advertises
   // A reply of the session's own, kept in order in the pipeline; counted (Answer::counts) now.
