@@ -338,8 +338,6 @@ inline constexpr std::size_t metrics_buffer_slack_bytes = 1024;
 // descriptor shortage does not spin a thread at 100%, and short enough that a freed descriptor is
 // used at once. Also the metrics listener's.
 inline constexpr std::chrono::milliseconds accept_error_pause{100};
-// Shutdown: how often the count of open sessions is checked while they finish.
-inline constexpr std::chrono::milliseconds shutdown_poll_interval{50};
 // Shutdown: sessions told to stop get at least this long (and at least
 // timeouts.upstream_data_reply + 1 s, for a message with the next hop) to write their 421.
 inline constexpr std::chrono::seconds shutdown_stop_minimum{10};

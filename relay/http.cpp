@@ -124,7 +124,9 @@ http::response<http::string_body> respond(State& st, const http::request<http::s
   http::response<http::string_body> res;
   if (target == "/metrics") {
     res = simple(http::status::ok, version,
-                 metrics().render_prometheus(static_cast<std::int64_t>(std::time(nullptr))), prometheus_type);
+                 metrics().render_prometheus(st.options.now ? st.options.now()
+                                                            : static_cast<std::int64_t>(std::time(nullptr))),
+                 prometheus_type);
   } else if (target == "/healthz") {
     const bool ok = st.check_health();
     res = simple(ok ? http::status::ok : http::status::service_unavailable, version, ok ? "ok\n" : "unhealthy\n");

@@ -1,6 +1,7 @@
 // http: the metrics listener, a small HTTP/1.1 server built on Boost.Beast.
 //
-//   GET /metrics  200 text/plain; version=0.0.4; charset=utf-8   metrics().render_prometheus(now)
+//   GET /metrics  200 text/plain; version=0.0.4; charset=utf-8   metrics().render_prometheus(now),
+//                 now from Options::now
 //   GET /healthz  200 "ok\n", or 503 "unhealthy\n" when the health check says false (or throws)
 //   other paths   404;  methods other than GET and HEAD: 405 (with Allow: GET, HEAD)
 //   a request header over Options::header_limit: 431, then close; a malformed request: 400, close
@@ -23,6 +24,7 @@
 #include <boost/system/error_code.hpp>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 
@@ -38,6 +40,9 @@ class MetricsServer {
     std::size_t max_connections = conf::fixed::metrics_max_connections;
     std::size_t header_limit = conf::fixed::metrics_header_bytes;
     unsigned max_requests = conf::fixed::metrics_max_requests;  // per connection, then Connection: close
+    // The wall clock (unix seconds) /metrics is rendered at (the key ages); empty: std::time. The
+    // server passes its Runtime's clock.
+    std::function<std::int64_t()> now;
   };
 
   // `healthy` may be empty: always healthy.

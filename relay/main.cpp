@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
     // shows here rather than in the first bounce.
     const auto& rings = rt->keys.rings();
     if (rings.size() > 1) {
-      const auto now = static_cast<std::int64_t>(std::time(nullptr));
+      const std::int64_t now = rt->clock.now();
       for (const auto& r : rings) {
         std::cout << "ring " << r.name << ": " << r.key_file << ": " << r.key_count
                   << (r.key_count == 1 ? " key" : " keys") << ", signing key " << r.keyring.signing_id(now);

@@ -59,26 +59,20 @@ static_assert(to_string(crypto::Verdict::valid) == "valid" && static_cast<int>(c
 static_assert(slot_name<crypto::Verdict, Metrics::verdicts>(Metrics::verdicts - 1) == "other");
 static_assert(end_slot(SessionEnd::none) == session_end_count && end_slot("none") == session_end_count &&
               end_slot("quit") == 1 && end_slot("not a reason") == session_end_count);
-constexpr std::array<std::string_view, Metrics::upstream_stages> stage_names{
-    "connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "dot", "bdat", "reply", "other"};
+static_assert(to_string(UpstreamStage::connect) == "connect" && static_cast<int>(UpstreamStage::connect) == 0 &&
+              to_string(UpstreamStage::reply) == "reply" && upstream_stage_count == 10);
+static_assert(to_string(ProxyHeaderError::not_proxy) == "not_proxy" &&
+              static_cast<int>(ProxyHeaderError::not_proxy) == 0 &&
+              to_string(ProxyHeaderError::io_error) == "io_error" && proxy_header_error_count == 14);
+static_assert(slot_name<UpstreamStage, Metrics::upstream_stages>(Metrics::upstream_stages - 1) == "other" &&
+              slot_name<ProxyHeaderError, Metrics::proxy_header_errors>(Metrics::proxy_header_errors - 1) == "other");
 constexpr std::array<std::string_view, Metrics::roles> role_names{"outbound", "inbound", "milter", "policy",
                                                                    "socketmap"};
 constexpr std::array<std::string_view, Metrics::answers> answer_names{
     "accept", "reject", "tempfail", "dunno", "prepend", "found", "notfound", "temp", "perm", "other"};
-constexpr std::array<std::string_view, Metrics::proxy_header_errors> proxy_header_error_names{
-    "not_proxy", "line_too_long", "bad_line", "bad_address", "bad_port", "bad_version", "bad_command",
-    "bad_family", "unsupported_family", "short_addresses", "too_large", "timeout", "closed", "io_error", "other"};
 // The `le` label of each bucket, as Prometheus clients write them.
 constexpr std::array<std::string_view, Metrics::latency_bounds.size() + 1> bucket_labels{
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf"};
-
-// The index of `text` in `names`, or the last index ("other") when absent.
-template <std::size_t N>
-std::size_t lookup(const std::array<std::string_view, N>& names, std::string_view text) {
-  for (std::size_t i = 0; i + 1 < N; ++i)
-    if (names[i] == text) return i;
-  return N - 1;
-}
 
 std::size_t role_index(conf::Role r) {
   const auto i = static_cast<std::size_t>(r);
@@ -158,8 +152,12 @@ std::uint64_t get(const std::atomic<std::uint64_t>& c) { return c.load(relaxed);
 
 }  // namespace
 
-std::string_view Metrics::name(UpstreamStage v) { return stage_names[static_cast<std::size_t>(v)]; }
-std::string_view Metrics::name(ProxyHeaderError v) { return proxy_header_error_names[static_cast<std::size_t>(v)]; }
+std::string_view Metrics::name(UpstreamStage v) {
+  return slot_name<UpstreamStage, upstream_stages>(slot_of(v, upstream_stage_count));
+}
+std::string_view Metrics::name(ProxyHeaderError v) {
+  return slot_name<ProxyHeaderError, proxy_header_errors>(slot_of(v, proxy_header_error_count));
+}
 std::string_view Metrics::name(Answer v) { return answer_names[static_cast<std::size_t>(v)]; }
 std::string_view Metrics::name(Role r) { return role_names[role_index(r)]; }
 
@@ -268,9 +266,12 @@ void Metrics::set_domains(std::vector<std::string> list) {
   domains_.store(tables_.back().get(), std::memory_order_release);
 }
 
-void Metrics::upstream_error(std::string_view stage) { inc(upstream_errors_[lookup(stage_names, stage)]); }
+void Metrics::upstream_error(UpstreamStage stage) { inc(upstream_errors_[slot_of(stage, upstream_stage_count)]); }
+void Metrics::proxy_header_error(ProxyHeaderError reason) {
+  inc(proxy_header_errors_[slot_of(reason, proxy_header_error_count)]);
+}
 void Metrics::proxy_header_error(std::string_view reason) {
-  inc(proxy_header_errors_[lookup(proxy_header_error_names, reason)]);
+  inc(proxy_header_errors_[slot_of<ProxyHeaderError>(reason, proxy_header_error_count)]);
 }
 void Metrics::proxy_health_check() { inc(proxy_health_checks_); }
 
@@ -399,12 +400,14 @@ std::string Metrics::render_prometheus(std::int64_t now_unix) const {
 
   family(out, "batv_upstream_errors_total", "counter", "Next-hop failures, by the stage they happened at.");
   for (std::size_t i = 0; i < upstream_stages; ++i)
-    sample(out, "batv_upstream_errors_total", {{"stage", stage_names[i]}}, get(upstream_errors_[i]));
+    sample(out, "batv_upstream_errors_total", {{"stage", slot_name<UpstreamStage, upstream_stages>(i)}},
+           get(upstream_errors_[i]));
 
   family(out, "batv_proxy_header_errors_total", "counter",
          "Connections from listener.accept_proxy_from closed for a bad, slow or missing PROXY header, by reason.");
   for (std::size_t i = 0; i < proxy_header_errors; ++i)
-    sample(out, "batv_proxy_header_errors_total", {{"reason", proxy_header_error_names[i]}}, get(proxy_header_errors_[i]));
+    sample(out, "batv_proxy_header_errors_total", {{"reason", slot_name<ProxyHeaderError, proxy_header_errors>(i)}},
+           get(proxy_header_errors_[i]));
   family(out, "batv_proxy_health_checks_total", "counter",
          "Load balancer health checks (PROXY v2 LOCAL, v1 UNKNOWN) answered and closed, no session counted.");
   sample(out, "batv_proxy_health_checks_total", {}, get(proxy_health_checks_));

@@ -3,9 +3,10 @@
 //
 // Hot path: every update is one relaxed std::atomic<uint64_t> increment on a fixed slot. Label
 // sets are known at compile time (roles, reasons, actions, stages, key ids 0-9, verdicts): slots
-// live in arrays indexed by enums. The session end reasons, verdicts, not-signed reasons and
-// recipient actions are the relay's own enums (SessionEnd, crypto::Verdict, crypto::NoSignReason,
-// RcptAction), counted by value in arrays sized by their *_count and labelled with their own
+// live in arrays indexed by enums. The session end reasons, verdicts, not-signed reasons,
+// recipient actions, next-hop failure stages and PROXY header errors are the relay's own enums
+// (SessionEnd, crypto::Verdict, crypto::NoSignReason, RcptAction, UpstreamStage,
+// ProxyHeaderError), counted by value in arrays sized by their *_count and labelled with their own
 // to_string: a value added to one of them is a series of its own, never "other". Each of these
 // families also ends with an "other" series, for text that names no value (the string overloads,
 // a linear scan of the names: no map, no allocation, no lock) and SessionEnd::none. The one runtime-defined label, the verification domain, is a small configured set
@@ -30,26 +31,47 @@
 #include "conf/config.hpp"
 #include "crypto/prvs.hpp"
 #include "relay/policy.hpp"
+#include "relay/proxy_header.hpp"
 #include "relay/session_end.hpp"
 
 namespace batv::relay {
+
+// Where a next-hop failure happened: the label stage of batv_upstream_errors_total. The steps of
+// opening a connection (relay/upstream.hpp: connect, greeting, ehlo, tls), then the command the
+// next hop failed at in a session (reply: a reply to anything else, or none).
+enum class UpstreamStage { connect, greeting, ehlo, tls, mail, rcpt, data, dot, bdat, reply };
+// One more than the last value (checked below; -Wswitch makes to_string name a new one).
+inline constexpr std::size_t upstream_stage_count = static_cast<std::size_t>(UpstreamStage::reply) + 1;
+
+constexpr std::string_view to_string(UpstreamStage s) {
+  switch (s) {
+    case UpstreamStage::connect: return "connect";
+    case UpstreamStage::greeting: return "greeting";
+    case UpstreamStage::ehlo: return "ehlo";
+    case UpstreamStage::tls: return "tls";
+    case UpstreamStage::mail: return "mail";
+    case UpstreamStage::rcpt: return "rcpt";
+    case UpstreamStage::data: return "data";
+    case UpstreamStage::dot: return "dot";
+    case UpstreamStage::bdat: return "bdat";
+    case UpstreamStage::reply: return "reply";
+  }
+  return "?";
+}
+static_assert(to_string(static_cast<UpstreamStage>(upstream_stage_count)) == "?" &&
+                  to_string(static_cast<UpstreamStage>(upstream_stage_count - 1)) != "?",
+              "upstream_stage_count must be one more than the last UpstreamStage");
 
 class Metrics {
  public:
   using Role = conf::Role;
 
-  // Fixed label sets of the metrics' own. Each list ends with `other` (where text can fall outside
-  // the set).
-  enum class UpstreamStage { connect, greeting, ehlo, tls, mail, rcpt, data, dot, bdat, reply, other };
+  using UpstreamStage = relay::UpstreamStage;
+  using ProxyHeaderError = relay::ProxyHeaderError;  // relay/proxy_header.hpp
+  // Fixed label set of the metrics' own; it ends with `other`.
   // What a no-hop role answered one request with (milter: accept/reject/tempfail per RCPT and
   // end of message; policy: dunno/reject/prepend/tempfail; socketmap: found/notfound/temp/perm).
   enum class Answer { accept, reject, tempfail, dunno, prepend, found, notfound, temp, perm, other };
-  // Why a connection from listener.accept_proxy_from was closed before its session: the parse
-  // errors of relay/proxy_header.hpp (to_string), then the reader's own.
-  enum class ProxyHeaderError {
-    not_proxy, line_too_long, bad_line, bad_address, bad_port, bad_version, bad_command, bad_family,
-    unsupported_family, short_addresses, too_large, timeout, closed, io_error, other
-  };
 
   static constexpr std::size_t roles = 5;  // conf::Role: outbound, inbound, milter, policy, socketmap
   // Series per family: one per enum value, then "other" (its slot is the last).
@@ -57,9 +79,9 @@ class Metrics {
   static constexpr std::size_t rcpt_actions = rcpt_action_count + 1;
   static constexpr std::size_t not_signed_reasons = crypto::no_sign_reason_count + 1;
   static constexpr std::size_t verdicts = crypto::verdict_count + 1;
-  static constexpr std::size_t upstream_stages = static_cast<std::size_t>(UpstreamStage::other) + 1;
+  static constexpr std::size_t upstream_stages = upstream_stage_count + 1;
   static constexpr std::size_t answers = static_cast<std::size_t>(Answer::other) + 1;
-  static constexpr std::size_t proxy_header_errors = static_cast<std::size_t>(ProxyHeaderError::other) + 1;
+  static constexpr std::size_t proxy_header_errors = proxy_header_error_count + 1;
   static constexpr std::size_t key_ids = 10;  // the K digit of a prvs tag
   // Upper bounds (seconds, inclusive) of the latency histogram; +Inf follows.
   static constexpr std::array<double, 12> latency_bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -98,11 +120,12 @@ class Metrics {
   void answer(Role role, Answer a);
 
   // --- PROXY protocol from a load balancer (listener.accept_proxy_from) ---
-  void proxy_header_error(std::string_view reason);  // a ProxyHeaderError name; else "other"
+  void proxy_header_error(ProxyHeaderError reason);
+  void proxy_header_error(std::string_view reason);  // to_string(ProxyHeaderError); else "other"
   void proxy_health_check();                         // a v2 LOCAL or v1 UNKNOWN header answered
 
   // --- next hop, volume, latency ---
-  void upstream_error(std::string_view stage);  // connect greeting ehlo tls mail rcpt data dot bdat reply
+  void upstream_error(UpstreamStage stage);
   // A session's new next-hop connection (TCP established; a reused idle one is not counted).
   void upstream_connection(Role role);
   // A capability probe of a listener that connects at MAIL (relay/nexthop_caps.hpp).

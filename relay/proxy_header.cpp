@@ -219,23 +219,6 @@ ProxyParse parse_proxy_header(std::string_view in, std::size_t max_size) {
   return fail(ProxyError::not_proxy);
 }
 
-std::string_view to_string(ProxyError e) {
-  switch (e) {
-    case ProxyError::not_proxy: return "not_proxy";
-    case ProxyError::line_too_long: return "line_too_long";
-    case ProxyError::bad_line: return "bad_line";
-    case ProxyError::bad_address: return "bad_address";
-    case ProxyError::bad_port: return "bad_port";
-    case ProxyError::bad_version: return "bad_version";
-    case ProxyError::bad_command: return "bad_command";
-    case ProxyError::bad_family: return "bad_family";
-    case ProxyError::unsupported_family: return "unsupported_family";
-    case ProxyError::short_addresses: return "short_addresses";
-    case ProxyError::too_large: return "too_large";
-  }
-  return "other";
-}
-
 std::string_view to_string(ProxyHeader::Command c) {
   switch (c) {
     case ProxyHeader::Command::proxy: return "PROXY";

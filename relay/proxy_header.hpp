@@ -74,7 +74,65 @@ inline constexpr std::size_t proxy_v2_fixed_size = 16;
 // (v1 is bounded by the spec's 107 bytes on its own).
 ProxyParse parse_proxy_header(std::string_view in, std::size_t max_size);
 
-std::string_view to_string(ProxyError e);
+constexpr std::string_view to_string(ProxyError e) {
+  switch (e) {
+    case ProxyError::not_proxy: return "not_proxy";
+    case ProxyError::line_too_long: return "line_too_long";
+    case ProxyError::bad_line: return "bad_line";
+    case ProxyError::bad_address: return "bad_address";
+    case ProxyError::bad_port: return "bad_port";
+    case ProxyError::bad_version: return "bad_version";
+    case ProxyError::bad_command: return "bad_command";
+    case ProxyError::bad_family: return "bad_family";
+    case ProxyError::unsupported_family: return "unsupported_family";
+    case ProxyError::short_addresses: return "short_addresses";
+    case ProxyError::too_large: return "too_large";
+  }
+  return "other";
+}
 std::string_view to_string(ProxyHeader::Command c);
+
+// Why the PROXY header reader closed a connection from listener.accept_proxy_from before its
+// session: the reason= of event=proxy_header_failed and the reason label of
+// batv_proxy_header_errors_total (relay/metrics.hpp counts by value). Every ProxyError first, in
+// its order and under its name (from_parse), then the reader's own.
+enum class ProxyHeaderError {
+  not_proxy, line_too_long, bad_line, bad_address, bad_port, bad_version, bad_command, bad_family,
+  unsupported_family, short_addresses, too_large,  // = ProxyError
+  timeout,   // timeouts.proxy_header passed before the header was complete
+  closed,    // the load balancer closed (or reset) within the header
+  io_error,  // any other read error
+};
+// One more than the last value (checked below, and -Wswitch makes to_string name a new one).
+inline constexpr std::size_t proxy_header_error_count = static_cast<std::size_t>(ProxyHeaderError::io_error) + 1;
+static_assert(static_cast<int>(ProxyHeaderError::too_large) == static_cast<int>(ProxyError::too_large),
+              "ProxyHeaderError starts with every ProxyError, in the same order");
+
+constexpr ProxyHeaderError from_parse(ProxyError e) { return static_cast<ProxyHeaderError>(e); }
+
+constexpr std::string_view to_string(ProxyHeaderError e) {
+  switch (e) {
+    case ProxyHeaderError::not_proxy:
+    case ProxyHeaderError::line_too_long:
+    case ProxyHeaderError::bad_line:
+    case ProxyHeaderError::bad_address:
+    case ProxyHeaderError::bad_port:
+    case ProxyHeaderError::bad_version:
+    case ProxyHeaderError::bad_command:
+    case ProxyHeaderError::bad_family:
+    case ProxyHeaderError::unsupported_family:
+    case ProxyHeaderError::short_addresses:
+    case ProxyHeaderError::too_large: return to_string(static_cast<ProxyError>(e));
+    case ProxyHeaderError::timeout: return "timeout";
+    case ProxyHeaderError::closed: return "closed";
+    case ProxyHeaderError::io_error: return "io_error";
+  }
+  return "?";
+}
+static_assert(to_string(static_cast<ProxyHeaderError>(proxy_header_error_count)) == "?" &&
+                  to_string(static_cast<ProxyHeaderError>(proxy_header_error_count - 1)) != "?",
+              "proxy_header_error_count must be one more than the last ProxyHeaderError");
+static_assert(to_string(from_parse(ProxyError::bad_port)) == "bad_port" &&
+              to_string(ProxyHeaderError::unsupported_family) == "unsupported_family");
 
 }  // namespace batv::relay

@@ -202,8 +202,10 @@ int Server::run() {
     boost::system::error_code ec;
     const auto addr = asio::ip::make_address(cfg.metrics.listen->host, ec);
     if (!ec) {
+      MetricsServer::Options options;
+      options.now = [this] { return runtime_.get()->clock.now(); };  // the key ages' clock
       metrics_server_ = std::make_unique<MetricsServer>(main, tcp::endpoint(addr, cfg.metrics.listen->port),
-                                                        [this] { return !stopping_; });
+                                                        [this] { return !stopping_; }, options);
       ec = metrics_server_->start();
     }
     if (ec) {
@@ -244,6 +246,16 @@ int Server::run() {
   guards.clear();
   for (auto& c : contexts_) c->stop();
   for (auto& t : pool) t.join();
+  // The signal_set goes away with the server, and with it our handlers: asio restores SIG_DFL,
+  // and a second SIGTERM from an impatient sender would kill the process mid-exit (status -15,
+  // not 0). Blocked in the one thread left (asio's own threads block every signal), it stays
+  // pending and dies with the process.
+  sigset_t late;
+  sigemptyset(&late);
+  sigaddset(&late, SIGTERM);
+  sigaddset(&late, SIGINT);
+  sigaddset(&late, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &late, nullptr);
   log(Level::info, "shutdown_complete");
   return 0;
 }
@@ -380,11 +392,11 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
     sock.shutdown(tcp::socket::shutdown_both, ignored);
     sock.close(ignored);
   };
-  auto fail = [&](std::string_view reason) {
+  auto fail = [&](ProxyHeaderError reason) {
     // No greeting: the peer is a load balancer speaking the wrong protocol (or none), and a
     // load balancer passes nothing we write on to anyone.
     metrics().proxy_header_error(reason);
-    log(Level::warning, "proxy_header_failed").kv("listener", listener).kv("peer", lb).kv("reason", reason);
+    log(Level::warning, "proxy_header_failed").kv("listener", listener).kv("peer", lb).kv("reason", to_string(reason));
     close();
   };
   asio::steady_timer timer(sock.get_executor());
@@ -399,7 +411,7 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
     buf.resize(have + p.need);
     auto r = co_await (asio::async_read(sock, asio::buffer(buf.data() + have, p.need), asio::as_tuple(asio::use_awaitable)) ||
                        timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-    if (r.index() == 1) co_return fail("timeout");
+    if (r.index() == 1) co_return fail(ProxyHeaderError::timeout);
     const auto [ec, n] = std::get<0>(r);
     const bool closed = ec == asio::error::eof || ec == asio::error::connection_reset;
     if (closed && have == 0 && n == 0) {
@@ -410,10 +422,10 @@ awaitable<void> Server::read_proxy_header(tcp::socket sock, std::shared_ptr<cons
       close();
       co_return;
     }
-    if (ec) co_return fail(closed ? "closed" : "io_error");
+    if (ec) co_return fail(closed ? ProxyHeaderError::closed : ProxyHeaderError::io_error);
     p = parse_proxy_header(buf, max);
   }
-  if (p.status == ProxyParse::Status::error) co_return fail(to_string(p.error));
+  if (p.status == ProxyParse::Status::error) co_return fail(from_parse(p.error));
   const ProxyHeader& h = p.header;
   if (h.command != ProxyHeader::Command::proxy) {
     // A health check: it names no client, and opens no session (nothing counted, no next hop).
@@ -455,7 +467,8 @@ std::string Server::next_session_id(std::uint64_t& id) {
   return sid;
 }
 
-bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c) {
+bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c,
+                   TaskGroup::Member& member) {
   const conf::Limits& limits = runtime_.get()->config.limits;
   std::lock_guard lock(registry_.mu);
   if (registry_.total >= limits.sessions) return false;
@@ -463,7 +476,15 @@ bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, con
   ++registry_.total;
   ++registry_.per_ip[ip];
   registry_.live[id] = c;
+  member = connections_.join();  // under the registry's lock: counted and a member at once
   return true;
+}
+
+awaitable<void> Server::serve(std::shared_ptr<Connection> conn, std::uint64_t id, std::string ip,
+                              TaskGroup::Member member) {
+  co_await conn->run();
+  release(id, ip);
+  member.reset();  // after the release (also when run() throws: with the frame); the last one wakes a waiting shutdown
 }
 
 // A connection of a no-hop role: peers outside allow_peers (TCP) and connections over
@@ -498,15 +519,13 @@ void Server::start_local(LocalSocket sock, std::size_t listener) {
   if (make == nullptr) return refuse("role_unavailable");
   const std::string role(conf::to_string(l.role));
   auto conn = make(std::move(sock), std::move(ctx));
-  if (!admit(id, ip, /*per_client=*/false, conn)) {
+  TaskGroup::Member member;
+  if (!admit(id, ip, /*per_client=*/false, conn, member)) {
     log(Level::warning, "session_refused").kv("role", role).kv("reason", "too_many_sessions");
     return;  // conn (and its socket) go away here, before run(): nothing was counted
   }
   auto ex = conn->executor();
-  asio::co_spawn(ex, [this, conn, id, ip]() -> awaitable<void> {
-    co_await conn->run();
-    release(id, ip);
-  }, log_exceptions("connection"));
+  asio::co_spawn(ex, serve(std::move(conn), id, ip, std::move(member)), log_exceptions("connection"));
 }
 
 void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
@@ -529,6 +548,7 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
   for (const auto& net : l.allow_clients)
     if (net.contains(std::string_view(ctx.client_ip))) allowed = true;
   bool counted = false;
+  TaskGroup::Member member;
   // Outside the allowed networks: refused, unless the listener lets authenticated clients relay
   // (they are admitted, and MAIL needs AUTH first).
   if (!allowed && l.allow_authenticated) ctx.needs_auth = true;
@@ -543,6 +563,7 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
     } else {
       ++registry_.total;
       ++registry_.per_ip[ctx.client_ip];
+      member = connections_.join();
       counted = true;
     }
   }
@@ -553,10 +574,12 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
     registry_.live[id] = session;
   }
   auto ex = session->executor();
-  asio::co_spawn(ex, [this, session, id, ip, counted]() -> awaitable<void> {
-    co_await session->run();
-    if (counted) release(id, ip);
-  }, log_exceptions("session"));
+  if (counted) {
+    asio::co_spawn(ex, serve(std::move(session), id, ip, std::move(member)), log_exceptions("session"));
+    return;
+  }
+  // Refused (access, limits): it writes its refusal and ends; shutdown does not wait for it.
+  asio::co_spawn(ex, [session]() -> awaitable<void> { co_await session->run(); }, log_exceptions("session"));
 }
 
 void Server::release(std::uint64_t id, const std::string& ip) {
@@ -697,15 +720,11 @@ void Server::reload() {
       .kv("listeners", static_cast<std::int64_t>(acceptors_.size()));
 }
 
-namespace {
-std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
-}  // namespace
-
 void Server::arm_key_switch() {
   const auto rt = runtime_.get();
   // One reading of the clock for the metrics, the announced signers and the timer, so that a
   // reload in the very second of a switch cannot show one key and arm for none.
-  const std::int64_t now = unix_now();
+  const std::int64_t now = rt->clock.now();
   const auto& rings = rt->keys.rings();
   std::vector<Metrics::RingKeys> shown;
   announced_signers_.clear();
@@ -761,11 +780,6 @@ awaitable<void> Server::shutdown() {
   notify_systemd("STOPPING=1");
   for (auto& a : acceptors_) a->close();
   const auto rt = runtime_.get();
-  asio::steady_timer timer(*contexts_[0]);
-  auto live_count = [this] {
-    std::lock_guard lock(registry_.mu);
-    return registry_.total;
-  };
   auto live = [this](bool only_between_requests) {
     std::vector<std::shared_ptr<Connection>> out;
     std::lock_guard lock(registry_.mu);
@@ -777,13 +791,9 @@ awaitable<void> Server::shutdown() {
   // Policy and socketmap connections idle between requests: no grace needed (a request being
   // answered is finished first).
   for (auto& c : live(true)) c->stop();
-  // Let sessions finish within the grace period, polling (bounded) for the last one to end.
-  const auto grace_end = Clock::now() + rt->config.timeouts.shutdown_grace;
-  while (live_count() > 0 && Clock::now() < grace_end) {
-    timer.expires_after(conf::fixed::shutdown_poll_interval);
-    co_await timer.async_wait(asio::use_awaitable);
-  }
-  if (live_count() > 0) {
+  // Sessions finish within the grace period: the connection group wakes this when its last
+  // member ends.
+  if (!co_await connections_.wait_empty(Clock::now() + rt->config.timeouts.shutdown_grace)) {
     const std::vector<std::shared_ptr<Connection>> left = live(false);
     log(Level::info, "shutdown_closing").kv("sessions", static_cast<std::int64_t>(left.size()));
     for (auto& s : left) s->stop();
@@ -791,10 +801,7 @@ awaitable<void> Server::shutdown() {
     // the next hop first waits for its verdict (timeouts.upstream_data_reply). Give them that long.
     const auto hard_end = Clock::now() + std::max<Clock::duration>(conf::fixed::shutdown_stop_minimum,
         rt->config.timeouts.upstream_data_reply + std::chrono::seconds(1));
-    while (live_count() > 0 && Clock::now() < hard_end) {
-      timer.expires_after(conf::fixed::shutdown_poll_interval);
-      co_await timer.async_wait(asio::use_awaitable);
-    }
+    co_await connections_.wait_empty(hard_end);
   }
   if (metrics_server_) metrics_server_->stop();
   for (auto& c : contexts_) c->stop();

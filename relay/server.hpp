@@ -3,8 +3,10 @@
 //
 // One io_context per thread (Asio's io_context-per-core model): a session lives entirely on the
 // context that accepted its socket, so its coroutine needs no strand. Admission counts live in
-// one mutex-guarded registry. Every wait is bounded; shutdown waits timeouts.shutdown_grace for
-// sessions to finish, then ends the rest with 421 4.3.2.
+// one mutex-guarded registry. Every admitted connection's coroutine is a member of one TaskGroup
+// (relay/task_group.hpp), which wakes the shutdown when its last member ends: shutdown waits up to
+// timeouts.shutdown_grace for that, then ends the rest with 421 4.3.2 and waits for them (bounded).
+// Every wait is bounded.
 #pragma once
 
 #include <atomic>
@@ -22,6 +24,7 @@
 #include "relay/http.hpp"
 #include "relay/io.hpp"
 #include "relay/runtime.hpp"
+#include "relay/task_group.hpp"
 
 namespace batv::relay {
 
@@ -58,8 +61,14 @@ class Server {
   awaitable<void> accept_local_loop(std::shared_ptr<Listening> listening);
   void start_local(LocalSocket sock, std::size_t listener);
   void spawn_accept(const std::shared_ptr<Listening>& l);
-  // Admission under limits.sessions; on success the connection is counted and registered.
-  bool admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c);
+  // Admission under limits.sessions; on success the connection is counted, registered and joins
+  // the connection group (`member`).
+  bool admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c,
+             TaskGroup::Member& member);
+  // An admitted connection's coroutine: runs it, then gives its admission back; the member
+  // leaves the group when the coroutine ends (however it ends).
+  awaitable<void> serve(std::shared_ptr<Connection> conn, std::uint64_t id, std::string ip,
+                        TaskGroup::Member member);
   std::string next_session_id(std::uint64_t& id);
   awaitable<void> signal_loop();
   awaitable<void> shutdown();
@@ -97,6 +106,7 @@ class Server {
   bool stopping_ = false;
   std::unique_ptr<MetricsServer> metrics_server_;  // after contexts_: destroyed before them
   std::unique_ptr<asio::system_timer> key_switch_timer_;  // on the main context; after contexts_
+  TaskGroup connections_;  // the coroutines of the admitted connections (shutdown waits for them)
   std::uint64_t key_switch_generation_ = 0;  // a wait from before the last re-arm is stale
   std::vector<int> announced_signers_{-1};   // per ring: the signer the log and the metrics last showed
 };

@@ -158,9 +158,9 @@ awaitable<bool> Session::finish(End e) {
 
 awaitable<bool> Session::finish(End e, std::string reply) {
   end_ = e;
-  // A flush that loses the next hop ends the session upstream_lost (its own 421 first), as it did
-  // before this exit existed: the reply named here still follows.
-  co_await flush();
+  // The replies owed go out first. A flush that loses the next hop ends the session itself
+  // (upstream_lost, with its own final reply): one final reply, never two.
+  if (!co_await flush()) co_return false;
   co_await write_client(reply);
   co_return false;
 }
@@ -170,8 +170,8 @@ awaitable<bool> Session::finish_silently(End e) {
   co_return false;
 }
 
-awaitable<bool> Session::next_hop_lost(std::string_view stage) {
-  if (!stage.empty()) metrics().upstream_error(stage);
+awaitable<bool> Session::next_hop_lost(UpstreamStage stage) {
+  metrics().upstream_error(stage);
   upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
   co_return co_await finish(End::upstream_lost);
 }
@@ -351,7 +351,9 @@ awaitable<bool> Session::flush() {
   out_.clear();
   if (!co_await write_client(text)) co_return false;
   if (lost) {
-    const std::string_view stage = phase_ == Phase::mail || phase_ == Phase::rcpt ? phase_name() : "reply";
+    const UpstreamStage stage = phase_ == Phase::mail   ? UpstreamStage::mail
+                              : phase_ == Phase::rcpt ? UpstreamStage::rcpt
+                                                      : UpstreamStage::reply;
     if (!stop_requested_) co_return co_await next_hop_lost(stage);
     metrics().upstream_error(stage);  // the stop cancelled it
     co_return co_await finish(End::shutdown);
@@ -435,7 +437,8 @@ awaitable<bool> Session::do_helo(const smtp::Command& cmd) {
   // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
   if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
     if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
-    if (!co_await forward_client_identity()) co_return co_await next_hop_lost("");
+    // XCLIENT and the EHLO after it count as the EHLO stage of the next hop.
+    if (!co_await forward_client_identity()) co_return co_await next_hop_lost(UpstreamStage::ehlo);
     // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
     // now sees): the client is offered what the next hop offers from here on.
     offer(up_.caps());

@@ -173,7 +173,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   // client read failing inside an AUTH exchange has never been answered with one.
   awaitable<bool> finish_silently(End e);
   // The next hop went away: metrics (stage; empty = not counted), upstream_detail_, 421 4.4.2.
-  awaitable<bool> next_hop_lost(std::string_view stage);
+  awaitable<bool> next_hop_lost(UpstreamStage stage);
   // How a failed client read ends the session: stop -> shutdown, EOF or reset -> client_closed,
   // a timeout -> `at_deadline` once `deadline` has passed, else idle_timeout (timeouts.idle).
   End read_end(ReadFailure f, Clock::time_point deadline, End at_deadline) const;

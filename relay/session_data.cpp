@@ -43,7 +43,7 @@ awaitable<bool> Session::do_data() {
   if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
   if (!r) {
     out_ += upstream_failure_reply();  // DATA's own reply, then the 421
-    co_return co_await next_hop_lost("data");
+    co_return co_await next_hop_lost(UpstreamStage::data);
   }
   if (r->code != 354) {
     // Named, not a ?: temporary inside co_await (g++ 12 destroys such a temporary twice).
@@ -94,7 +94,7 @@ awaitable<bool> Session::do_data() {
   } else if (too_big) {
     reply = replies::size_exceeded();
   } else if (upstream_broke) {
-    metrics().upstream_error("data");
+    metrics().upstream_error(UpstreamStage::data);
     reply = upstream_failure_reply();
   } else {
     const auto t_wait = Clock::now();
@@ -103,7 +103,7 @@ awaitable<bool> Session::do_data() {
     awaiting_verdict_ = false;
     upstream_wait = Clock::now() - t_wait;
     if (!fin) {
-      metrics().upstream_error("dot");
+      metrics().upstream_error(UpstreamStage::dot);
       reply = upstream_failure_reply();
       up_.close();
     } else {
@@ -190,7 +190,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
     awaiting_verdict_ = false;
   }
   if (!r) {
-    metrics().upstream_error("bdat");
+    metrics().upstream_error(UpstreamStage::bdat);
     reply = upstream_failure_reply();
     up_.close();
   } else {

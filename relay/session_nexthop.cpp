@@ -44,7 +44,7 @@ awaitable<bool> Session::open_upstream() {
   }
   const UpstreamTlsPolicy tls = upstream_tls_policy();
   const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
-  if (ok || up_.stage() != "connect") metrics().upstream_connection(listener_.role);
+  if (ok || up_.stage() != UpstreamStage::connect) metrics().upstream_connection(listener_.role);
   if (!ok) {
     metrics().upstream_error(up_.stage());
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();

@@ -11,7 +11,7 @@ Usage: test_manpages.py --relay PATH/batv-relay --keys PATH/batv-keys --man-dir 
   - batv-relay(8): every option of `batv-relay --help` has an entry in OPTIONS;
   - the pages name each other and the packaged paths consistently (SEE ALSO).
 Key and default coverage of batv-relay.toml(5) is checked against the loader itself by the unit
-test tests/unit/manpage_test.cpp.
+test tests/unit/config_manpage_test.cpp.
 """
 import argparse
 import os

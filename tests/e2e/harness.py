@@ -19,14 +19,19 @@ close()/stop(), so a test that fails half way still cleans up when it registers 
                                endless_multiline_at / delays.
   SmtpSink(workdir)            Postfix's /usr/sbin/smtp-sink with -d dumps; parse_sink_dump().
   SmtpClient(port)             raw-socket SMTP client: cmd(), send(), read_reply(), wait_closed().
+  BoundClient(port, source)    an SmtpClient connecting from a given loopback address.
   smtp_dialogue(port, items)   greeting + one reply per item (optionally pipelined).
   expected_tag(addr, now)      the prvs address the relay must produce (secret "secretkey", K=3,
                                lifetime 7); tag_matches(tagged, addr, t0, t1) for clock windows.
   closed_port()                a 127.0.0.1 port with nobody listening (connection refused).
   rss_kib(pid)                 VmRSS of a process, KiB.
+  metrics_text(port)           the text of a relay's /metrics.
   scaled(seconds)              a wait scaled by BATV_TEST_TIMEOUT_FACTOR (see below).
   sanitizer_findings(text)     the lines of `text` that report an ASan/LSan/UBSan/memcheck error.
   run_checked(cmd, ...)        subprocess.run that raises AssertionError on a sanitizer finding.
+
+The unittest base class of the test files (per-test directory, key file, relay, clients) is
+cases.RelayTestCase; RelayLogMixin below is what it builds on (and what class-level fixtures use).
 
 Environment (set by tools/test and tests/CMakeLists.txt, not by the test files):
   BATV_TEST_TIMEOUT_FACTOR     multiplies every wait of this harness (default 1): the sanitizer
@@ -174,6 +179,13 @@ def free_port():
 def closed_port():
     """A port nobody listens on: connecting to it is refused."""
     return free_port()
+
+
+def metrics_text(port, timeout=10.0, host=HOST):
+    """The body of GET http://host:port/metrics (a relay's [metrics] listener)."""
+    import urllib.request
+    with urllib.request.urlopen("http://%s:%d/metrics" % (host, port), timeout=timeout) as f:
+        return f.read().decode()
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -383,7 +395,8 @@ class Relay:
         self.extra_toml = extra_toml
         self.config_path = os.path.join(workdir, config_name)
         self.proc = None
-        self.stopped = False            # set by stop(): an exit the test asked for
+        self.stopped = False            # set by stop(), close() and send_signal(SIGTERM/SIGINT):
+                                        # an exit the test asked for
         self._sent = set()              # signals the harness sent to end the process
         self._checked = False           # close() has checked the exit once
         self._records = []
@@ -579,6 +592,8 @@ class Relay:
         return self.proc is not None and self.proc.poll() is None
 
     def send_signal(self, sig):
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.stopped = True         # the test asked for the exit (see RelayLogMixin)
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
@@ -1488,9 +1503,10 @@ Reply.__doc__ = "One SMTP reply: code (int) and text (lines after the code, join
 class SmtpClient:
     """A raw-socket SMTP client that reads replies strictly (code, '-' continuation)."""
 
-    def __init__(self, port, timeout=10.0, host=HOST):
+    def __init__(self, port, timeout=10.0, host=HOST, source=None):
         self.timeout = scaled(timeout)
-        self.sock = socket.create_connection((host, port), timeout=self.timeout)
+        self.sock = socket.create_connection((host, port), timeout=self.timeout,
+                                             source_address=None if source is None else (source, 0))
         self.buf = bytearray()
 
     @property
@@ -1572,6 +1588,14 @@ class SmtpClient:
         self.close()
 
 
+class BoundClient(SmtpClient):
+    """SmtpClient whose socket is bound to the loopback address `source` (e.g. 127.0.0.2) before
+    it connects, so that the relay (and a next hop told by XCLIENT/PROXY) sees that client."""
+
+    def __init__(self, port, source, timeout=10.0, host=HOST):
+        super().__init__(port, timeout, host, source=source)
+
+
 def smtp_dialogue(port, items, pipelined=False, timeout=10.0, greeting=True, host=HOST):
     """Connect, read the greeting (when `greeting`), then for every item send it and read one
     reply. A str item gets CRLF appended; a bytes item is sent as is; None sends nothing and
@@ -1627,18 +1651,25 @@ class RelayLogMixin:
                                  % (relay.proc.returncode,
                                     "\n".join(relay.stderr_text().splitlines()[-15:])))
 
-    def _show_logs(self, relay):
-        # Cleanups run inside unittest's own bookkeeping, where _outcome.success reads True;
-        # the result object already lists this test when it failed.
+    def _failed(self):
+        """In a cleanup: True when this test failed. (Cleanups run inside unittest's own
+        bookkeeping, where _outcome.success reads True; the result object already lists this
+        test when it failed.)"""
         result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(
+        return result is not None and any(
             t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-        if failed or os.environ.get("BATV_E2E_LOGS"):
+
+    def _show_logs(self, relay):
+        if self._failed() or os.environ.get("BATV_E2E_LOGS"):
             lines = relay.stderr_text().splitlines()
             if not os.environ.get("BATV_E2E_LOGS"):
                 lines = [x if len(x) <= 300 else x[:300] + "..." for x in lines[-80:]]
             sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
                              % (self.id(), "\n".join(lines)))
+
+
+# The binaries under test, set by run_tests() (cases.RelayTestCase uses them).
+RELAY_BIN = KEYS_BIN = None
 
 
 def run_tests(module_globals):
@@ -1650,6 +1681,7 @@ def run_tests(module_globals):
     ap.add_argument("--relay", required=True)
     ap.add_argument("--keys", required=True)
     args, rest = ap.parse_known_args()
-    module_globals["RELAY"] = os.path.abspath(args.relay)
-    module_globals["KEYS"] = os.path.abspath(args.keys)
+    global RELAY_BIN, KEYS_BIN
+    RELAY_BIN = module_globals["RELAY"] = os.path.abspath(args.relay)
+    KEYS_BIN = module_globals["KEYS"] = os.path.abspath(args.keys)
     unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest, verbosity=2)

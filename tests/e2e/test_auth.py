@@ -11,19 +11,16 @@ Usage: test_auth.py --relay PATH/batv-relay --keys PATH/batv-keys
 """
 import base64
 import os
-import shutil
 import smtplib
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import KeyFile, Relay, SmtpClient  # noqa: E402
 import tlsutil  # noqa: E402
 
 RELAY = KEYS = None
@@ -133,20 +130,17 @@ class AuthUpstream:
             conn.close()
 
 
-class AuthTest(unittest.TestCase):
+class AuthTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-auth-"
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-auth-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.mx = AuthUpstream()
         self.addCleanup(self.mx.close)
 
     def relay(self, **listener):
-        li = {"upstream": self.mx.port, "role": "outbound"}
-        li.update(listener)
-        r = Relay(RELAY, self.dir, self.keys, listeners=[li])
-        self.addCleanup(r.close)
-        return r
+        """One outbound listener towards the AUTH-offering next hop; `listener`: its keys."""
+        return self.start_relay(self.mx, role="outbound", **listener)
 
     def assertNoSecrets(self, r):
         text = "\n".join(rec["_raw"] for rec in r.logs())
@@ -200,8 +194,7 @@ class AuthTest(unittest.TestCase):
 
     def test_multi_step_mechanism_relayed_byte_for_byte(self):
         r = self.relay(plaintext_auth_loopback=True)
-        c = SmtpClient(r.port())
-        self.addCleanup(c.close)
+        c = self.client(r)
         c.read_reply()
         c.cmd("EHLO client.test")
         challenges = []
@@ -237,14 +230,12 @@ class AuthTest(unittest.TestCase):
 
     def test_outside_allow_clients_without_allow_authenticated_is_refused(self):
         r = self.relay(allow_clients=["10.0.0.0/8"], plaintext_auth_loopback=True)
-        c = SmtpClient(r.port())
-        self.addCleanup(c.close)
+        c = self.client(r)
         self.assertEqual(c.read_reply().code, 554)
 
     def test_mail_auth_parameter_forwarded(self):
         r = self.relay(plaintext_auth_loopback=True)
-        c = SmtpClient(r.port())
-        self.addCleanup(c.close)
+        c = self.client(r)
         c.read_reply()
         c.cmd("EHLO client.test")
         self.assertEqual(c.cmd("MAIL FROM:<homer@example.com> AUTH=homer+40example.com").code, 250)

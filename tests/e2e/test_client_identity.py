@@ -23,11 +23,10 @@ Set BATV_E2E_LOGS=1 to print every relay and Postfix log; failed tests print the
 import os
 import socket
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import HOST, KeyFile, Relay, SmtpClient, tmpdir  # noqa: E402
 from postfix import PostfixInstance  # noqa: E402
 
 RELAY = KEYS = None
@@ -37,16 +36,6 @@ CLIENT_HELO = "client.example"
 SENDER = "alice@remote.example"
 RCPT = "bob@example.com"           # example.com is the relay's (sign and verify) domain; untagged
                                    # and not a bounce: passed to the next hop untouched
-
-
-class BoundClient(SmtpClient):
-    """harness.SmtpClient whose socket is bound to `source` (e.g. 127.0.0.2) first."""
-
-    def __init__(self, port, source, timeout=10.0, host=HOST):
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0))
-        self.timeout = timeout
-        self.buf = bytearray()
 
 
 def expected_name(ip):
@@ -60,57 +49,30 @@ def expected_name(ip):
     return name if ip in addrs else "unknown"
 
 
-class ClientIdentityTest(unittest.TestCase):
+class ClientIdentityTest(cases.RelayTestCase):
+    HELO = CLIENT_HELO
+    CHECK_CONFIG = True
+    LISTENER = {"role": "inbound"}
+
     def setUp(self):
         if os.geteuid() != 0:
             self.skipTest("a private Postfix needs root")
         if not os.access("/usr/sbin/postfix", os.X_OK):
             self.skipTest("postfix not installed")
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self._postfixes = []
+        super().setUp()
 
     # -- fixtures --
     def postfix(self, **kw):
         pf = PostfixInstance(workdir=self.dir, **kw)
         self.addCleanup(self._show_postfix_log, pf)     # after stop (cleanups are LIFO)
         self.addCleanup(pf.stop)
-        self._postfixes.append(pf)
         return pf
 
-    def relay(self, pf, forward_client):
-        li = {"upstream": pf.port, "role": "inbound"}
+    def relay(self, pf, forward_client, **kw):
+        """One inbound listener towards `pf` (forward_client written unless None)."""
         if forward_client is not None:
-            li["forward_client"] = forward_client
-        r = Relay(RELAY, self.dir, self.keys, listeners=[li], start=False)
-        rc, out = r.check_config()
-        self.assertEqual(rc, 0, "--check-config refuses the config:\n%s\n%s"
-                         % (out, r.config_text()))
-        self.addCleanup(self._show_relay_log, r)
-        self.addCleanup(r.close)
-        self.addCleanup(self._check_alive, r)
-        r.start()
-        return r
-
-    def _failed(self):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        return result is not None and any(
-            t is self for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
-
-    def _check_alive(self, relay):
-        if relay.proc is not None and relay.proc.poll() is not None and not relay.stopped:
-            relay.close()
-            raise AssertionError("batv-relay died during the test (exit status %s); log tail:\n%s"
-                                 % (relay.proc.returncode,
-                                    "\n".join(relay.stderr_text().splitlines()[-15:])))
-
-    def _show_relay_log(self, relay):
-        if self._failed() or os.environ.get("BATV_E2E_LOGS"):
-            lines = relay.stderr_text().splitlines()[-60:]
-            sys.stderr.write("\n--- batv-relay log, %s ---\n%s\n--- end ---\n"
-                             % (self.id(), "\n".join(lines)))
+            kw["forward_client"] = forward_client
+        return self.start_relay(pf, **kw)
 
     def _show_postfix_log(self, pf):
         if self._failed() or os.environ.get("BATV_E2E_LOGS"):
@@ -121,8 +83,7 @@ class ClientIdentityTest(unittest.TestCase):
     # -- one message through the relay from 127.0.0.2 --
     def send(self, relay, subject, helo=CLIENT_HELO, source=CLIENT_IP):
         """One transaction through the relay from `source`; returns the client's local port."""
-        c = BoundClient(relay.port(), source)
-        self.addCleanup(c.close)
+        c = self.client(relay, source=source)
         self.assertEqual(c.sock.getsockname()[0], source)
         self.assertEqual(c.read_reply().code, 220)
         r = c.cmd("EHLO " + helo)
@@ -204,10 +165,7 @@ class ClientIdentityTest(unittest.TestCase):
             "smtpd_tls_security_level": "may", "smtpd_tls_loglevel": "1"})
         li = {"upstream": pf.port, "role": "inbound", "forward_client": "xclient",
               "upstream_tls": "verify", "upstream_ca": certs.ca, "upstream_tls_name": "mx.test"}
-        r = Relay(RELAY, self.dir, self.keys, listeners=[li], start=False, config_name="tls.toml")
-        self.addCleanup(self._show_relay_log, r)
-        self.addCleanup(r.close)
-        r.start()
+        r = self.start_relay([li], config_name="tls.toml", check_config=False)
         port = self.send(r, "verified-tls")
         w = self.seen(pf, "verified-tls")
         self.assertEqual((w.addr, w.port), (CLIENT_IP, port), w)
@@ -220,23 +178,17 @@ class ClientIdentityTest(unittest.TestCase):
         # A wrong expected name: the relay refuses to talk to this next hop at all: its probe
         # fails, and, connecting at MAIL, each MAIL gets 451 4.7.0 (at connect: 421 4.7.0).
         li2 = dict(li, upstream_tls_name="other.test")
-        r2 = Relay(RELAY, self.dir, self.keys, listeners=[li2], start=False, config_name="tls2.toml")
-        self.addCleanup(r2.close)
-        r2.start()
+        r2 = self.start_relay([li2], config_name="tls2.toml", check_config=False)
         self.assertEqual(r2.logs("upstream_probe")[0].get("result"), "failed")
-        c = BoundClient(r2.port(), CLIENT_IP)
-        self.addCleanup(c.close)
+        c = self.client(r2, source=CLIENT_IP)
         self.assertEqual(c.read_reply().code, 220)
         self.assertEqual(c.cmd("EHLO client.example").code, 250)
         m = c.cmd("MAIL FROM:<%s>" % SENDER)
         self.assertEqual(m.code, 451, m)
         self.assertTrue(m.text.startswith("4.7.0"), m)
         li3 = dict(li2, upstream_connect="connect")
-        r3 = Relay(RELAY, self.dir, self.keys, listeners=[li3], start=False, config_name="tls3.toml")
-        self.addCleanup(r3.close)
-        r3.start()
-        c = BoundClient(r3.port(), CLIENT_IP)
-        self.addCleanup(c.close)
+        r3 = self.start_relay([li3], config_name="tls3.toml", check_config=False)
+        c = self.client(r3, source=CLIENT_IP)
         g = c.read_reply()
         self.assertEqual(g.code, 421, g)
         self.assertTrue(g.text.startswith("4.7.0"), g)
@@ -247,8 +199,7 @@ class ClientIdentityTest(unittest.TestCase):
         sets smtpd's protocol again.)"""
         pf = self.postfix(xclient_hosts="127.0.0.1")
         r = self.relay(pf, "xclient")
-        c = BoundClient(r.port(), CLIENT_IP)
-        self.addCleanup(c.close)
+        c = self.client(r, source=CLIENT_IP)
         self.assertEqual(c.read_reply().code, 220)
         self.assertEqual(c.cmd("HELO helo-only.example").code, 250)
         self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)

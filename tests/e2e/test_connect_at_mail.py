@@ -26,15 +26,14 @@ import os
 import re
 import signal
 import sys
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_CAPS, HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream,  # noqa: E402
-                     SmtpClient, closed_port, expected_tag, run_tests, tmpdir, wait_until)
+import cases  # noqa: E402
+import harness  # noqa: E402
+from harness import (DEFAULT_CAPS, closed_port, expected_tag, run_tests,  # noqa: E402
+                     wait_until)
 
 RELAY = KEYS = None
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 CONSERVATIVE = ["PIPELINING", "ENHANCEDSTATUSCODES"]  # plus SIZE <limits.message_size>
 NEEDS_MX = ["8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
 
@@ -51,47 +50,26 @@ def ehlo_size(reply):
     return None
 
 
-class ConnectAtMailTest(RelayLogMixin, unittest.TestCase):
+class ConnectAtMailTest(cases.RelayTestCase):
+    """relay(port, **listener keys): one inbound listener (forward_client none) with metrics;
+    its start waits for the probe (harness Relay.wait_probes)."""
+
+    HELO = "mx.remote.test"
+    LISTENER = {"role": "inbound", "forward_client": "none"}
+    RELAY_KW = {"verify_domains": ["example.com"]}
+    TIMEOUTS = {"upstream_idle": 0}
+    METRICS = True
+
     def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.rcpt = expected_tag("homer@example.com")  # a bounce to a valid tag: accepted
 
-    def upstream(self, **kw):
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
-
-    def relay(self, port, timeouts=None, threads=2, **li):
-        li = dict({"role": "inbound", "upstream": port, "forward_client": "none"}, **li)
-        r = Relay(RELAY, self.dir, self.keys, listeners=[li], verify_domains=["example.com"],
-                  timeouts=timeouts or {"upstream_idle": 0}, extra_toml=METRICS_TOML, threads=threads,
-                  start=False)
-        self.watch_relay(r)
-        r.start()  # waits for the probe (harness Relay.wait_probes)
-        rec = r.wait_log("metrics_listening", 10)
-        self.assertIsNotNone(rec)
-        self.metrics_port = int(rec["address"].rsplit(":", 1)[1])
-        return r
-
     def metric(self, name, **labels):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as f:
-            text = f.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
         m = re.search(r"^%s\{%s\} (\d+)$" % (re.escape(name), re.escape(want)), text, re.M)
         self.assertIsNotNone(m, "no %s{%s} in the exposition" % (name, want))
         return int(m.group(1))
-
-    def session(self, relay, helo="mx.remote.test"):
-        c = SmtpClient(relay.port(), 10)
-        self.addCleanup(c.close)
-        self.assertEqual(c.read_reply().code, 220)
-        r = c.cmd("EHLO " + helo)
-        self.assertEqual(r.code, 250, r)
-        c.ehlo_reply = r
-        return c
 
     def reprobe(self, relay, mx, caps):
         """The MX offers `caps`; a reload's probe learns them."""

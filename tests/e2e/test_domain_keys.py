@@ -23,13 +23,11 @@ import signal
 import smtplib
 import sys
 import time
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream, expected_tag,  # noqa: E402
-                     run_checked, tmpdir, wait_until)
+from harness import HOST, KeyFile, expected_tag, run_checked, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 
@@ -39,12 +37,11 @@ NDR = b"From: MAILER-DAEMON@remote.test\r\nSubject: Undelivered Mail\r\n\r\nyour
 DOMAINS = ["example.com", "a.example", "b.example"]
 
 
-class DomainKeysTest(RelayLogMixin, unittest.TestCase):
+class DomainKeysTest(cases.RelayTestCase):
+    KEY_FILE = None   # self.keys() runs batv-keys; the default ring's file is self.default
 
     def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
+        super().setUp()
         self.default = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
         os.mkdir(os.path.join(self.dir, "rings"))
         # Relative names, resolved against the config's directory like key_file.
@@ -53,22 +50,14 @@ class DomainKeysTest(RelayLogMixin, unittest.TestCase):
         self.keys(self.ring_a, "import", "--id", "1", "--signing", stdin=b"ring-a-secret\n")
         self.keys(self.ring_b, "import", "--id", "2", "--signing", stdin=b"ring-b-secret\n")
         self.keys(self.ring_b, "import", "--id", "1", stdin=b"ring-b-old\n")
-        self.smarthost = ScriptedUpstream()
-        self.mx = ScriptedUpstream()
-        self.addCleanup(self.smarthost.close)
-        self.addCleanup(self.mx.close)
+        self.smarthost = self.upstream()
+        self.mx = self.upstream()
         rings = ('[[domain_keys]]\ndomains = ["a.example"]\nkey_file = "rings/a.toml"\n'
                  '[[domain_keys]]\ndomains = ["b.example"]\nkey_file = "rings/b.toml"\n')
-        self.relay = Relay(RELAY, self.dir, self.default,
-                           listeners=[{"role": "outbound", "upstream": self.smarthost.port},
-                                      {"role": "inbound", "upstream": self.mx.port}],
-                           sign_domains=DOMAINS, verify_domains=DOMAINS,
-                           extra_toml='[metrics]\nlisten = "127.0.0.1:0"\n' + rings, start=False)
-        self.watch_relay(self.relay)
-        self.relay.start()
-        rec = self.relay.wait_log("metrics_listening", 10)
-        self.assertIsNotNone(rec, "no event=metrics_listening")
-        self.metrics_port = int(rec.get("address", "").rpartition(":")[2])
+        self.relay = self.start_relay([{"role": "outbound", "upstream": self.smarthost.port},
+                                       {"role": "inbound", "upstream": self.mx.port}],
+                                      keyfile=self.default, sign_domains=DOMAINS,
+                                      verify_domains=DOMAINS, metrics=True, extra_toml=rings)
         ready = self.relay.wait_log("ready", 10)
         self.assertEqual(ready.get("rings"), "3", ready["_raw"])
 
@@ -121,8 +110,7 @@ class DomainKeysTest(RelayLogMixin, unittest.TestCase):
         return 250, m.group(1)
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as r:
-            text = r.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         out = {}
         for m in re.finditer(r'(?m)^(batv_active_key_id|batv_next_key_switch_timestamp_seconds)'
                              r'\{ring="([^"]*)"\} (\d+)$', text):

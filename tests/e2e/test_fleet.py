@@ -42,19 +42,16 @@ import subprocess
 import sys
 import threading
 import time
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream, expected_tag,  # noqa: E402
-                     free_port, scaled, tmpdir, wait_port, wait_until)
+from harness import HOST, KeyFile, expected_tag, free_port, scaled, wait_port, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 XCLIENT_CAPS = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "XCLIENT ADDR PORT HELO PROTO"]
 CLIENTS = [("outbound", "127.0.0.2"), ("outbound", "127.0.0.3"),
            ("inbound", "127.0.0.4"), ("inbound", "127.0.0.5")]
@@ -224,19 +221,15 @@ class Client(threading.Thread):
 
 
 def metric(port, name):
-    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=10) as f:
-        total = 0.0
-        for line in f.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    total = 0.0
+    for line in harness.metrics_text(port).splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
-class FleetTest(RelayLogMixin, unittest.TestCase):
-    def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
+class FleetTest(cases.RelayTestCase):
+    KEY_FILE = None   # each relay has its own copy (start_relay)
 
     def start_relay(self, name, mx):
         d = os.path.join(self.dir, name)
@@ -248,13 +241,8 @@ class FleetTest(RelayLogMixin, unittest.TestCase):
             {"role": "outbound", "upstream": mx.port, "forward_client": "xclient",
              "accept_proxy_from": [HOST], "allow_clients": ["127.0.0.2/31", "127.0.0.4/31"]},
         ]
-        r = Relay(RELAY, d, keys, listeners=listeners, start=False, extra_toml=METRICS_TOML,
-                  timeouts={"shutdown_grace": SHUTDOWN_GRACE, "upstream_idle": 0})
-        self.watch_relay(r)
-        r.start()
-        rec = r.wait_log("metrics_listening", 10)
-        self.assertIsNotNone(rec)
-        r.metrics_port = int(rec["address"].rsplit(":", 1)[1])
+        r = self.relay(listeners, workdir=d, keyfile=keys, metrics=True,
+                       timeouts={"shutdown_grace": SHUTDOWN_GRACE, "upstream_idle": 0})
         r.name = name
         return r
 
@@ -275,8 +263,7 @@ class FleetTest(RelayLogMixin, unittest.TestCase):
         # Not a skip: tools/lib.sh installs haproxy, and a fleet test that silently did not run
         # would read as a pass.
         self.assertTrue(os.path.exists(HAPROXY), "haproxy is not installed (Debian package haproxy)")
-        mx = ScriptedUpstream(caps=XCLIENT_CAPS)
-        self.addCleanup(mx.close)
+        mx = self.upstream(caps=XCLIENT_CAPS)
         a = self.start_relay("relay-a", mx)
         b = self.start_relay("relay-b", mx)
         hap = HAProxy(self.dir, [a, b])

@@ -48,13 +48,11 @@ import struct
 import sys
 import threading
 import time
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (RelayLogMixin, HOST, MiB, KeyFile, Relay, Reply, ScriptedUpstream,  # noqa: E402
-                     SmtpClient, expected_tag, tmpdir, wait_until)
+from harness import HOST, MiB, Relay, Reply, expected_tag, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 
@@ -65,7 +63,6 @@ HOSTNAME = "relay.test"
 
 MEM_BOUND_KIB = 8 * 1024       # RSS growth allowed during an attack (the relay idles at ~10 MiB)
 GOOD_MAX = 5.0                 # seconds one well-behaved message may take during an attack
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 TIMEOUT_REPLY = Reply(421, "4.4.2 %s Error: timeout exceeded" % HOSTNAME)
 DATA_TIMEOUT_REPLY = Reply(421, "4.4.2 %s Error: DATA took too long, closing" % HOSTNAME)
@@ -274,64 +271,39 @@ def rst_close(sock):
 
 
 # ---------------------------------------------------------------------------------------------
-class HostileCase(RelayLogMixin, unittest.TestCase):
+class HostileCase(cases.RelayTestCase):
     """One relay listener of role ROLE in front of a ScriptedUpstream. sender/rcpt: a message
     each role accepts (outbound: a signed sender; inbound: a bounce to a valid tag, which the
     next hop receives untagged as upstream_rcpt)."""
 
     ROLE = "outbound"
+    # One next-hop connection per session (no idle-connection reuse): these tests count and
+    # index next-hop connections to prove what an attack did or did not open upstream.
+    TIMEOUTS = {"upstream_idle": 0}
 
     def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.sender = HOMER if self.ROLE == "outbound" else ""
         self.rcpt = BART if self.ROLE == "outbound" else expected_tag(HOMER)
         self.upstream_rcpt = BART if self.ROLE == "outbound" else HOMER
         self.metrics_port = None
 
     # -- fixtures --
-    def upstream(self, **kw):
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
-
     def relay(self, up, limits=None, timeouts=None, metrics=False, warm_up=True):
         """The relay, started; one message sent through it first (warm-up: the RSS baseline
         then includes what the first session allocates)."""
-        # One next-hop connection per session (no idle-connection reuse): these tests count
-        # and index next-hop connections to prove what an attack did or did not open upstream.
-        timeouts = dict({"upstream_idle": 0}, **(timeouts or {}))
-        r = Relay(RELAY, self.dir, self.keys, listeners=[{"role": self.ROLE, "upstream": up.port}],
-                  limits=limits, timeouts=timeouts, extra_toml=METRICS_TOML if metrics else "",
-                  start=False)
-        self.watch_relay(r)
+        r = self.start_relay(up, role=self.ROLE, limits=limits, timeouts=timeouts, metrics=metrics,
+                             start=False)
         self.addCleanup(self.check_session_ends, r)
         r.start()
         if metrics:
-            rec = r.wait_log("metrics_listening", 10)
-            self.assertIsNotNone(rec)
-            self.metrics_port = int(rec["address"].rsplit(":", 1)[1])
+            self.metrics_port = self.metrics_port_of(r)
         if warm_up:
             tag = new_tag("warm-up")
             with smtplib.SMTP(HOST, r.port(), local_hostname="good.test", timeout=10) as s:
                 s.sendmail(self.sender, [self.rcpt], body_for(tag))
             self.assertDeliveredOnce(up, tag)
         return r
-
-    def client(self, relay, timeout=10.0):
-        c = SmtpClient(relay.port(), timeout)
-        self.addCleanup(c.close)
-        return c
-
-    def session(self, relay, ehlo=True, timeout=10.0):
-        c = self.client(relay, timeout=timeout)
-        self.assertEqual(c.read_reply().code, 220)
-        if ehlo:
-            c.ehlo_reply = c.cmd("EHLO client.test")
-            self.assertEqual(c.ehlo_reply.code, 250, c.ehlo_reply)
-        return c
 
     def open_tx(self, c):
         """MAIL and RCPT of an acceptable message, both 250."""
@@ -340,8 +312,7 @@ class HostileCase(RelayLogMixin, unittest.TestCase):
         self.assertEqual(r.code, 250, r)
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as f:
-            return parse_metrics(f.read().decode())
+        return parse_metrics(harness.metrics_text(self.metrics_port))
 
     # -- next hop --
     @staticmethod

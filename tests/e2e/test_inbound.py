@@ -29,12 +29,11 @@ import smtplib
 import subprocess
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (RelayLogMixin, DAY, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
-                     dot_stuff, expected_tag, tag_matches, tmpdir, wait_until)
+from harness import DAY, HOST, dot_stuff, expected_tag, tag_matches, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 SWAKS = "/usr/bin/swaks"
@@ -92,25 +91,19 @@ def local_for(verdict, domain="example.com"):
 
 
 # =============================================================================================
-class InboundTestCase(RelayLogMixin, unittest.TestCase):
-    """Per test: a temporary directory, a key file, and helpers that register every process,
-    thread and socket for cleanup (run even when setUp or the test fails half way)."""
+class InboundTestCase(cases.RelayTestCase):
+    """cases.RelayTestCase with the inbound helpers: tags of every verdict, next-hop and log
+    inspection, one-message sessions."""
+
+    HELO = "mx.remote.test"
+    CHECK_CONFIG = True
+    RELAY_KW = {"verify_domains": VERIFY_DOMAINS}
 
     def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self._expired = {}
 
-    # -- fixtures --
-    def upstream(self, **kw):
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
-
-    def relay(self, mx, inbound=None, domain_mode=None, smarthost=None, forward_client=None,
-              config_name="relay.toml", **kw):
+    def relay(self, mx, smarthost=None, forward_client=None, **kw):
         """Relay with listener 0 = inbound towards `mx` (plus listener 1 = outbound towards
         `smarthost` when given); domains.verify = example.com and example.org."""
         li = {"role": "inbound", "upstream": mx.port}
@@ -119,40 +112,7 @@ class InboundTestCase(RelayLogMixin, unittest.TestCase):
         listeners = [li]
         if smarthost is not None:
             listeners.append({"role": "outbound", "upstream": smarthost.port})
-        r = Relay(RELAY, self.dir, self.keys, listeners=listeners, start=False,
-                  verify_domains=kw.pop("verify_domains", VERIFY_DOMAINS), inbound=inbound,
-                  domain_mode=domain_mode, config_name=config_name, **kw)
-        self.watch_relay(r)
-        rc, out = r.check_config()
-        self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
-        r.start()
-        return r
-
-    def client(self, relay, listener=0, timeout=10.0):
-        c = SmtpClient(relay.port(listener), timeout)
-        self.addCleanup(c.close)
-        return c
-
-    def session(self, relay, listener=0, helo="mx.remote.test"):
-        c = self.client(relay, listener)
-        g = c.read_reply()
-        self.assertEqual(g.code, 220, g)
-        r = c.cmd("EHLO " + helo)
-        self.assertEqual(r.code, 250, r)
-        c.ehlo_reply = r
-        return c
-
-    def smtp(self, relay, listener=0):
-        s = smtplib.SMTP(HOST, relay.port(listener), local_hostname="mx.remote.test", timeout=10)
-        self.addCleanup(self._smtp_close, s)
-        return s
-
-    @staticmethod
-    def _smtp_close(s):
-        try:
-            s.close()
-        except Exception:
-            pass
+        return self.start_relay(listeners, **kw)
 
     # -- tags --
     def tag(self, verdict, addr=HOMER):
@@ -209,11 +169,6 @@ class InboundTestCase(RelayLogMixin, unittest.TestCase):
         recs = relay.wait_logs(lambda x: x.get("event") == "rcpt", n, timeout)
         self.assertEqual(len(recs), n, "want exactly %d event=rcpt lines, got:\n%s"
                          % (n, "\n".join(x["_raw"] for x in recs)))
-        return recs
-
-    def session_ends(self, relay, n=1, timeout=5.0):
-        recs = relay.wait_logs(lambda x: x.get("event") == "session_end", n, timeout)
-        self.assertGreaterEqual(len(recs), n, "want %d event=session_end" % n)
         return recs
 
     def assertRcptLog(self, rec, to, upstream_to, verdict, action, domain=None):

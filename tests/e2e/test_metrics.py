@@ -35,14 +35,13 @@ import signal
 import smtplib
 import sys
 import time
-import unittest
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (RelayLogMixin, HOST, KeyFile, Relay, ScriptedUpstream, SmtpClient,  # noqa: E402
-                     expected_tag, tmpdir, wait_until)
+from harness import HOST, SmtpClient, expected_tag, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 
@@ -52,7 +51,6 @@ BART = "bart@elsewhere.org"
 LISA = "lisa@remote.test"
 BODY = b"Subject: metrics e2e\r\n\r\nhello\r\n.a dotted line\r\nbye\r\n"
 NDR = b"From: MAILER-DAEMON@remote.test\r\nSubject: Undelivered Mail\r\n\r\nyour mail bounced\r\n"
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 REASONS = ("quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors",
            "too_many_commands", "too_many_invalid_recipients", "session_timeout", "tls_failed",
@@ -154,39 +152,21 @@ class Exposition:
 
 
 # ---------------------------------------------------------------------------------------------
-class MetricsTestCase(RelayLogMixin, unittest.TestCase):
+class MetricsTestCase(cases.RelayTestCase):
+    CHECK_CONFIG = True
+    METRICS = True
 
     def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.t_keys = time.time()
 
     # -- fixtures --
-    def upstream(self, **kw):
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
-
     def start_relay(self):
         """Relay with listener 0 outbound -> smarthost and listener 1 inbound -> MX; returns
         (relay, smarthost, mx) and sets self.metrics_port."""
         smarthost, mx = self.upstream(), self.upstream()
-        r = Relay(RELAY, self.dir, self.keys,
-                  listeners=[{"role": "outbound", "upstream": smarthost.port},
-                             {"role": "inbound", "upstream": mx.port}],
-                  verify_domains=["example.com"], extra_toml=METRICS_TOML, start=False)
-        self.watch_relay(r)
-        rc, out = r.check_config()
-        self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
-        r.start()
-        rec = r.wait_log("metrics_listening", 10)
-        self.assertIsNotNone(rec, "no event=metrics_listening log line")
-        host, _, port = rec.get("address", "").rpartition(":")
-        self.assertEqual(host, HOST, rec["_raw"])
-        self.metrics_port = int(port)
-        self.assertNotEqual(self.metrics_port, 0, rec["_raw"])
+        r = self.relay([{"role": "outbound", "upstream": smarthost.port},
+                        {"role": "inbound", "upstream": mx.port}], verify_domains=["example.com"])
         return r, smarthost, mx
 
     def http(self, path, method="GET"):

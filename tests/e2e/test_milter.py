@@ -23,11 +23,11 @@ import re
 import shutil
 import subprocess
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import HOST, KeyFile, Relay, RelayLogMixin, expected_tag, scaled, tmpdir  # noqa: E402
+from harness import HOST, expected_tag, scaled  # noqa: E402
 
 RELAY = KEYS = None
 MILTERTEST = shutil.which("miltertest") or "/usr/bin/miltertest"
@@ -53,30 +53,27 @@ if conn == nil then error("mt.connect() failed") end
 '''
 
 
-class MilterTest(RelayLogMixin, unittest.TestCase):
+class MilterTest(cases.RelayTestCase):
+    RELAY_KW = {"signing": {"exempt_destinations": ["@lists.example"]}}
 
     def setUp(self):
         if not os.path.exists(MILTERTEST):
             self.skipTest("miltertest is not installed (Debian package miltertest)")
-        self.dir = tmpdir()
-        self.addCleanup(self.dir.cleanup)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir.name, "keys.toml"))
+        super().setUp()
 
     def relay(self, verify=False, mode="enforce", unix=False, **listener):
         li = {"role": "milter", "allow_clients": ["127.0.0.2/32"], "verify": verify}
         if unix:
-            li["listen"] = "unix:" + os.path.join(self.dir.name, "milter.sock")
+            li["listen"] = "unix:" + os.path.join(self.dir, "milter.sock")
         li.update(listener)
-        r = Relay(RELAY, self.dir.name, self.keys, listeners=[li], inbound={"mode": mode},
-                  signing={"exempt_destinations": ["@lists.example"]})
-        self.watch_relay(r)
+        r = self.start_relay([li], inbound={"mode": mode})
         port = r.port(0)
         self.sock = ("unix:" + port[len("unix:"):]) if isinstance(port, str) else "inet:%d@%s" % (port, HOST)
         return r
 
     def run_lua(self, body, expect_ok=True, trace=False):
         script = LUA_PRELUDE % {"sock": self.sock, "timeout": int(scaled(10))} + body
-        path = os.path.join(self.dir.name, "t.lua")
+        path = os.path.join(self.dir, "t.lua")
         with open(path, "w") as f:
             f.write(script)
         p = subprocess.run([MILTERTEST] + (["-vv"] if trace else []) + ["-s", path],

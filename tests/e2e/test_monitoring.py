@@ -22,9 +22,9 @@ import smtplib
 import subprocess
 import sys
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import (HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream,  # noqa: E402
                      expected_tag, run_tests, tmpdir, wait_until)
 
@@ -154,8 +154,7 @@ class MonitoringTest(RelayLogMixin, unittest.TestCase):
 
     @classmethod
     def _scraped_after_traffic(cls):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, cls.metrics_port), timeout=10) as r:
-            text = r.read().decode()
+        text = harness.metrics_text(cls.metrics_port)
         scrape = parse_scrape(text)
         counted = re.search(r'^batv_added_latency_seconds_count (\d+)', text, re.M)
         return scrape if counted and int(counted.group(1)) >= 2 else None

@@ -5,35 +5,32 @@ graceful shutdown, through the real binary.
 Usage: test_ops.py --relay PATH/batv-relay --keys PATH/batv-keys
 """
 import os
-import shutil
 import signal
 import socket
 import smtplib
+import subprocess
 import sys
-import tempfile
 import threading
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import KeyFile, Relay, ScriptedUpstream, SmtpClient  # noqa: E402
+from harness import KeyFile  # noqa: E402
 
 RELAY = KEYS = None
 
 
-class OpsTest(unittest.TestCase):
+class OpsTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-ops-"
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-ops-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self.mx = ScriptedUpstream()
-        self.addCleanup(self.mx.close)
+        super().setUp()
+        self.mx = self.upstream()
 
     def relay(self, **kw):
-        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False, **kw)
-        self.addCleanup(r.close)
-        return r
+        """A relay towards self.mx, not started yet (the tests start it their way)."""
+        return self.start_relay(self.mx, start=False, **kw)
 
     def signed_key(self, r):
         """Send one message; return the key id digit of the tag the next hop received."""
@@ -133,8 +130,7 @@ class OpsTest(unittest.TestCase):
     def test_sigterm_lets_a_session_finish_then_closes_with_421(self):
         r = self.relay(timeouts={"shutdown_grace": 2})
         r.start()
-        c = SmtpClient(r.port())
-        self.addCleanup(c.close)
+        c = self.client(r)
         self.assertEqual(c.read_reply().code, 220)
         self.assertEqual(c.cmd("EHLO x").code, 250)
         self.assertEqual(c.cmd("MAIL FROM:<homer@example.com>").code, 250)
@@ -153,19 +149,44 @@ class OpsTest(unittest.TestCase):
         # The message was never acknowledged, so nothing was half-delivered upstream.
         self.assertFalse(any(t.completed for t in self.mx.transactions()))
 
+    def test_sigterm_ends_as_soon_as_the_last_session_does(self):
+        # The shutdown waits for the group of open connections to empty, not for the grace: a
+        # session that finishes its message and quits during the grace is the last one, and the
+        # relay exits right after it, long before shutdown_grace, without closing anyone.
+        r = self.relay(timeouts={"shutdown_grace": 60})
+        r.start()
+        c = self.client(r)
+        self.assertEqual(c.read_reply().code, 220)
+        self.assertEqual(c.cmd("EHLO x").code, 250)
+        r.send_signal(signal.SIGTERM)
+        self.assertTrue(r.wait_logs(lambda x: x.get("event") == "shutdown_begin", 1, 10))
+        # The session goes on during the grace: a whole transaction, delivered.
+        for line, code in (("MAIL FROM:<homer@example.com>", 250), ("RCPT TO:<bart@elsewhere.org>", 250),
+                           ("DATA", 354)):
+            self.assertEqual(c.cmd(line).code, code, line)
+        self.assertEqual(c.cmd("Subject: t\r\n\r\nbody\r\n.").code, 250)
+        self.assertEqual(c.cmd("QUIT").code, 221)
+        try:
+            code = r.proc.wait(harness.scaled(10))
+        except subprocess.TimeoutExpired:
+            self.fail("no exit 10 s after the last session ended: the relay waits for shutdown_grace")
+        self.assertEqual(code, 0)
+        self.assertTrue(r.logs("shutdown_complete"))
+        self.assertFalse(r.logs("shutdown_closing"), "a session was closed although none was left")
+        ends = r.logs("session_end")
+        self.assertEqual([e.get("reason") for e in ends], ["quit"])
+        self.assertEqual(sum(1 for t in self.mx.transactions() if t.completed), 1)
 
-class ReloadTest(unittest.TestCase):
+
+class ReloadTest(cases.RelayTestCase):
     """SIGHUP builds a whole new runtime (config, keys, TLS) off to the side and swaps it in."""
 
+    TMP_PREFIX = "batv-reload-"
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-reload-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self.mx = ScriptedUpstream()
-        self.addCleanup(self.mx.close)
-        self.r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False)
-        self.addCleanup(self.r.close)
-        self.r.start()
+        super().setUp()
+        self.mx = self.upstream()
+        self.r = self.relay(self.mx)
 
     def reload(self, n):
         self.r.send_signal(signal.SIGHUP)
@@ -183,8 +204,7 @@ class ReloadTest(unittest.TestCase):
 
     def test_config_change_applies_to_new_sessions_only(self):
         self.assertIn("prvs=", self.send())
-        old = SmtpClient(self.r.port())  # a session that starts before the reload
-        self.addCleanup(old.close)
+        old = self.client(self.r)  # a session that starts before the reload
         self.assertEqual(old.read_reply().code, 220)
         self.r.signing = {"exempt_senders": ["homer@example.com"]}
         self.r.write_config()
@@ -266,22 +286,20 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(sum(1 for x in self.mx.transactions() if x.completed), 40)
 
 
-class PrivilegesTest(unittest.TestCase):
+class PrivilegesTest(cases.RelayTestCase):
     """Started as root: the relay drops to [process] user, or refuses to stay root."""
+
+    TMP_PREFIX = "batv-priv-"
+    TMP_MODE = 0o711  # the relay's user must reach the key file in here
 
     def setUp(self):
         if os.geteuid() != 0:
             self.skipTest("needs root")
-        self.dir = tempfile.mkdtemp(prefix="batv-priv-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        os.chmod(self.dir, 0o711)  # the relay's user must reach the key file in here
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self.mx = ScriptedUpstream()
-        self.addCleanup(self.mx.close)
+        super().setUp()
+        self.mx = self.upstream()
 
     def test_refuses_to_stay_root_unless_told(self):
-        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
-                  extra_toml="[process]\nrun_as_root = false\n")
+        r = self.relay(self.mx, start=False, extra_toml="[process]\nrun_as_root = false\n")
         r.write_config()
         p = harness.run_checked([RELAY, "--config", r.config_path], timeout=20)
         self.assertEqual(p.returncode, 78, p.stderr)
@@ -290,10 +308,7 @@ class PrivilegesTest(unittest.TestCase):
 
     def test_drops_to_the_configured_user_and_still_reloads_keys(self):
         os.chown(self.keys.path, 65534, 65534)
-        r = Relay(RELAY, self.dir, self.keys, upstream_port=self.mx.port, start=False,
-                  extra_toml='[process]\nuser = "nobody"\n')
-        self.addCleanup(r.close)
-        r.start()
+        r = self.relay(self.mx, extra_toml='[process]\nuser = "nobody"\n')
         rec = r.wait_log(lambda x: x.get("event") == "privileges", 5)
         self.assertEqual((rec.get("result"), rec.get("uid")), ("ok", "65534"), rec["_raw"])
         with open("/proc/%d/status" % r.proc.pid) as f:

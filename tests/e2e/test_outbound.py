@@ -15,18 +15,16 @@ Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is a
 import hashlib
 import os
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, MiB, SMTP_SINK, SMTP_SOURCE, KeyFile,  # noqa: E402
-                     Relay, ScriptedUpstream, SmtpClient, SmtpSink, closed_port, dot_stuff,
-                     expected_tag, smtp_dialogue, tag_matches, tmpdir, wait_until)
+from harness import (DEFAULT_CAPS, HOST, MiB, SMTP_SINK, SMTP_SOURCE, SmtpSink,  # noqa: E402
+                     closed_port, dot_stuff, expected_tag, smtp_dialogue, tag_matches, wait_until)
 
 RELAY = KEYS = None
 SWAKS = "/usr/bin/swaks"
@@ -40,77 +38,10 @@ FAST = {"idle": 5, "command": 5, "upstream_connect": 2, "upstream_reply": 2,
         "upstream_data_reply": 2, "shutdown_grace": 1}
 
 
-class RelayTestCase(RelayLogMixin, unittest.TestCase):
-    """Per test: a temporary directory, a key file, and helpers that register every process,
-    thread and socket for cleanup (run even when setUp or the test fails half way)."""
+class OutboundTestCase(cases.RelayTestCase):
+    """cases.RelayTestCase (one outbound listener by default) with the signing assertions."""
 
-    def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-
-    # -- fixtures --
-    def upstream(self, **kw):
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
-
-    def relay(self, upstream_port, **kw):
-        r = Relay(RELAY, self.dir, self.keys, upstream_port, start=False, **kw)
-        self.watch_relay(r)
-        r.start()
-        return r
-
-    def client(self, relay_or_port, timeout=10.0):
-        port = relay_or_port if isinstance(relay_or_port, int) else relay_or_port.port()
-        c = SmtpClient(port, timeout)
-        self.addCleanup(c.close)
-        return c
-
-    def session(self, relay, ehlo=True, timeout=10.0):
-        """Connected client that got 220 (and 250 to EHLO when `ehlo`)."""
-        c = self.client(relay, timeout)
-        g = c.read_reply()
-        self.assertEqual(g.code, 220, g)
-        if ehlo:
-            c.ehlo_reply = c.cmd("EHLO client.test")
-            self.assertEqual(c.ehlo_reply.code, 250, c.ehlo_reply)
-        return c
-
-    def smtp(self, relay):
-        s = smtplib.SMTP(HOST, relay.port(), local_hostname="client.test", timeout=10)
-        self.addCleanup(self._smtp_close, s)
-        return s
-
-    @staticmethod
-    def _smtp_close(s):
-        try:
-            s.close()
-        except Exception:
-            pass
-
-    # -- one transaction on a raw client --
-    def transaction(self, c, sender=HOMER, rcpts=(BART,), wire=SIMPLE_BODY, mail_params="",
-                    timeout=30.0):
-        """MAIL/RCPT.../DATA/body/dot on an EHLO'd client; asserts 250/250/354; returns the
-        reply to the final dot. `wire` is the dot-stuffed body without the final ".\\r\\n"."""
-        r = c.cmd("MAIL FROM:<%s>%s" % (sender, mail_params))
-        self.assertEqual(r.code, 250, r)
-        for rcpt in rcpts:
-            r = c.cmd("RCPT TO:<%s>" % rcpt)
-            self.assertEqual(r.code, 250, (rcpt, r))
-        r = c.cmd("DATA")
-        self.assertEqual(r.code, 354, r)
-        c.send(wire + b".\r\n")
-        return c.read_reply(timeout)
-
-    def deliver(self, relay, **kw):
-        """A fresh session with one transaction; returns the final reply."""
-        c = self.session(relay)
-        final = self.transaction(c, **kw)
-        c.cmd("QUIT")
-        return final
+    SENDER, RCPTS, BODY = HOMER, (BART,), SIMPLE_BODY
 
     # -- assertions --
     def assertSigned(self, tagged, address, t0, t1, key_id=3):
@@ -118,23 +49,15 @@ class RelayTestCase(RelayLogMixin, unittest.TestCase):
                         "%r is not the key %d tag of %s (want %s)"
                         % (tagged, key_id, address, expected_tag(address, t1, key_id=key_id)))
 
-    def assertCode(self, reply, code, enhanced=None):
-        self.assertIsNotNone(reply)
-        self.assertEqual(reply.code, code, reply)
-        if enhanced is not None:
-            self.assertTrue(reply.text.startswith(enhanced), reply)
-
     def assertTempFail(self, reply):
         self.assertTrue(400 <= reply.code < 500, "want a 4xx reply, got %r" % (reply,))
 
     def mail_log(self, relay, n=1, timeout=5.0):
-        recs = relay.wait_logs(lambda x: x.get("event") == "mail", n, timeout)
-        self.assertGreaterEqual(len(recs), n, "want %d event=mail log lines" % n)
-        return recs[n - 1]
+        return self.logs_of(relay, "mail", n, timeout)[n - 1]
 
 
 # =============================================================================================
-class SigningTest(RelayTestCase):
+class SigningTest(OutboundTestCase):
     def test_swaks_message_is_signed(self):
         if not os.access(SWAKS, os.X_OK):
             self.skipTest("swaks not installed")
@@ -206,11 +129,7 @@ class SigningTest(RelayTestCase):
         c = self.session(r)
         self.assertIn("SIZE 100000", c.ehlo_reply.text.split("\n"))
         up2 = self.upstream(caps=["PIPELINING", "SIZE 0"])
-        r2 = Relay(RELAY, self.dir, self.keys, up2.port, start=False, config_name="relay2.toml",
-                   limits={"message_size": 200000})
-        self.addCleanup(self._show_logs, r2)
-        self.addCleanup(r2.close)
-        r2.start()
+        r2 = self.relay(up2.port, config_name="relay2.toml", limits={"message_size": 200000})
         c2 = self.session(r2)
         self.assertIn("SIZE 200000", c2.ehlo_reply.text.split("\n"))
 
@@ -388,7 +307,7 @@ def big_block(size=MiB):
     return line * n + b"x" * (rest - 2) + b"\r\n" if rest >= 2 else line * n
 
 
-class ByteExactTest(RelayTestCase):
+class ByteExactTest(OutboundTestCase):
     def _exact(self, wire, mail_params=""):
         up = self.upstream()
         r = self.relay(up.port)
@@ -508,7 +427,7 @@ class ByteExactTest(RelayTestCase):
 
 
 # =============================================================================================
-class PipeliningTest(RelayTestCase):
+class PipeliningTest(OutboundTestCase):
     def test_pipelined_batch_gets_replies_in_order(self):
         # The next hop answers MAIL only after 0.3 s, so a relay that pipelines MAIL+RCPT has
         # sent the RCPT before that answer.
@@ -536,7 +455,7 @@ class PipeliningTest(RelayTestCase):
 
 
 # =============================================================================================
-class PostfixToolsTest(RelayTestCase):
+class PostfixToolsTest(OutboundTestCase):
     def test_smtp_source_to_smtp_sink(self):
         for tool in (SMTP_SINK, SMTP_SOURCE):
             if not os.access(tool, os.X_OK):
@@ -563,7 +482,7 @@ class PostfixToolsTest(RelayTestCase):
 
 
 # =============================================================================================
-class UpstreamFaultTest(RelayTestCase):
+class UpstreamFaultTest(OutboundTestCase):
     def _greeting_fails(self, timeouts=FAST, **faults):
         """The relay's next hop misbehaves before our greeting: the client gets 421 4.4.1."""
         up = self.upstream(**faults)
@@ -791,7 +710,7 @@ class UpstreamFaultTest(RelayTestCase):
 
 
 # =============================================================================================
-class ClientInputTest(RelayTestCase):
+class ClientInputTest(OutboundTestCase):
     def test_basic_commands(self):
         up = self.upstream()
         r = self.relay(up.port)
@@ -1093,7 +1012,7 @@ class ClientInputTest(RelayTestCase):
 
 
 # =============================================================================================
-class SessionEndTest(RelayTestCase):
+class SessionEndTest(OutboundTestCase):
     def test_exactly_one_session_end_per_session(self):
         up = self.upstream()
         r = self.relay(up.port)
@@ -1135,7 +1054,7 @@ class SessionEndTest(RelayTestCase):
 
 
 # =============================================================================================
-class UpstreamReuseTest(RelayTestCase):
+class UpstreamReuseTest(OutboundTestCase):
     """Idle next-hop connections kept between sessions (timeouts.upstream_idle,
     limits.upstream_idle_connections; one cache per I/O thread, so threads = 1 here)."""
 
@@ -1205,7 +1124,7 @@ class UpstreamReuseTest(RelayTestCase):
 
 
 # =============================================================================================
-class SignalTest(RelayTestCase):
+class SignalTest(OutboundTestCase):
     def test_sigterm_while_idle(self):
         up = self.upstream()
         r = self.relay(up.port)

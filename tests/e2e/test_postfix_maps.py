@@ -36,12 +36,11 @@ import subprocess
 import sys
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (DAY, HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream,  # noqa: E402
-                     expected_tag, scaled, tmpdir, wait_until)
+from harness import DAY, HOST, expected_tag, scaled, wait_until  # noqa: E402
 from postfix import PostfixInstance  # noqa: E402
 
 RELAY = KEYS = None
@@ -49,6 +48,19 @@ POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
 
 HOMER = "homer@example.com"
 BART = "bart@remote.example"
+
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+
+
+def readme_canonical_maps():
+    """The recipient_canonical_maps value of README.md's no-hop main.cf, as Postfix reads it
+    ($$ is main.cf's escape for $)."""
+    with open(README, encoding="utf-8") as f:
+        m = re.search(r"^recipient_canonical_maps = (pipemap:.+)$", f.read(), re.M)
+    if not m:
+        raise AssertionError("README.md: no recipient_canonical_maps = pipemap:... line")
+    return m.group(1).replace("$$", "$")
 
 
 def bad_sig(tagged):
@@ -142,25 +154,19 @@ class Peer:
         self.s.close()
 
 
-class MapsTest(RelayLogMixin, unittest.TestCase):
+class MapsTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-maps-"
+    TMP_MODE = 0o755
+    RELAY_KW = {"sign_domains": ("example.com", "example.org")}
+
     def setUp(self):
-        self._dir = tmpdir("batv-maps-")
-        self.dir = self._dir.name
-        os.chmod(self.dir, 0o755)
-        self.addCleanup(self._dir.cleanup)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.pfconf = os.path.join(self.dir, "postfix")
         os.mkdir(self.pfconf)
         with open(os.path.join(self.pfconf, "main.cf"), "w") as f:
             # maillog_file: one of the default maillog_file_prefixes; postmap writes its warnings and
             # fatal errors to stderr as well, which the lookups below require to stay empty.
             f.write("compatibility_level = 3.6\nmaillog_file = /dev/stdout\n")
-
-    def relay(self, listeners, timeouts=None, inbound=None, extra_toml="", **kw):
-        r = Relay(RELAY, self.dir, self.keys, listeners=listeners, timeouts=timeouts, inbound=inbound,
-                  sign_domains=("example.com", "example.org"), extra_toml=extra_toml, **kw)
-        self.watch_relay(r)
-        return r
 
     def peer(self, where, timeout=10.0):
         p = Peer(where, timeout)
@@ -332,15 +338,13 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
         self.assertEqual(len([x for x in r.logs("session_end") if x.get("reason") == "idle_timeout"]), 2)
 
     def test_policy_shutdown_ends_idle_connections_and_metrics_count_answers(self):
-        r = self.relay([{"role": "policy"}], timeouts={"shutdown_grace": 30},
-                       extra_toml='[metrics]\nlisten = "127.0.0.1:0"\n')
-        m = r.wait_log("metrics_listening", 5)
-        mport = int(m["address"].rsplit(":", 1)[1])
+        r = self.relay([{"role": "policy"}], timeouts={"shutdown_grace": 30}, metrics=True)
+        mport = r.metrics_port
         p = self.peer(r.port(0))
         p.send(policy_request(sender="", recipient=HOMER) * 2 + policy_request(sender="", recipient=expected_tag(HOMER))
                + policy_request(sender=BART, recipient=HOMER))
         self.assertEqual(len(p.answers(4)), 4)
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=scaled(10)).read().decode()
+        text = harness.metrics_text(mport, timeout=scaled(10))
 
         def value(series):
             m = re.search(r"^%s (\S+)$" % re.escape(series), text, re.M)
@@ -393,6 +397,31 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
         self.assertIn("unknown map name", stderr)
         ends = [x for x in r.logs("session_end") if x.get("role") == "socketmap"]
         self.assertTrue(any(int(x.get("requests", 0)) == len(keys) * 20 for x in ends), ends)
+
+    def test_socketmap_behind_the_readme_prefilter_answers_the_same(self):
+        """README's recipient_canonical_maps: a pipemap that passes only prvs= keys on to the
+        socketmap. Key by key, the same answers as the socketmap alone, and untagged keys never
+        reach the relay."""
+        r = self.relay([{"role": "socketmap"}])
+        plain = "socketmap:inet:127.0.0.1:%d:strip" % r.port(0)
+        lean = readme_canonical_maps().replace("127.0.0.1:10028", "127.0.0.1:%d" % r.port(0))
+        self.assertTrue(lean.startswith("pipemap:{regexp:"), lean)
+        now = time.time()
+        tag = expected_tag(HOMER, now)
+        keys = [tag, "PRVS=" + tag[5:], "Prvs=" + tag[5:], expected_tag(HOMER, now - 10 * DAY), bad_sig(tag),
+                "prvs=9" + tag[6:], "prvs=36829=homer@example.com", expected_tag("lisa@elsewhere.example", now),
+                HOMER, "@example.com", "homer", "x" + tag, "homer+" + tag, "prvs="]
+        for key in keys:
+            with self.subTest(key=key):
+                self.assertEqual(self.postmap(key, lean), self.postmap(key, plain))
+        tagged = [k for k in keys if k.lower().startswith("prvs=") and len(k) > 5]
+        # Every plain lookup reached the relay, and only the tagged ones of the prefilter did.
+        want = len(keys) + len(tagged)
+        def served():
+            return sum(int(x.get("requests", 0)) for x in r.logs("session_end") if x.get("role") == "socketmap")
+        self.assertTrue(wait_until(lambda: served() >= want, 10), (served(), want))
+        time.sleep(0.2)  # a late session_end of an untagged key would show here
+        self.assertEqual(served(), want)
 
     def test_socketmap_raw_netstrings_pipelined_and_broken(self):
         r = self.relay([{"role": "socketmap"}], inbound={"bad_signature": "keep"})
@@ -469,21 +498,17 @@ class MapsTest(RelayLogMixin, unittest.TestCase):
 
 
 @unittest.skipUnless(os.geteuid() == 0, "a private Postfix needs root")
-class ThroughPostfixTest(RelayLogMixin, unittest.TestCase):
+class ThroughPostfixTest(cases.RelayTestCase):
     """A Postfix MX for example.com (relay_domains, recipients listed in relay_recipient_maps,
     so an unknown one is refused) in front of a ScriptedUpstream, with both roles on TCP."""
 
+    TMP_PREFIX = "batv-maps-pf-"
+    TMP_MODE = 0o755
+
     def setUp(self):
-        self._dir = tmpdir("batv-maps-pf-")
-        self.dir = self._dir.name
-        os.chmod(self.dir, 0o755)
-        self.addCleanup(self._dir.cleanup)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-        self.relay = Relay(RELAY, self.dir, self.keys, listeners=[{"role": "policy"}, {"role": "socketmap"}],
-                           sign_domains=("example.com",))
-        self.watch_relay(self.relay)
-        self.up = ScriptedUpstream()
-        self.addCleanup(self.up.close)
+        super().setUp()
+        self.relay = self.start_relay([{"role": "policy"}, {"role": "socketmap"}])
+        self.up = self.upstream()
         policy = "inet:127.0.0.1:%d" % self.relay.port(0)
         smap = "socketmap:inet:127.0.0.1:%d:strip" % self.relay.port(1)
         self.pf = PostfixInstance(workdir=self.dir, relay_port=self.up.port, main_cf_extra={

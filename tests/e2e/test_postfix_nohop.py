@@ -11,8 +11,9 @@ README's "Postfix without an extra hop" section tells users to:
                role "socketmap" on TCP; [domains] sign = example.com; [signing]
                exempt_senders = noreply@example.com, exempt_destinations = @lists.test.
   our Postfix  (mx.example.com) smtpd_milters / non_smtpd_milters = unix:SOCKET (protocol 6,
-               default action tempfail); smtpd_recipient_restrictions = check_policy_service
-               inet:127.0.0.1:POLICY (default action 451 4.3.5); recipient_canonical_maps =
+               default action tempfail); smtpd_recipient_restrictions = check_sender_access for <>
+               and MAILER-DAEMON@ -> check_policy_service inet:127.0.0.1:POLICY (default action
+               451 4.3.5); recipient_canonical_maps = a prvs= regexp prefilter in a pipemap ->
                socketmap:inet:127.0.0.1:SOCKETMAP:strip for envelope recipients only;
                mynetworks = 127.0.0.2/32; relay_domains = example.com with relay_recipient_maps
                listing the real users (so Postfix's unknown-user check is real); transport_maps:
@@ -230,13 +231,18 @@ class PostfixFixture(unittest.TestCase):
             "milter_protocol": "6",
             "milter_default_action": "tempfail",
             # README: the socketmap strips valid tags and makes them known recipients
-            "recipient_canonical_maps": "socketmap:inet:%s:%d:strip" % (HOST, cls.socketmap_port),
+            # (behind the README's prvs= prefilter; main.cf escapes $ as $$)
+            "recipient_canonical_maps":
+                "pipemap:{regexp:{{/^(prvs=.+)$$/ $${1}}},socketmap:inet:%s:%d:strip}" % (HOST, cls.socketmap_port),
             "recipient_canonical_classes": "envelope_recipient",
         }
         if cls.USE_POLICY:
             # README: the policy service refuses forged bounces at RCPT
+            # (for bounces only: the null sender and MAILER-DAEMON@)
+            cf["smtpd_restriction_classes"] = "batv_bounce"
+            cf["batv_bounce"] = "check_policy_service inet:%s:%d" % (HOST, cls.policy_port)
             cf["smtpd_recipient_restrictions"] = \
-                "check_policy_service inet:%s:%d" % (HOST, cls.policy_port)
+                "check_sender_access inline:{<>=batv_bounce, MAILER-DAEMON@=batv_bounce}"
             cf["smtpd_policy_service_default_action"] = POLICY_DEFAULT
         return cf
 
@@ -400,13 +406,33 @@ class NoHopPostfixTest(PostfixFixture):
         self.assertEqual(len(self.mailbox.accepted()), before)
 
     def test_08_postmap_query_through_our_postfix_config(self):
-        table = self.pf.postconf("recipient_canonical_maps")
-        self.assertTrue(table.startswith("socketmap:"), table)
+        table = self.pf.postconf("recipient_canonical_maps").replace("$$", "$")
+        self.assertTrue(table.startswith("pipemap:{regexp:"), table)
         tag = harness.expected_tag(USER)
         rc, out, err = self.pf.postmap_query(tag, table)
         self.assertEqual((rc, out.strip()), (0, USER), err)
         rc, out, err = self.pf.postmap_query(USER, table)
         self.assertEqual((rc, out.strip()), (1, ""), err)
+
+    def test_09_policy_asked_about_bounces_only(self):
+        # README: check_sender_access sends the null sender and MAILER-DAEMON@ to the policy
+        # service; other senders never reach it.
+        code, text = self.send("alice@foreign.test", USER, "normal inbound mail", source=REMOTE_IP)
+        self.assertEqual(code, 250, text)
+        self.wait_at(self.mailbox, "normal inbound mail")
+        code, text = self.send("MAILER-DAEMON@mx.external.test", USER, "mailer-daemon sender",
+                               source=REMOTE_IP)
+        # inbound.mailer_daemon_is_bounce is off: asked, and answered DUNNO
+        self.assertEqual(code, 250, text)
+        code, text = self.send("", USER, "forged again", source=REMOTE_IP,
+                               data=ndr_message(USER, "forged again"))
+        self.assertEqual(code, 550, text)
+
+        def asked(sender):
+            return [r for r in self.relay.logs("policy") if r.get("from") == "<%s>" % sender]
+        self.assertTrue(wait_until(lambda: asked(""), 10), "the forged bounce was not asked about")
+        self.assertTrue(asked("MAILER-DAEMON@mx.external.test"))
+        self.assertEqual(asked("alice@foreign.test"), [])
 
     # -- monitor mode (reload) --
     def test_10_monitor_mode_delivers_with_header(self):

@@ -27,17 +27,14 @@ import socket
 import struct
 import sys
 import time
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream, SmtpClient,  # noqa: E402
-                     scaled, tmpdir, wait_until)
+from harness import HOST, SmtpClient, scaled, wait_until  # noqa: E402
 
 RELAY = KEYS = None
 
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 XCLIENT_CAPS = ["PIPELINING", "8BITMIME", "XCLIENT ADDR PORT HELO PROTO"]
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -75,36 +72,23 @@ def parse_metrics(text):
     return out
 
 
-class ProxyInTest(RelayLogMixin, unittest.TestCase):
-    def setUp(self):
-        self._tmp = tmpdir()
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+class ProxyInTest(cases.RelayTestCase):
+    CHECK_CONFIG = True
+    METRICS = True
+    TIMEOUTS = {"upstream_idle": 0}
 
     def upstream(self):
-        up = ScriptedUpstream(caps=XCLIENT_CAPS)
-        self.addCleanup(up.close)
-        return up
+        return super().upstream(caps=XCLIENT_CAPS)
 
     def relay(self, up, role="inbound", accept_proxy_from=("127.0.0.1",), allow_clients=None,
               timeouts=None, limits=None, inbound=None, debug=False):
-        li = {"role": role, "upstream": up.port, "forward_client": "xclient"}
+        li = {"role": role, "forward_client": "xclient"}
         if accept_proxy_from is not None:
             li["accept_proxy_from"] = list(accept_proxy_from)
         if allow_clients is not None:
             li["allow_clients"] = list(allow_clients)
-        extra = METRICS_TOML + ('[logging]\nlevel = "debug"\n' if debug else "")
-        r = Relay(RELAY, self.dir, self.keys, listeners=[li],
-                  timeouts=dict({"upstream_idle": 0}, **(timeouts or {})), limits=limits,
-                  inbound=inbound, extra_toml=extra, start=False)
-        self.watch_relay(r)
-        rc, out = r.check_config()
-        self.assertEqual(rc, 0, "config refused:\n%s\n%s" % (out, r.config_text()))
-        r.start()
-        rec = r.wait_log("metrics_listening", 10)
-        self.assertIsNotNone(rec)
-        r.metrics_port = int(rec["address"].rsplit(":", 1)[1])
+        r = self.start_relay(up, timeouts=timeouts, limits=limits, inbound=inbound,
+                             extra_toml='[logging]\nlevel = "debug"\n' if debug else "", **li)
         # Inbound connects at MAIL and first probes the next hop's EHLO (one connection without a
         # client behind it): the sessions' next-hop connections are the ones after it.
         r.probes = len(r.wait_probes()) if role == "inbound" else 0
@@ -117,16 +101,14 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
         return up.connections()[r.probes:]
 
     def metrics(self, r):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, r.metrics_port), timeout=10) as f:
-            return parse_metrics(f.read().decode())
+        return parse_metrics(harness.metrics_text(r.metrics_port))
 
     def metric(self, r, name, **labels):
         return self.metrics(r).get((name, frozenset(labels.items())), 0.0)
 
     def lb(self, r, header, timeout=10.0):
         """A connection from the 'load balancer' (127.0.0.1) that has sent `header` (bytes)."""
-        c = SmtpClient(r.port(), timeout)
-        self.addCleanup(c.close)
+        c = self.client(r, timeout)
         if header:
             c.send(header)
         return c
@@ -308,8 +290,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
     def test_untrusted_peer_is_never_parsed(self):
         up = self.upstream()
         r = self.relay(up, accept_proxy_from=["192.0.2.0/24"])  # not us (127.0.0.1)
-        c = SmtpClient(r.port(), 10)
-        self.addCleanup(c.close)
+        c = self.client(r)
         self.assertEqual(c.read_reply().code, 220)
         rep = c.cmd("PROXY TCP4 203.0.113.7 192.0.2.25 40001 25")
         self.assertEqual(rep.code, 500, rep)
@@ -327,8 +308,7 @@ class ProxyInTest(RelayLogMixin, unittest.TestCase):
     def test_no_list_means_no_parsing(self):
         up = self.upstream()
         r = self.relay(up, accept_proxy_from=None)
-        c = SmtpClient(r.port(), 10)
-        self.addCleanup(c.close)
+        c = self.client(r)
         c.send(v1("203.0.113.7", "192.0.2.25", 1, 25))  # before the greeting: just early input
         self.assertEqual(c.read_reply().code, 220)
         self.assertEqual(c.read_reply().code, 500)

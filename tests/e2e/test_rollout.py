@@ -26,12 +26,11 @@ import signal
 import smtplib
 import sys
 import time
-import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import HOST, KeyFile, Relay, RelayLogMixin, ScriptedUpstream, SmtpClient, tmpdir  # noqa: E402
+from harness import HOST, SmtpClient  # noqa: E402
 
 RELAY = KEYS = None
 
@@ -39,7 +38,6 @@ HOMER = "homer@example.com"
 BART = "bart@elsewhere.org"
 BODY = b"Subject: rollout\r\n\r\nhello\r\n"
 NDR = b"From: MAILER-DAEMON@remote.test\r\nSubject: Undelivered Mail\r\n\r\nyour mail bounced\r\n"
-METRICS_TOML = '[metrics]\nlisten = "127.0.0.1:0"\n'
 # Far enough ahead for the steps before T on a loaded machine (two deliveries, each up to one
 # 2-second key-file poll, and a few SMTP rounds), short enough to keep the test quick.
 STAGE_SECONDS = int(harness.scaled(10))
@@ -52,23 +50,17 @@ class Node:
         self.name = name
         self.keys = os.path.join(test.dir, "keys-%s.toml" % name)
         shutil.copy2(master, self.keys)
-        self.smarthost = ScriptedUpstream()
-        self.mx = ScriptedUpstream()
-        test.addCleanup(self.smarthost.close)
-        test.addCleanup(self.mx.close)
+        self.smarthost = test.upstream()
+        self.mx = test.upstream()
         workdir = os.path.join(test.dir, name)
         os.mkdir(workdir)
-        self.relay = Relay(RELAY, workdir, self.keys,
-                           listeners=[{"role": "outbound", "upstream": self.smarthost.port},
-                                      {"role": "inbound", "upstream": self.mx.port}],
-                           verify_domains=["example.com"], extra_toml=METRICS_TOML, start=False,
-                           # A session stays open across T in one test: idle longer than the wait.
-                           timeouts={"idle": 2 * STAGE_SECONDS + 30, "command": 2 * STAGE_SECONDS + 30})
-        test.watch_relay(self.relay)
-        self.relay.start()
-        rec = self.relay.wait_log("metrics_listening", 10)
-        test.assertIsNotNone(rec, "%s: no event=metrics_listening" % name)
-        self.metrics_port = int(rec.get("address", "").rpartition(":")[2])
+        self.relay = test.start_relay(
+            [{"role": "outbound", "upstream": self.smarthost.port},
+             {"role": "inbound", "upstream": self.mx.port}],
+            workdir=workdir, keyfile=self.keys, verify_domains=["example.com"], metrics=True,
+            # A session stays open across T in one test: idle longer than the wait.
+            timeouts={"idle": 2 * STAGE_SECONDS + 30, "command": 2 * STAGE_SECONDS + 30})
+        self.metrics_port = self.relay.metrics_port
         self.reloads = 0
 
     def deliver(self, test, master):
@@ -83,8 +75,7 @@ class Node:
         test.assertEqual(recs[-1].get("result"), "ok", recs[-1]["_raw"])
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, self.metrics_port), timeout=10) as r:
-            text = r.read().decode()
+        text = harness.metrics_text(self.metrics_port)
         out = {}
         for name in ("batv_active_key_id", "batv_next_key_switch_timestamp_seconds"):
             m = re.search(r'(?m)^%s\{ring="default"\} (\d+)$' % name, text)
@@ -126,12 +117,13 @@ def key_of(tag):
     return int(m.group(1))
 
 
-class RolloutTest(RelayLogMixin, unittest.TestCase):
+class RolloutTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-rollout-"
+    KEY_FILE = "master.toml"
+
     def setUp(self):
-        tmp = tmpdir("batv-rollout-")
-        self.addCleanup(tmp.cleanup)
-        self.dir = tmp.name
-        self.master = KeyFile(KEYS, os.path.join(self.dir, "master.toml"))  # key 3 signs
+        super().setUp()
+        self.master = self.keys  # key 3 signs
         self.a = Node(self, "a", self.master.path)
         self.b = Node(self, "b", self.master.path)
         self.nodes = (self.a, self.b)

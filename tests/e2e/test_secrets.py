@@ -36,21 +36,18 @@ import random
 import re
 import resource
 import select
-import shutil
 import signal
 import smtplib
 import string
 import subprocess
 import sys
-import tempfile
 import time
-import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (DAY, HOST, Relay, RelayLogMixin, ScriptedUpstream, SmtpClient,  # noqa: E402
-                     expected_tag, free_port)
+from harness import DAY, HOST, Relay, SmtpClient, expected_tag, free_port  # noqa: E402
 
 RELAY = KEYS = None
 
@@ -120,12 +117,13 @@ class RecordingRelay(Relay):
         return True
 
 
-class NoSecretsTest(RelayLogMixin, unittest.TestCase):
+class NoSecretsTest(cases.RelayTestCase):
     maxDiff = None
+    TMP_PREFIX = "batv-secrets-"
+    KEY_FILE = None   # self.keys() runs batv-keys on self.key_path, which the test fills
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-secrets-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        super().setUp()
         self.key_path = os.path.join(self.dir, "keys.toml")
         self.output = bytearray()   # every byte any program printed or any peer received
         self.secrets = {}           # name -> secret bytes
@@ -238,17 +236,14 @@ class NoSecretsTest(RelayLogMixin, unittest.TestCase):
         self.keys("list", want=0)
         self.keys("list", "--json", want=0)
 
-        out_mx, in_mx = ScriptedUpstream(), ScriptedUpstream()
-        self.addCleanup(out_mx.close)
-        self.addCleanup(in_mx.close)
+        out_mx, in_mx = self.upstream(), self.upstream()
         metrics_port = free_port()
-        relay = RecordingRelay(
-            RELAY, self.dir, self.key_path, start=False,
-            listeners=[{"upstream": out_mx.port, "role": "outbound"},
-                       {"upstream": in_mx.port, "role": "inbound"}],  # XCLIENT not offered: a debug line
+        relay = self.relay(
+            [{"upstream": out_mx.port, "role": "outbound"},
+             {"upstream": in_mx.port, "role": "inbound"}],  # XCLIENT not offered: a debug line
+            relay_class=RecordingRelay, keyfile=self.key_path, start=False,
             extra_toml='[logging]\nlevel = "debug"\n[metrics]\nlisten = "%s:%d"\n'
                        % (HOST, metrics_port))
-        self.watch_relay(relay)
         self.check_config(relay.config_path, 0)
         stdout_path = os.path.join(self.dir, "relay.stdout")
         stdout = open(stdout_path, "wb")
@@ -362,7 +357,7 @@ class NoSecretsTest(RelayLogMixin, unittest.TestCase):
             "%s as %s: ...%r..." % x for x in leaks))
 
 
-class CoreDumpTest(unittest.TestCase):
+class CoreDumpTest(cases.RelayTestCase):
     """The relay keeps its keys out of core dumps (RLIMIT_CORE 0) and is not dumpable
     (PR_SET_DUMPABLE 0: no core, no ptrace or /proc/PID/mem for the same user): a relay started
     with an unlimited core size and killed by SIGABRT leaves no core where a control process
@@ -370,10 +365,12 @@ class CoreDumpTest(unittest.TestCase):
 
     NOBODY = 65534
 
+    TMP_PREFIX = "batv-core-"
+    TMP_MODE = 0o777    # the working directory, where core_pattern "core" writes
+    KEY_FILE = None     # written after the probe below
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-core-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        os.chmod(self.dir, 0o777)   # the working directory, where core_pattern "core" writes
+        super().setUp()
         self.uid = None             # run the relay as this uid (None: as we are)
         if os.geteuid() == 0:
             probe = subprocess.run([RELAY, "--version"], capture_output=True,
@@ -399,9 +396,8 @@ class CoreDumpTest(unittest.TestCase):
         return [n for n in os.listdir(self.dir) if n.startswith("core")]
 
     def test_no_core_dump_and_not_dumpable(self):
-        mx = ScriptedUpstream()
-        self.addCleanup(mx.close)
-        relay = Relay(RELAY, self.dir, self.key_path, upstream_port=mx.port, start=False)
+        mx = self.upstream()
+        relay = self.relay(mx, keyfile=self.key_path, start=False)
         # Control: a process of the same user with the same limit dumps core here (or the
         # kernel's core_pattern sends cores elsewhere and that part cannot be checked).
         ctl = subprocess.Popen(["/bin/sleep", "30"], cwd=self.dir,

@@ -54,19 +54,16 @@ import json
 import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (HOST, KeyFile, Relay, RelayLogMixin, SmtpClient, expected_tag,  # noqa: E402
-                     free_port, parse_log_line)
+from harness import HOST, Relay, SmtpClient, expected_tag, free_port, parse_log_line  # noqa: E402
 
 RELAY = KEYS = None
 SINK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "soaksink.py")
@@ -203,8 +200,7 @@ class CountingRelay(Relay):
 
 def metrics(port):
     """The relay's Prometheus text as {(name, frozenset(labels)): value}."""
-    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=10) as r:
-        text = r.read().decode()
+    text = harness.metrics_text(port)
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -467,7 +463,8 @@ class Load:
 
 # ---------------------------------------------------------------------------------------------
 
-class SoakTest(RelayLogMixin, unittest.TestCase):
+class SoakTest(cases.RelayTestCase):
+    TMP_PREFIX = "batv-soak-"
     maxDiff = None
 
     @classmethod
@@ -478,11 +475,6 @@ class SoakTest(RelayLogMixin, unittest.TestCase):
             raise unittest.SkipTest("RLIMIT_NOFILE hard limit %d is below the %d descriptors %d "
                                     "sessions need (lower --sessions)" % (have, need, SESSIONS))
 
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="batv-soak-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
-
     def start(self, role):
         self.sink = SinkProcess(self.dir, xclient=(role == "inbound"))
         self.addCleanup(self.sink.close)
@@ -491,14 +483,13 @@ class SoakTest(RelayLogMixin, unittest.TestCase):
             listener["forward_client"] = "xclient"
         self.metrics_port = free_port()
         cap = SESSIONS + SESSIONS // 10 + 10  # a QUIT session may still be counted at reconnect
-        relay = CountingRelay(
-            RELAY, self.dir, self.keys, listeners=[listener], start=False,
+        relay = self.relay(
+            [listener], relay_class=CountingRelay, start=False,
             limits={"sessions": cap, "sessions_per_client": cap,
                     "errors_per_session": 100},  # refused forged bounces are errors; not the subject
             timeouts={"idle": 60, "command": 60, "data": 60, "upstream_connect": 10,
                       "upstream_reply": 20, "upstream_data_reply": 25},
             extra_toml='[metrics]\nlisten = "%s:%d"\n' % (HOST, self.metrics_port))
-        self.watch_relay(relay)
         # In an ASan build, freed memory waits in the sanitizer's quarantine (256 MiB by default)
         # before reuse, so RSS climbs until the quarantine is full: how fast depends on how much
         # the relay frees per message, not on leaks. A small quarantine fills during the warm-up

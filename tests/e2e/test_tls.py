@@ -15,17 +15,15 @@ Set BATV_E2E_LOGS=1 to print every relay log; the log tail of a failed test is a
 """
 import os
 import re
-import smtplib
 import ssl
 import subprocess
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
 import harness  # noqa: E402
-from harness import (RelayLogMixin, DEFAULT_CAPS, HOST, KeyFile, Relay, ScriptedUpstream,  # noqa: E402
-                     SmtpClient, tmpdir, wait_until)
+from harness import DEFAULT_CAPS, HOST, Relay, SmtpClient, wait_until  # noqa: E402
 import tlsutil  # noqa: E402
 
 RELAY = KEYS = None
@@ -41,15 +39,17 @@ FAST = {"idle": 5, "command": 5, "upstream_connect": 2, "upstream_reply": 2,
 NEXT_HOP_TLS_UNAVAILABLE = "4.7.0 relay.test next hop TLS unavailable, try again later"
 
 
-class TlsTestCase(RelayLogMixin, unittest.TestCase):
-    """Per test: a temporary directory with a key file and the test certificates, and helpers
-    that register every process, thread and socket for cleanup."""
+class TlsTestCase(cases.RelayTestCase):
+    """cases.RelayTestCase with the test certificates (self.certs) in the directory, short
+    timeouts (FAST), every config checked by --check-config, and TLS client helpers."""
+
+    TMP_PREFIX = "batv-e2e-tls-"
+    SENDER, RCPTS, BODY = HOMER, (BART,), BODY
+    TIMEOUTS = FAST
+    CHECK_CONFIG = True
 
     def setUp(self):
-        self._tmp = tmpdir("batv-e2e-tls-")
-        self.addCleanup(self._tmp.cleanup)
-        self.dir = self._tmp.name
-        self.keys = KeyFile(KEYS, os.path.join(self.dir, "keys.toml"))
+        super().setUp()
         self.certs = tlsutil.Certs(self.dir)
 
     # -- fixtures --
@@ -57,9 +57,7 @@ class TlsTestCase(RelayLogMixin, unittest.TestCase):
         """ScriptedUpstream; tls = (cert, key) to offer STARTTLS with that certificate."""
         if tls is not None:
             kw["tls_cert"], kw["tls_key"] = tls
-        up = ScriptedUpstream(**kw)
-        self.addCleanup(up.close)
-        return up
+        return super().upstream(**kw)
 
     def mx_tls(self):
         return (self.certs.mx_cert, self.certs.mx_key)
@@ -70,30 +68,6 @@ class TlsTestCase(RelayLogMixin, unittest.TestCase):
               "tls_key": self.certs.relay_key}
         li.update(extra)
         return li
-
-    def relay(self, listeners, timeouts=FAST, **kw):
-        r = Relay(RELAY, self.dir, self.keys, listeners=listeners, start=False,
-                  timeouts=timeouts, **kw)
-        self.watch_relay(r)
-        rc, out = r.check_config()
-        self.assertEqual(rc, 0, "config refused by --check-config:\n%s\n%s" % (out, r.config_text()))
-        r.start()
-        return r
-
-    def client(self, port, timeout=10.0):
-        c = SmtpClient(port, timeout)
-        self.addCleanup(c.close)
-        return c
-
-    def session(self, port, ehlo=True):
-        """Plain connection that got 220 (and 250 to EHLO when `ehlo`)."""
-        c = self.client(port)
-        g = c.read_reply()
-        self.assertCode(g, 220)
-        if ehlo:
-            c.ehlo_reply = c.cmd("EHLO client.test")
-            self.assertCode(c.ehlo_reply, 250)
-        return c
 
     def client_ctx(self, **kw):
         """Client context verifying the relay's certificate against the test CA and the name
@@ -130,27 +104,6 @@ class TlsTestCase(RelayLogMixin, unittest.TestCase):
             self.assertCode(c.ehlo_reply, 250)
         return c
 
-    def transaction(self, c, sender=HOMER, rcpts=(BART,), body=BODY):
-        r = c.cmd("MAIL FROM:<%s>" % sender)
-        self.assertCode(r, 250)
-        for rcpt in rcpts:
-            self.assertCode(c.cmd("RCPT TO:<%s>" % rcpt), 250)
-        self.assertCode(c.cmd("DATA"), 354)
-        c.send(body + b".\r\n")
-        return c.read_reply(30)
-
-    def smtp(self, port):
-        s = smtplib.SMTP(HOST, port, local_hostname="client.test", timeout=10)
-        self.addCleanup(self._smtp_close, s)
-        return s
-
-    @staticmethod
-    def _smtp_close(s):
-        try:
-            s.close()
-        except Exception:
-            pass
-
     def swaks(self, port, *extra):
         if not os.access(SWAKS, os.X_OK):
             self.skipTest("swaks not installed")
@@ -164,22 +117,11 @@ class TlsTestCase(RelayLogMixin, unittest.TestCase):
         return p.returncode, out
 
     # -- logs / assertions --
-    def session_ends(self, r, n=1, timeout=5.0):
-        recs = r.wait_logs(lambda x: x.get("event") == "session_end", n, timeout)
-        self.assertGreaterEqual(len(recs), n, "want %d event=session_end lines" % n)
-        return recs
-
     def upstream_tls_logs(self, r, result, timeout=5.0):
         rec = r.wait_log(lambda x: x.get("event") == "upstream_tls"
                          and x.get("result") == result, timeout)
         self.assertIsNotNone(rec, "no event=upstream_tls result=%s" % result)
         return rec
-
-    def assertCode(self, reply, code, enhanced=None):
-        self.assertIsNotNone(reply)
-        self.assertEqual(reply.code, code, reply)
-        if enhanced is not None:
-            self.assertTrue(reply.text.startswith(enhanced), reply)
 
     def assertClosesSoon(self, c, timeout=5.0, what="relay kept the connection open"):
         self.assertTrue(c.wait_closed(timeout), what)

@@ -53,8 +53,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_CAPS, HOST, KeyFile, Relay, RelayLogMixin,  # noqa: E402
-                     ScriptedUpstream, SmtpClient, closed_port, run_tests, tmpdir, wait_until)
+from harness import (DEFAULT_CAPS, HOST, BoundClient, KeyFile, Relay, RelayLogMixin,  # noqa: E402
+                     ScriptedUpstream, closed_port, run_tests, tmpdir, wait_until)
 import tlsutil  # noqa: E402
 
 RELAY = KEYS = None
@@ -418,16 +418,6 @@ class Lane:
 
     def __init__(self, name, upstream, ports, source):
         self.name, self.up, self.ports, self.source = name, upstream, ports, source
-
-
-class BoundClient(SmtpClient):
-    """harness.SmtpClient whose socket is bound to a source address first."""
-
-    def __init__(self, port, source, timeout):
-        self.sock = socket.create_connection((HOST, port), timeout=timeout,
-                                             source_address=(source, 0))
-        self.timeout = timeout
-        self.buf = bytearray()
 
 
 class Session:

@@ -53,7 +53,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <map>
 #include <memory>
 #include <set>
@@ -237,7 +236,7 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
 std::string expand_tags(std::string_view in, const relay::Runtime& rt) {
   std::string out;
   std::size_t pos = 0;
-  const std::int64_t now = std::time(nullptr);
+  const std::int64_t now = rt.clock.now();  // the clock the session signs and checks with
   for (;;) {
     const std::size_t tag = in.find("prvs=", pos);
     const bool fresh = tag != std::string_view::npos && in.substr(tag, 9) == "prvs=TAG=";
@@ -421,7 +420,7 @@ class Upstream {
     if (!ehlo_seen_) fail("MAIL before EHLO/HELO to the next hop");
     const std::string& from = p.path->address;
     if (!s_.inbound()) {
-      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, from, std::time(nullptr), run_.rt->prvs);
+      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, from, run_.rt->clock.now(), run_.rt->prvs);
       if (v.verdict == crypto::Verdict::valid && crypto::check_signable(v.original))
         fail("outbound sent a tag on an address that must not be signed: " + from);
     }
@@ -443,7 +442,7 @@ class Upstream {
     const std::string& to = p.path->address;
     if (s_.inbound()) {
       const auto at = to.rfind('@');
-      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, to, std::time(nullptr), run_.rt->prvs);
+      const auto v = crypto::verify(run_.rt->keys.default_ring().keyring, to, run_.rt->clock.now(), run_.rt->prvs);
       if (at != std::string::npos && relay::domain_in(run_.rt->config.domains.verify, to.substr(at + 1)) &&
           (v.verdict == crypto::Verdict::valid || v.verdict == crypto::Verdict::expired))
         fail("inbound passed one of our tags on instead of stripping it: " + to);

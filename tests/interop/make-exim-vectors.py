@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/data/exim_vectors.tsv: prvs tags signed by a real Exim, for the offline unit test
-(tests/unit/exim_vectors_test.cpp), so the build does not need Exim to check compatibility.
+(tests/unit/prvs_exim_vectors_test.cpp), so the build does not need Exim to check compatibility.
 
     tests/interop/fetch-exim.sh build/exim
     python3 tests/interop/make-exim-vectors.py --exim-dir build/exim [--out FILE] [--seed S] [--count N]

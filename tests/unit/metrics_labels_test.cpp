@@ -1,7 +1,8 @@
 // The metrics families counted by the relay's own enums (relay/metrics.hpp): every value of
-// SessionEnd, RcptAction, crypto::NoSignReason and crypto::Verdict is a series of its own named by
-// the enum's to_string, never "other"; the text overloads count the same slot as the value; the
-// families have exactly one series per value plus "other", in the enums' order.
+// SessionEnd, RcptAction, crypto::NoSignReason, crypto::Verdict, UpstreamStage and ProxyHeaderError
+// is a series of its own named by the enum's to_string, never "other"; the text overloads count the
+// same slot as the value; the families have exactly one series per value plus "other", in the
+// enums' order.
 #include <doctest/doctest.h>
 
 #include <cstddef>
@@ -113,4 +114,55 @@ TEST_CASE("metrics labels: every Verdict is its own series, for a configured dom
     REQUIRE(other.size() == Metrics::verdicts);
     CHECK(other[i] == "batv_verify_total{domain=\"other\",verdict=\"" + name + "\"} 1");
   }
+}
+
+TEST_CASE("metrics labels: every UpstreamStage is its own series, by value and by name, in the order /metrics always had") {
+  for (std::size_t i = 0; i < relay::upstream_stage_count; ++i) {
+    const auto s = static_cast<relay::UpstreamStage>(i);
+    const std::string name(to_string(s));
+    CAPTURE(name);
+    Metrics m;
+    m.upstream_error(s);
+    m.upstream_error(s);
+    const auto rows = family(m, "batv_upstream_errors_total{");
+    REQUIRE(rows.size() == relay::upstream_stage_count + 1);
+    CHECK(rows[i] == "batv_upstream_errors_total{stage=\"" + name + "\"} 2");
+    CHECK(rows.back() == "batv_upstream_errors_total{stage=\"other\"} 0");
+    CHECK(Metrics::name(s) == name);
+  }
+  Metrics m;  // the series "other" stays in the output (always 0 since stages are enum values)
+  const std::vector<std::string> want{"connect", "greeting", "ehlo", "tls", "mail", "rcpt",
+                                      "data",    "dot",      "bdat", "reply", "other"};
+  const auto rows = family(m, "batv_upstream_errors_total{");
+  REQUIRE(rows.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i)
+    CHECK(rows[i] == "batv_upstream_errors_total{stage=\"" + want[i] + "\"} 0");
+}
+
+TEST_CASE("metrics labels: every ProxyHeaderError is its own series, by value and by name, in the order /metrics always had") {
+  for (std::size_t i = 0; i < relay::proxy_header_error_count; ++i) {
+    const auto e = static_cast<relay::ProxyHeaderError>(i);
+    const std::string name(to_string(e));
+    CAPTURE(name);
+    Metrics m;
+    m.proxy_header_error(e);
+    m.proxy_header_error(name);
+    const auto rows = family(m, "batv_proxy_header_errors_total{");
+    REQUIRE(rows.size() == relay::proxy_header_error_count + 1);
+    CHECK(rows[i] == "batv_proxy_header_errors_total{reason=\"" + name + "\"} 2");
+    CHECK(rows.back() == "batv_proxy_header_errors_total{reason=\"other\"} 0");
+  }
+  // A parse error counts under its own name.
+  Metrics m;
+  m.proxy_header_error(relay::from_parse(relay::ProxyError::short_addresses));
+  m.proxy_header_error("nonsense");
+  const std::vector<std::string> want{"not_proxy",    "line_too_long", "bad_line",           "bad_address",
+                                      "bad_port",     "bad_version",   "bad_command",        "bad_family",
+                                      "unsupported_family", "short_addresses", "too_large", "timeout",
+                                      "closed",       "io_error",      "other"};
+  const auto rows = family(m, "batv_proxy_header_errors_total{");
+  REQUIRE(rows.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i)
+    CHECK(rows[i] == "batv_proxy_header_errors_total{reason=\"" + want[i] + "\"} " +
+                         (want[i] == "short_addresses" || want[i] == "other" ? "1" : "0"));
 }

@@ -3,7 +3,6 @@
 
 #include "conf/config.hpp"
 #include "tests/unit/fixtures.hpp"
-#include "relay/log.hpp"
 #include "relay/policy.hpp"
 
 using namespace batv;
@@ -65,18 +64,4 @@ TEST_CASE("decide_sender: each reason not to sign") {
   }
   // NoReply with another case is a different local part: signed.
   CHECK(relay::decide_sender(cfg, keys, p, "NoReply@example.com", "x@y", T1).sign);
-}
-
-TEST_CASE("log values are sanitised, quoted and bounded") {
-  CHECK(relay::log_value("plain") == "plain");
-  CHECK(relay::log_value("") == "\"\"");
-  CHECK(relay::log_value("a b") == "\"a b\"");
-  CHECK(relay::log_value("k=v") == "\"k=v\"");
-  CHECK(relay::log_value("say \"hi\"") == "\"say \\\"hi\\\"\"");
-  CHECK(relay::log_value("line\r\nbreak") == "\"line\\x0d\\x0abreak\"");
-  CHECK(relay::log_value("caf\xc3\xa9") == "\"caf\\xc3\\xa9\"");
-  const std::string long_value(1000, 'x');
-  const std::string v = relay::log_value(long_value);
-  CHECK(v.size() < 270);
-  CHECK(v.find("...") != std::string::npos);
 }
