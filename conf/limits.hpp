@@ -56,7 +56,10 @@ inline constexpr std::array kLimits = std::to_array<Limit>({
      "64K octets. 64 MiB default sits above common next-hop limits (Postfix 10 MB, large "
      "providers 25-50 MB) so the next hop decides. Oversize: read to the dot, then 552."},
     {"limits", "errors_per_session", 20, 1, 1000, "errors",
-     "Error replies (4xx/5xx to the client) before the session is closed with 421. "
+     "Error replies (4xx/5xx to the client, the next hop's refusals relayed to it included) before "
+     "the session is closed with 421. Not counted: recipients refused for their tag (their own "
+     "limit, invalid_recipients_per_session) and 452 for recipients past recipients_per_message "
+     "or needing a separate transaction (RFC 5321 4.5.3.1.10: the client goes on). "
      "20 = Postfix smtpd_hard_error_limit."},
     {"limits", "sessions", 500, 1, 100000, "sessions",
      "Concurrent sessions over all listeners; each also holds one next-hop connection. Excess "

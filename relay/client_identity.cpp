@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
 
 #include "conf/limits.hpp"
+#include "relay/log.hpp"
 #include "relay/smtp/command.hpp"
+#include "relay/smtp/reply.hpp"
 
 namespace batv::relay {
 
@@ -114,6 +119,82 @@ void ClientNameCache::put(const std::string& ip, std::string name, Clock::time_p
   names_[ip] = Entry{std::move(name), expires};
   order_.emplace_back(ip, expires);
   while (order_.size() > 2 * capacity + 16) drop_front();  // stale entries never pile up
+}
+
+namespace {
+
+boost::asio::awaitable<std::string> lookup_client_name(boost::asio::any_io_executor ex,
+                                                       const boost::asio::ip::tcp::endpoint& remote,
+                                                       std::chrono::seconds timeout) {
+  namespace asio = boost::asio;
+  asio::ip::tcp::resolver resolver(ex);
+  asio::steady_timer timer(ex);
+  timer.expires_after(timeout);
+  using namespace asio::experimental::awaitable_operators;
+  auto rev = co_await (resolver.async_resolve(remote, asio::as_tuple(asio::use_awaitable)) ||
+                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  // XCLIENT_README: [TEMPUNAVAIL] for a lookup that failed for now (the MX may defer),
+  // [UNAVAILABLE] for no name.
+  if (rev.index() != 0) co_return "[TEMPUNAVAIL]";
+  auto [rec, names] = std::get<0>(rev);
+  if (rec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
+  if (rec || names.empty()) co_return "[UNAVAILABLE]";
+  const std::string name = names.begin()->host_name();
+  boost::system::error_code numeric;
+  asio::ip::make_address(name, numeric);
+  if (!numeric) co_return "[UNAVAILABLE]";  // getnameinfo fell back to the number: no PTR
+  auto fwd = co_await (resolver.async_resolve(name, "", asio::as_tuple(asio::use_awaitable)) ||
+                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  if (fwd.index() != 0) co_return "[TEMPUNAVAIL]";
+  auto [fec, addrs] = std::get<0>(fwd);
+  if (fec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
+  if (fec) co_return "[UNAVAILABLE]";
+  for (const auto& a : addrs)
+    if (a.endpoint().address() == remote.address()) co_return name;
+  co_return "[UNAVAILABLE]";
+}
+
+}  // namespace
+
+boost::asio::awaitable<std::string> confirmed_client_name(boost::asio::any_io_executor ex, const ClientIdentity& who) {
+  // Per I/O thread, like the session itself: no lock.
+  thread_local ClientNameCache cache;
+  const std::string& ip = who.info.addr;
+  if (auto cached = cache.find(ip, ClientNameCache::Clock::now())) co_return std::move(*cached);
+  std::string name = co_await lookup_client_name(ex, who.remote, who.lookup_timeout);
+  if (name != "[TEMPUNAVAIL]")  // a failure for now is asked again next time
+    cache.put(ip, name, ClientNameCache::Clock::now(), who.name_ttl, who.names_cached);
+  co_return name;
+}
+
+boost::asio::awaitable<bool> forward_client_identity(Upstream& up, const ClientIdentity& who) {
+  const smtp::Capabilities& caps = up.caps();
+  if (!caps.xclient) {
+    // The MX then sees the relay's address, which it may trust (Postfix mynetworks): say so at
+    // warning level once per listener, then at debug level.
+    static std::array<std::atomic<bool>, conf::fixed::xclient_warning_listeners> warned{};
+    const bool first = who.listener >= warned.size() || !warned[who.listener].exchange(true);
+    log(first ? Level::warning : Level::debug, "xclient")
+        .kv("sid", who.sid)
+        .kv("result", "not_offered")
+        .kv("listener", who.listener)
+        .kv("upstream", who.upstream);
+    co_return true;
+  }
+  XclientInfo info = who.info;
+  const auto& attrs = caps.xclient_attrs;
+  if (std::find(attrs.begin(), attrs.end(), "NAME") != attrs.end())
+    info.name = co_await confirmed_client_name(co_await boost::asio::this_coro::executor, who);
+  const std::string attributes = xclient_attributes(info, attrs);
+  if (attributes.empty()) co_return true;
+  auto r = co_await up.xclient(attributes, info.helo);
+  if (!r) co_return false;
+  // Postfix answers 220 (a new greeting), smtp-sink 250: any 2xx took.
+  const bool ok = r->code / 100 == 2;
+  auto line = log(ok ? Level::info : Level::warning, "xclient");
+  line.kv("sid", who.sid).kv("result", ok ? "ok" : "failed").kv("attributes", attributes);
+  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, conf::fixed::max_logged_reply_chars));
+  co_return true;
 }
 
 }  // namespace batv::relay

@@ -1,5 +1,6 @@
 // client_identity: how the next hop learns the real client behind the relay, so that its SPF,
-// RBL checks and logs keep working. Pure formatting, no I/O:
+// RBL checks and logs keep working. Pure formatting, no I/O, but for the last section (the
+// XCLIENT exchange and the client name lookup it needs, with their bounds from the session):
 // - HAProxy PROXY protocol v1 (text) and v2 (binary) headers (haproxy.org proxy-protocol.txt),
 //   sent first on every next-hop connection;
 // - Postfix XCLIENT attributes (XCLIENT_README), limited to those the next hop offered.
@@ -14,7 +15,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+
+#include "relay/upstream.hpp"
 
 namespace batv::relay {
 
@@ -63,5 +67,31 @@ class ClientNameCache {
   std::unordered_map<std::string, Entry> names_;
   std::deque<std::pair<std::string, Clock::time_point>> order_;  // insertion = expiry order
 };
+
+// --- The one I/O piece: telling the next hop (XCLIENT), with a forward-confirmed name -----------
+
+// Who the client is, for XCLIENT, and what bounds the name lookup.
+struct ClientIdentity {
+  std::string sid;                    // for logs
+  std::size_t listener = 0;           // for the once-per-listener warning
+  std::string upstream;               // the next hop, for logs
+  boost::asio::ip::tcp::endpoint remote;
+  XclientInfo info;                   // addr, ipv6, port, helo, esmtp; name is looked up here
+  std::chrono::seconds lookup_timeout{};  // timeouts.upstream_connect
+  std::chrono::seconds name_ttl{};        // timeouts.client_name_ttl
+  std::size_t names_cached = 0;           // limits.client_names_cached
+};
+
+// Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it resolves
+// back to the client's address. "[UNAVAILABLE]" for no (confirmed) name, "[TEMPUNAVAIL]" for a
+// lookup that failed for now (XCLIENT_README). Answers are cached per client address and I/O
+// thread (ClientNameCache; a temporary failure is asked again next time).
+boost::asio::awaitable<std::string> confirmed_client_name(boost::asio::any_io_executor ex, const ClientIdentity& who);
+
+// XCLIENT (Postfix XCLIENT_README) on a next-hop connection just opened, with the attributes it
+// offers; nothing when the listener's next hop offers no XCLIENT (a warning once per listener:
+// the next hop then sees the relay's address). A refusal is logged and the session goes on.
+// False: the next-hop connection failed.
+boost::asio::awaitable<bool> forward_client_identity(Upstream& up, const ClientIdentity& who);
 
 }  // namespace batv::relay

@@ -267,9 +267,6 @@ void Metrics::set_domains(std::vector<std::string> list) {
 }
 
 void Metrics::upstream_error(UpstreamStage stage) { inc(upstream_errors_[slot_of(stage, upstream_stage_count)]); }
-void Metrics::upstream_error(std::string_view stage) {
-  inc(upstream_errors_[slot_of<UpstreamStage>(stage, upstream_stage_count)]);
-}
 void Metrics::proxy_header_error(ProxyHeaderError reason) {
   inc(proxy_header_errors_[slot_of(reason, proxy_header_error_count)]);
 }

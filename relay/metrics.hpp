@@ -126,7 +126,6 @@ class Metrics {
 
   // --- next hop, volume, latency ---
   void upstream_error(UpstreamStage stage);
-  void upstream_error(std::string_view stage);  // to_string(UpstreamStage); else "other"
   // A session's new next-hop connection (TCP established; a reused idle one is not counted).
   void upstream_connection(Role role);
   // A capability probe of a listener that connects at MAIL (relay/nexthop_caps.hpp).

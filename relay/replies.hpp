@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "crypto/prvs.hpp"
+#include "relay/session_end.hpp"
+#include "relay/smtp/phase.hpp"
 #include "relay/smtp/reply.hpp"
 
 namespace batv::relay::replies {
@@ -160,6 +162,30 @@ inline std::string bare_newline() {
   return line(554, "5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8), rejected");
 }
 
+// The reply for each refusal of the phase table (relay/smtp/phase.hpp).
+inline std::string refusal(smtp::Refusal r) {
+  switch (r) {
+    case smtp::Refusal::tls_required: return tls_required();
+    case smtp::Refusal::auth_required: return auth_required();
+    case smtp::Refusal::need_helo: return need_helo();
+    case smtp::Refusal::nested_mail: return nested_mail();
+    case smtp::Refusal::need_mail: return need_mail();
+    case smtp::Refusal::rcpt_after_bdat: return rcpt_after_bdat();
+    case smtp::Refusal::need_mail_for_data: return need_mail_for_data();
+    case smtp::Refusal::bdat_sequence: return bdat_sequence();
+    case smtp::Refusal::need_rcpt: return need_rcpt();
+    case smtp::Refusal::no_valid_recipients: return no_valid_recipients();
+    case smtp::Refusal::bdat_not_offered: return not_implemented("BDAT");
+    case smtp::Refusal::starttls_not_offered: return not_implemented("STARTTLS");
+    case smtp::Refusal::tls_already_active: return tls_already_active();
+    case smtp::Refusal::auth_not_offered: return not_implemented("AUTH");
+    case smtp::Refusal::auth_encryption_required: return auth_encryption_required();
+    case smtp::Refusal::auth_already: return auth_already();
+    case smtp::Refusal::auth_in_transaction: return auth_in_transaction();
+  }
+  return unknown_command();
+}
+
 // --- Inbound tag checks (the verdict named in the text, so a sender's NDR explains itself) --------
 inline std::string_view verdict_text(crypto::Verdict v) {
   switch (v) {
@@ -203,6 +229,36 @@ inline std::string upstream_tls_unavailable_mail() {
 }
 inline std::string upstream_tls_failed_mail() {
   return line(451, "4.4.2 Next hop TLS handshake failed, try again later");
+}
+
+// --- How a proxy session ends (relay/session.hpp, Session::finish) ---------------------------------
+// The final reply per SessionEnd, in one table: empty = nothing to write (the client is gone, the
+// value belongs to a no-hop role, or the TLS layer never came up). `client` is the client's IP
+// address (access_denied names it). Two ends have variants the session names itself: the
+// per-client session limit (too_many_from_client) and a next hop unreachable at connect for a TLS
+// reason (upstream_tls_unavailable, upstream_tls_failed).
+inline std::string final_reply(SessionEnd e, std::string_view host, std::string_view client) {
+  switch (e) {
+    case SessionEnd::quit: return bye();
+    case SessionEnd::idle_timeout: return idle_timeout(host);
+    case SessionEnd::data_timeout: return data_timeout(host);
+    case SessionEnd::too_many_errors: return too_many_errors(host);
+    case SessionEnd::too_many_commands: return too_many_commands(host);
+    case SessionEnd::too_many_invalid_recipients: return too_many_invalid_recipients();
+    case SessionEnd::session_timeout: return session_timeout(host);
+    case SessionEnd::upstream_lost: return upstream_lost_closing(host);
+    case SessionEnd::upstream_unavailable: return upstream_unavailable(host);
+    case SessionEnd::shutdown: return shutting_down(host);
+    case SessionEnd::access_denied: return access_denied(client);
+    case SessionEnd::too_many_sessions: return too_many_sessions(host);
+    case SessionEnd::none:
+    case SessionEnd::client_closed:
+    case SessionEnd::tls_failed:
+    case SessionEnd::io_error:
+    case SessionEnd::protocol_error:
+    case SessionEnd::request_too_large: return {};
+  }
+  return {};
 }
 
 }  // namespace batv::relay::replies

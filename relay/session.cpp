@@ -1,18 +1,14 @@
 #include "relay/session.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
-
+#include "conf/ascii.hpp"
 #include "relay/client_identity.hpp"
 #include "relay/log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
-#include "relay/smtp/data.hpp"
-#include "conf/ascii.hpp"
 
 namespace batv::relay {
 
@@ -21,16 +17,7 @@ namespace {
 // The input buffer is small while the session reads commands and grows for a message body only:
 // held-open sessions then cost a few KiB each, and a body still streams in 64 KiB reads.
 constexpr std::size_t command_buffer = conf::fixed::command_buffer_bytes;
-constexpr std::size_t stream_buffer = conf::fixed::stream_buffer_bytes;
 constexpr std::size_t max_pending = conf::fixed::max_pipelined_commands;  // then a forced flush
-
-bool reply_is_error(std::string_view r) { return !r.empty() && (r[0] == '4' || r[0] == '5'); }
-
-// AUTH arguments and responses are a mechanism name and base64, "=" or "*" (RFC 4954 4): printable
-// ASCII. Other bytes (a stray CR, a NUL in a response) must not reach the next hop's command line.
-bool auth_text(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
-}
 
 }  // namespace
 
@@ -94,17 +81,10 @@ awaitable<void> Session::serve() {
   }
   switch (ctx_.admission) {
     case SessionContext::Admission::ok: break;
-    case SessionContext::Admission::denied:
-      end_ = End::access_denied;
-      co_await write_client(replies::access_denied(ctx_.client_ip));
-      co_return;
-    case SessionContext::Admission::too_many:
-      end_ = End::too_many_sessions;
-      co_await write_client(replies::too_many_sessions(host));
-      co_return;
+    case SessionContext::Admission::denied: co_await finish(End::access_denied); co_return;
+    case SessionContext::Admission::too_many: co_await finish(End::too_many_sessions); co_return;
     case SessionContext::Admission::too_many_from_client:
-      end_ = End::too_many_sessions;
-      co_await write_client(replies::too_many_from_client(host));
+      co_await finish(End::too_many_sessions, replies::too_many_from_client(host));
       co_return;
   }
 
@@ -119,23 +99,15 @@ awaitable<void> Session::serve() {
     const IoResult h = co_await client_.handshake(*rt_->tls.at(ctx_.listener).server,
                                                   asio::ssl::stream_base::server, cfg_.timeouts.idle);
     if (!h) {
-      end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
       tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
+      co_await finish_silently(h.timed_out ? End::idle_timeout : End::tls_failed);
       co_return;
     }
   }
   if (!connect_at_mail() && !co_await open_upstream()) {
-    end_ = End::upstream_unavailable;
-    // required/verify: TLS policy not met (4.7.0); opportunistic: a broken handshake is just a
-    // next hop we could not talk to (4.4.2).
-    const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
-                        listener_.upstream_tls == conf::UpstreamTls::verify;
-    const bool tls_trouble = up_.failure() == Upstream::Failure::tls;
-    // Named, not a ?: temporary inside co_await (g++ 12 destroys such a temporary twice).
-    const std::string reply = !tls_trouble ? replies::upstream_unavailable(host)
-                              : strict     ? replies::upstream_tls_unavailable(host)
-                                           : replies::upstream_tls_failed(host);
-    co_await write_client(reply);
+    if (up_.failure() != Upstream::Failure::tls) co_await finish(End::upstream_unavailable);
+    else if (strict_upstream_tls()) co_await finish(End::upstream_unavailable, replies::upstream_tls_unavailable(host));
+    else co_await finish(End::upstream_unavailable, replies::upstream_tls_failed(host));
     co_return;
   }
   // upstream_connect = "mail": nothing is open yet; EHLO/HELO will offer what the next hop
@@ -149,8 +121,12 @@ awaitable<void> Session::serve() {
   std::string line;
   for (;;) {
     // Flush replies (and relay pipelined commands) once the batch the client sent is consumed.
-    if (!has_complete_line() || pending_.size() >= max_pending) {
+    if (!has_complete_line() || pipeline_.size() >= max_pending) {
       if (!co_await flush()) co_return;
+      if (const auto end = over_limit()) {  // the next hop's refusals count too
+        co_await finish(*end);
+        co_return;
+      }
     }
     command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
     const LineStatus st = co_await read_line(line);
@@ -162,40 +138,68 @@ awaitable<void> Session::serve() {
         refuse(replies::line_too_long());
         break;
       case LineStatus::closed:
-        end_ = End::client_closed;
-        co_return;
-      case LineStatus::timeout: {
-        const bool session_over = Clock::now() >= session_deadline_;
-        end_ = session_over ? End::session_timeout : End::idle_timeout;
-        co_await flush();
-        const std::string reply = session_over ? replies::session_timeout(host) : replies::idle_timeout(host);
-        co_await write_client(reply);
-        co_return;
-      }
+      case LineStatus::timeout:
       case LineStatus::stopped:
-        end_ = End::shutdown;
-        co_await write_client(replies::shutting_down(host));
+        co_await finish(read_end(failure_of(st), session_deadline_, End::session_timeout));
         co_return;
     }
-    if (errors_ >= cfg_.limits.errors_per_session) {
-      end_ = End::too_many_errors;
-      co_await flush();
-      co_await write_client(replies::too_many_errors(host));
-      co_return;
-    }
-    if (invalid_recipients_ >= cfg_.limits.invalid_recipients_per_session) {
-      end_ = End::too_many_invalid_recipients;
-      co_await flush();
-      co_await write_client(replies::too_many_invalid_recipients());
-      co_return;
-    }
-    if (commands_outside_tx_ > cfg_.limits.commands_before_mail) {
-      end_ = End::too_many_commands;
-      co_await flush();
-      co_await write_client(replies::too_many_commands(host));
+    if (const auto end = over_limit()) {
+      co_await finish(*end);
       co_return;
     }
   }
+}
+
+// --- How the session ends ------------------------------------------------------------------------
+
+awaitable<bool> Session::finish(End e) {
+  co_return co_await finish(e, replies::final_reply(e, rt_->hostname, ctx_.client_ip));
+}
+
+awaitable<bool> Session::finish(End e, std::string reply) {
+  end_ = e;
+  // The replies owed go out first. A flush that loses the next hop ends the session itself
+  // (upstream_lost, with its own final reply): one final reply, never two.
+  // (Kept as a named bool: `if (!co_await flush()) co_return false;` here, in a coroutine with a
+  // by-value string parameter, is miscompiled by g++ 12: the frame is read uninitialised.)
+  const bool flushed = co_await flush();
+  if (flushed) co_await write_client(reply);
+  co_return false;
+}
+
+awaitable<bool> Session::finish_silently(End e) {
+  end_ = e;
+  co_return false;
+}
+
+awaitable<bool> Session::next_hop_lost(UpstreamStage stage) {
+  metrics().upstream_error(stage);
+  upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
+  co_return co_await finish(End::upstream_lost);
+}
+
+Session::ReadFailure Session::failure_of(LineStatus st) {
+  switch (st) {
+    case LineStatus::stopped: return ReadFailure::stopped;
+    case LineStatus::timeout: return ReadFailure::timeout;
+    default: return ReadFailure::closed;
+  }
+}
+
+Session::End Session::read_end(ReadFailure f, Clock::time_point deadline, End at_deadline) const {
+  switch (f) {
+    case ReadFailure::stopped: return End::shutdown;
+    case ReadFailure::timeout: return Clock::now() >= deadline ? at_deadline : End::idle_timeout;
+    case ReadFailure::closed: break;
+  }
+  return End::client_closed;
+}
+
+std::optional<Session::End> Session::over_limit() const {
+  if (errors_ >= cfg_.limits.errors_per_session) return End::too_many_errors;
+  if (invalid_recipients_ >= cfg_.limits.invalid_recipients_per_session) return End::too_many_invalid_recipients;
+  if (commands_outside_tx_ > cfg_.limits.commands_before_mail) return End::too_many_commands;
+  return std::nullopt;
 }
 
 // --- Client input ------------------------------------------------------------------------------------
@@ -291,15 +295,17 @@ void Session::offer(const smtp::Capabilities& caps) {
   if (caps.size && *caps.size > 0) adv_size_ = std::min(adv_size_, *caps.size);
 }
 
-void Session::queue_local(std::string reply) {
-  Pending p;
-  p.local_reply = std::move(reply);
-  pending_.push_back(std::move(p));
+// Every reply the client gets for a command passes here or through Pipeline::flush, and counts
+// toward limits.errors_per_session by one rule (Answer::counts). Local replies count when queued,
+// so that the limit stops a pipelined batch of bad commands where it is reached.
+void Session::queue_local(std::string reply, bool own_limit) {
+  if (Answer::counted(reply, own_limit)) ++errors_;
+  pipeline_.local(std::move(reply));
 }
 
-void Session::refuse(std::string reply) {
-  queue_local(std::move(reply));
-  ++errors_;
+awaitable<bool> Session::reply_now(std::string reply) {
+  if (Answer::counted(reply)) ++errors_;
+  co_return co_await write_client(reply);
 }
 
 std::optional<std::string> Session::check_param(const std::string& kw, const smtp::Param& p, bool advertised) const {
@@ -308,103 +314,8 @@ std::optional<std::string> Session::check_param(const std::string& kw, const smt
   return std::nullopt;
 }
 
-// --- Relaying replies ----------------------------------------------------------------------------------
-
-std::string Session::relay_reply(const smtp::Reply& r) const {
-  const int cls = r.code / 100;
-  if (cls != 2 && cls != 4 && cls != 5) return replies::upstream_garbled();
-  return smtp::format_reply(r.code, r.lines);
-}
-
-std::string Session::upstream_failure_reply() const {
-  switch (up_.failure()) {
-    case Upstream::Failure::timeout: return replies::upstream_timeout();
-    case Upstream::Failure::protocol: return replies::upstream_garbled();
-    case Upstream::Failure::unreachable: return replies::upstream_unreachable();
-    default: return replies::upstream_failed();
-  }
-}
-
-UpstreamTlsPolicy Session::upstream_tls_policy() const {
-  UpstreamTlsPolicy p;
-  p.mode = listener_.upstream_tls;
-  p.ctx = rt_->tls.at(ctx_.listener).client.get();
-  p.name = listener_.upstream_tls_name.empty() ? listener_.upstream.host : listener_.upstream_tls_name;
-  return p;
-}
-
-// Connects to the next hop (PROXY header, greeting, EHLO, STARTTLS per upstream_tls) and logs
-// the outcome; the failure detail goes to session_end.
-bool Session::upstream_reusable() const {
-  return listener_.forward_client == conf::ForwardClient::none && preamble_.empty() &&
-         cfg_.timeouts.upstream_idle.count() > 0 && cfg_.limits.upstream_idle_connections > 0;
-}
-
-awaitable<bool> Session::open_upstream() {
-  if (upstream_reusable()) {
-    while (auto idle = UpstreamCache::local().take(rt_.get(), ctx_.listener)) {
-      if (!up_.adopt(std::move(*idle))) continue;  // closed meanwhile: try the next, then connect
-      log(Level::debug, "upstream_reuse").kv("sid", ctx_.id).kv("upstream", up_.peer());
-      if (client_.tls() && !up_.encrypted()) log_downgrade();
-      ++upstream_opens_;
-      co_return true;
-    }
-  }
-  const UpstreamTlsPolicy tls = upstream_tls_policy();
-  const bool ok = co_await up_.open(listener_.upstream, rt_->hostname, preamble_, tls);
-  if (ok || up_.stage() != "connect") metrics().upstream_connection(listener_.role);
-  if (!ok) {
-    metrics().upstream_error(up_.stage());
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    if (up_.failure() == Upstream::Failure::tls)
-      log(Level::warning, "upstream_tls").kv("sid", ctx_.id).kv("result", "failed").kv("error", up_.detail());
-    log(Level::warning, "upstream_unavailable").kv("sid", ctx_.id).kv("upstream", listener_.upstream.to_string())
-        .kv("error", upstream_detail_);
-    co_return false;
-  }
-  if (up_.encrypted())
-    log(Level::info, "upstream_tls")
-        .kv("sid", ctx_.id)
-        .kv("result", "ok")
-        .kv("protocol", up_.tls_protocol())
-        .kv("cipher", up_.tls_cipher());
-  if (client_.tls() && !up_.encrypted()) log_downgrade();
-  ++upstream_opens_;
-  co_return true;
-}
-
-void Session::learn_caps() {
-  if (connect_at_mail() && up_.connected())
-    NextHopCaps::global().learn(NextHopCaps::key_of(listener_), up_.caps(), NextHopCaps::Source::session);
-}
-
-std::string Session::mail_open_failed_reply() const {
-  if (up_.failure() != Upstream::Failure::tls) return upstream_failure_reply();
-  // As at connect: required/verify not met is a policy matter (4.7.0), a broken opportunistic
-  // handshake a next hop we could not talk to (4.4.2).
-  const bool strict = listener_.upstream_tls == conf::UpstreamTls::required ||
-                      listener_.upstream_tls == conf::UpstreamTls::verify;
-  return strict ? replies::upstream_tls_unavailable_mail() : replies::upstream_tls_failed_mail();
-}
-
-void Session::log_downgrade() {
-  log(Level::warning, "tls_downgrade")
-      .kv("sid", ctx_.id)
-      .kv("client_tls", client_.protocol())
-      .kv("upstream", listener_.upstream.to_string())
-      .kv("upstream_tls", conf::to_string(listener_.upstream_tls));
-}
-
 awaitable<bool> Session::start_tls(std::string_view args) {
-  const auto& server = rt_->tls.at(ctx_.listener).server;
-  if (!server || listener_.implicit_tls) {
-    refuse(replies::not_implemented("STARTTLS"));
-    co_return true;
-  }
-  if (client_.tls()) {
-    refuse(replies::tls_already_active());
-    co_return true;
-  }
+  const auto& server = rt_->tls.at(ctx_.listener).server;  // offered: smtp::check said so
   if (!args.empty()) {
     refuse(replies::starttls_syntax());
     co_return true;
@@ -415,9 +326,8 @@ awaitable<bool> Session::start_tls(std::string_view args) {
   in_begin_ = in_end_ = 0;
   const IoResult h = co_await client_.handshake(*server, asio::ssl::stream_base::server, cfg_.timeouts.idle);
   if (!h) {
-    end_ = h.timed_out ? End::idle_timeout : End::tls_failed;
     tls_error_ = h.timed_out ? "handshake timed out" : h.ec.message();
-    co_return false;
+    co_return co_await finish_silently(h.timed_out ? End::idle_timeout : End::tls_failed);
   }
   // RFC 3207 4.2: discard all knowledge from before TLS; the client starts again with EHLO.
   handle_rset(/*reply=*/false);
@@ -430,239 +340,25 @@ awaitable<bool> Session::start_tls(std::string_view args) {
   co_return true;
 }
 
-bool Session::auth_offered() const {
-  if (listener_.role != conf::Role::outbound || up_.caps().auth.empty()) return false;
-  if (client_.tls()) return true;
-  const bool loopback = ctx_.client_ip.rfind("127.", 0) == 0 || ctx_.client_ip == "::1";
-  return listener_.plaintext_auth_loopback && loopback;
-}
-
-// AUTH (RFC 4954), relayed to the next hop byte for byte: the mechanism and initial response
-// go up, each 334 challenge comes down, each client response goes up, until the next hop gives
-// its final reply. Whatever the mechanism, nothing of the exchange is logged but the mechanism
-// name and the outcome.
-awaitable<bool> Session::do_auth(std::string_view args) {
-  if (!auth_offered()) {
-    refuse(up_.caps().auth.empty() || listener_.role != conf::Role::outbound ? replies::not_implemented("AUTH")
-                                                                           : replies::auth_encryption_required());
-    co_return true;
-  }
-  if (authenticated_) {
-    refuse(replies::auth_already());
-    co_return true;
-  }
-  if (tx_.active) {
-    refuse(replies::auth_in_transaction());
-    co_return true;
-  }
-  const std::string mechanism = text::upper(args.substr(0, args.find(' ')));
-  auth_attempted_ = true;  // the next hop's session now belongs to this client: never reused
-  if (mechanism.empty() || !auth_text(args)) {
-    refuse(replies::auth_syntax());
-    co_return true;
-  }
-  if (!co_await ensure_upstream()) {
-    refuse(upstream_failure_reply());
-    co_return true;
-  }
-  std::string up_line = "AUTH " + std::string(args) + "\r\n";
-  std::optional<smtp::Reply> r;
-  for (int round = 0; round < conf::fixed::max_auth_rounds; ++round) {
-    const bool sent = co_await up_.send(up_line);
-    explicit_bzero(up_line.data(), up_line.size());
-    if (!sent || !(r = co_await up_.read_reply())) break;
-    if (r->code != 334) break;
-    if (!co_await write_client(smtp::format_reply(r->code, r->lines))) co_return false;
-    std::string response;
-    command_deadline_ = std::min(Clock::now() + cfg_.timeouts.command, session_deadline_);
-    const LineStatus st = co_await read_line(response);
-    if (st == LineStatus::too_long) {
-      // RFC 4954 4: the exchange is cancelled, the session goes on. The next hop is mid-exchange:
-      // drop it, a later command reconnects.
-      up_.close();
-      log(Level::warning, "auth").kv("sid", ctx_.id).kv("mechanism", mechanism).kv("result", "failed").kv("reply", "500");
-      refuse(replies::auth_line_too_long());
-      co_return true;
-    }
-    if (st != LineStatus::ok) {
-      explicit_bzero(response.data(), response.size());
-      up_.close();  // the next hop is mid-exchange: start afresh if the session goes on
-      end_ = st == LineStatus::timeout ? End::idle_timeout : st == LineStatus::stopped ? End::shutdown : End::client_closed;
-      co_return false;
-    }
-    if (!auth_text(response)) {  // not base64: cancel the exchange ("*", RFC 4954 4) instead
-      explicit_bzero(response.data(), response.size());
-      response = "*";
-    }
-    up_line = response + "\r\n";
-    explicit_bzero(response.data(), response.size());
-    r.reset();
-  }
-  std::string reply;
-  if (!r) {
-    reply = upstream_failure_reply();
-    up_.close();
-  } else if (r->code == 334) {
-    reply = replies::auth_cancelled();  // too many rounds
-    up_.close();
-  } else {
-    reply = relay_reply(*r);
-  }
-  authenticated_ = !reply.empty() && reply[0] == '2';
-  log(authenticated_ ? Level::info : Level::warning, "auth")
-      .kv("sid", ctx_.id)
-      .kv("mechanism", mechanism)
-      .kv("result", authenticated_ ? "ok" : "failed")
-      .kv("reply", reply.substr(0, 3));
-  if (reply_is_error(reply)) ++errors_;
-  co_return co_await write_client(reply);
-}
-
-awaitable<bool> Session::ensure_upstream() {
-  if (up_.connected()) co_return true;
-  // Connecting at MAIL, the first connection is no reconnect.
-  const bool first = connect_at_mail() && upstream_opens_ == 0;
-  bool ok = co_await open_upstream();
-  if (ok && helo_seen_) ok = co_await forward_client_identity();
-  if (ok) learn_caps();
-  auto line = log(ok ? Level::info : Level::warning, first ? "upstream_open" : "upstream_reconnect");
-  line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed");
-  if (!ok) line.kv("error", up_.detail());
-  co_return ok;
-}
-
-awaitable<std::string> Session::confirmed_client_name() {
-  // Forward-confirmed reverse DNS, as Postfix does itself: the PTR name counts only when it
-  // resolves back to the client's address. Bounded by timeouts.upstream_connect; answers are
-  // cached per client address (timeouts.client_name_ttl, limits.client_names_cached).
-  const tcp::endpoint remote = ctx_.remote;
-  // Per I/O thread, like the session itself: no lock.
-  thread_local ClientNameCache cache;
-  if (auto cached = cache.find(ctx_.client_ip, Clock::now())) co_return std::move(*cached);
-  std::string name = co_await lookup_client_name(remote);
-  if (name != "[TEMPUNAVAIL]")  // a failure for now is asked again next time
-    cache.put(ctx_.client_ip, name, Clock::now(), cfg_.timeouts.client_name_ttl,
-            static_cast<std::size_t>(cfg_.limits.client_names_cached));
-  co_return name;
-}
-
-awaitable<std::string> Session::lookup_client_name(const tcp::endpoint& remote) {
-  tcp::resolver resolver(client_.get_executor());
-  asio::steady_timer timer(client_.get_executor());
-  timer.expires_after(cfg_.timeouts.upstream_connect);
-  using namespace asio::experimental::awaitable_operators;
-  auto rev = co_await (resolver.async_resolve(remote, asio::as_tuple(asio::use_awaitable)) ||
-                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  // XCLIENT_README: [TEMPUNAVAIL] for a lookup that failed for now (the MX may defer),
-  // [UNAVAILABLE] for no name.
-  if (rev.index() != 0) co_return "[TEMPUNAVAIL]";
-  auto [rec, names] = std::get<0>(rev);
-  if (rec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
-  if (rec || names.empty()) co_return "[UNAVAILABLE]";
-  const std::string name = names.begin()->host_name();
-  boost::system::error_code numeric;
-  asio::ip::make_address(name, numeric);
-  if (!numeric) co_return "[UNAVAILABLE]";  // getnameinfo fell back to the number: no PTR
-  auto fwd = co_await (resolver.async_resolve(name, "", asio::as_tuple(asio::use_awaitable)) ||
-                       timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (fwd.index() != 0) co_return "[TEMPUNAVAIL]";
-  auto [fec, addrs] = std::get<0>(fwd);
-  if (fec == asio::error::host_not_found_try_again) co_return "[TEMPUNAVAIL]";
-  if (fec) co_return "[UNAVAILABLE]";
-  for (const auto& a : addrs)
-    if (a.endpoint().address() == remote.address()) co_return name;
-  co_return "[UNAVAILABLE]";
-}
-
-awaitable<bool> Session::forward_client_identity() {
-  if (listener_.forward_client != conf::ForwardClient::xclient) co_return true;
-  const smtp::Capabilities& caps = up_.caps();
-  if (!caps.xclient) {
-    // The MX then sees the relay's address, which it may trust (Postfix mynetworks): say so at
-    // warning level once per listener, then at debug level.
-    static std::array<std::atomic<bool>, conf::fixed::xclient_warning_listeners> warned{};
-    const bool first = ctx_.listener >= warned.size() || !warned[ctx_.listener].exchange(true);
-    log(first ? Level::warning : Level::debug, "xclient")
-        .kv("sid", ctx_.id)
-        .kv("result", "not_offered")
-        .kv("listener", ctx_.listener)
-        .kv("upstream", listener_.upstream.to_string());
-    co_return true;
-  }
-  XclientInfo info;
-  info.addr = ctx_.client_ip;
-  info.ipv6 = ctx_.client_ip.find(':') != std::string::npos;
-  info.port = client_port_;
-  info.helo = client_helo_;
-  info.esmtp = esmtp_;
-  const auto& attrs = caps.xclient_attrs;
-  if (std::find(attrs.begin(), attrs.end(), "NAME") != attrs.end()) info.name = co_await confirmed_client_name();
-  const std::string attributes = xclient_attributes(info, attrs);
-  if (attributes.empty()) co_return true;
-  auto r = co_await up_.xclient(attributes, client_helo_);
-  if (!r) co_return false;
-  // Postfix answers 220 (a new greeting), smtp-sink 250: any 2xx took.
-  const bool ok = r->code / 100 == 2;
-  auto line = log(ok ? Level::info : Level::warning, "xclient");
-  line.kv("sid", ctx_.id).kv("result", ok ? "ok" : "failed").kv("attributes", attributes);
-  if (!ok) line.kv("reply", smtp::format_reply(r->code, r->lines).substr(0, conf::fixed::max_logged_reply_chars));
-  co_return true;
-}
-
 awaitable<bool> Session::flush() {
   bool lost = false;
-  if (!pending_.empty()) {
-    const bool need_upstream =
-        std::any_of(pending_.begin(), pending_.end(), [](const Pending& p) { return !p.upstream.empty(); });
-    bool up_ok = true;
-    if (need_upstream) up_ok = co_await ensure_upstream();
-    const bool pipelined = up_ok && up_.caps().pipelining;
-    if (pipelined && need_upstream) {
-      std::string batch;
-      for (const Pending& p : pending_)
-        for (const std::string& c : p.upstream) batch += c;
-      up_ok = co_await up_.send(batch);
-    }
-    for (Pending& p : pending_) {
-      if (p.upstream.empty()) {
-        out_ += p.local_reply;
-        continue;
-      }
-      std::vector<smtp::Reply> got;
-      for (const std::string& c : p.upstream) {
-        if (!up_ok) break;
-        if (!pipelined && !(up_ok = co_await up_.send(c))) break;
-        auto r = co_await up_.read_reply();
-        if (!r) {
-          up_ok = false;
-          break;
-        }
-        got.push_back(std::move(*r));
-        if (!pipelined && p.stop_on_failure && got.back().code / 100 != 2) break;
-      }
-      if (!up_ok) {
-        lost = true;
-        out_ += upstream_failure_reply();
-      } else {
-        out_ += p.on_replies(got);
-      }
-    }
-    pending_.clear();
+  if (!pipeline_.empty()) {
+    const bool up_ok = !pipeline_.needs_next_hop() || co_await ensure_upstream();
+    Pipeline::Flushed f = co_await pipeline_.flush(up_, up_ok);
+    out_ += f.text;
+    errors_ += f.errors;  // the next hop's refusals, relayed (Answer::counts)
+    lost = f.lost;
   }
   std::string text = std::move(out_);
   out_.clear();
   if (!co_await write_client(text)) co_return false;
   if (lost) {
-    metrics().upstream_error(phase_ == Phase::mail || phase_ == Phase::rcpt ? phase_name() : "reply");
-    if (stop_requested_) {
-      end_ = End::shutdown;
-      co_await write_client(replies::shutting_down(rt_->hostname));
-      co_return false;
-    }
-    end_ = End::upstream_lost;
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    co_await write_client(replies::upstream_lost_closing(rt_->hostname));
-    co_return false;
+    const UpstreamStage stage = phase_ == Phase::mail   ? UpstreamStage::mail
+                              : phase_ == Phase::rcpt ? UpstreamStage::rcpt
+                                                      : UpstreamStage::reply;
+    if (!stop_requested_) co_return co_await next_hop_lost(stage);
+    metrics().upstream_error(stage);  // the stop cancelled it
+    co_return co_await finish(End::shutdown);
   }
   co_return true;
 }
@@ -676,117 +372,113 @@ awaitable<bool> Session::process(const std::string& line) {
   }
   const smtp::Command cmd = smtp::parse_command(line);
   using smtp::Verb;
-  // Junk commands (Postfix smtpd_junk_command_limit): everything but the transaction itself,
-  // inside a transaction too, so that MAIL/RSET or NOOP loops are bounded; the count restarts
-  // when a message is delivered.
-  if (cmd.verb != Verb::mail && cmd.verb != Verb::rcpt && cmd.verb != Verb::data && cmd.verb != Verb::bdat &&
-      cmd.verb != Verb::quit)
-    ++commands_outside_tx_;
-  switch (cmd.verb) {
-    case Verb::ehlo:
-    case Verb::helo: {
-      if (!co_await flush()) co_return false;
-      if (cmd.args.empty()) {
-        refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
-        co_return true;
-      }
-      handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
-      helo_seen_ = true;
-      esmtp_ = cmd.verb == Verb::ehlo;
-      client_helo_ = clean_helo(cmd.args, rt_->hostname);
-      // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
-      if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
-        if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
-        if (!co_await forward_client_identity()) {
-          end_ = End::upstream_lost;
-          upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-          co_await write_client(replies::upstream_lost_closing(rt_->hostname));
-          co_return false;
-        }
-        // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
-        // now sees): the client is offered what the next hop offers from here on.
-        offer(up_.caps());
-        learn_caps();
-      } else if (connect_at_mail()) {
-        // The live connection when there is one (a later EHLO), else what was learned last.
-        offer(up_.connected() ? up_.caps() : NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps);
-      }
-      if (!esmtp_) {
-        queue_local(replies::helo(rt_->hostname));
-        co_return true;
-      }
-      replies::EhloOffer offer;
-      offer.pipelining = adv_pipelining_;
-      offer.size = adv_size_;
-      offer.eightbitmime = adv_8bitmime_;
-      offer.smtputf8 = adv_smtputf8_;
-      offer.enhancedstatuscodes = adv_enhanced_;
-      offer.dsn = adv_dsn_;
-      offer.chunking = adv_chunking_;
-      offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
-      if (auth_offered()) offer.auth = up_.caps().auth;
-      queue_local(replies::ehlo(rt_->hostname, offer));
+  const smtp::VerbFlags flags = smtp::verb_flags(cmd.verb);
+  // Junk commands (Postfix smtpd_junk_command_limit): the count restarts when a message is delivered.
+  if (flags.junk) ++commands_outside_tx_;
+  if (cmd.verb == Verb::quit) phase_ = Phase::quit;  // a next hop lost in this flush is lost at "reply"
+  if (flags.flush_first && !co_await flush()) co_return false;
+  // BDAT is checked once its size is parsed: a refused chunk is still read (do_bdat).
+  if (cmd.verb != Verb::bdat) {
+    if (const auto no = smtp::check(facts(), cmd.verb)) {
+      refuse(replies::refusal(*no));
       co_return true;
     }
-    case Verb::mail:
-      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
-      else if (ctx_.needs_auth && !authenticated_) refuse(replies::auth_required());
-      else if (!helo_seen_) refuse(replies::need_helo());
-      else if (tx_.active) refuse(replies::nested_mail());
-      else co_return co_await handle_mail(cmd.args);
-      co_return true;
-    case Verb::rcpt:
-      if (listener_.require_tls && !client_.tls()) refuse(replies::tls_required());
-      else if (!helo_seen_) refuse(replies::need_helo());
-      else if (!tx_.active) refuse(replies::need_mail());
-      else if (tx_.bdat_used) refuse(replies::rcpt_after_bdat());  // the next hop may be gone (failed chunk)
-      else handle_rcpt(cmd.args);
-      co_return true;
-    case Verb::data:
-      co_return co_await do_data();
-    case Verb::bdat:
-      co_return co_await do_bdat(cmd.args);
-    case Verb::rset:
-      handle_rset(/*reply=*/true);
-      co_return true;
-    case Verb::noop:
-      queue_local(replies::ok());
-      co_return true;
+  }
+  switch (cmd.verb) {
+    case Verb::ehlo:
+    case Verb::helo: co_return co_await do_helo(cmd);
+    case Verb::mail: co_return co_await handle_mail(cmd.args);
+    case Verb::rcpt: handle_rcpt(cmd.args); co_return true;
+    case Verb::data: co_return co_await do_data();
+    case Verb::bdat: co_return co_await do_bdat(cmd.args);
+    case Verb::rset: handle_rset(/*reply=*/true); co_return true;
+    case Verb::noop: queue_local(replies::ok()); co_return true;
     case Verb::vrfy:
     case Verb::expn:
       if (cfg_.smtp.vrfy == conf::VrfyReply::cannot_verify) queue_local(replies::vrfy_cannot());
       else refuse(replies::vrfy_disabled());
       co_return true;
-    case Verb::help:
-      queue_local(replies::help());
-      co_return true;
-    case Verb::quit: {
-      phase_ = Phase::quit;
-      if (!co_await flush()) co_return false;
-      end_ = End::quit;
-      co_await write_client(replies::bye());
-      // A clean next hop (no transaction open, never authenticated as this client) waits for
-      // the next session instead of being closed.
-      const bool clean = pending_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
-      if (up_.connected() && clean && upstream_reusable()) {
-        UpstreamCache::local().put(rt_.get(), ctx_.listener, rt_, up_.release(), cfg_.timeouts.upstream_idle,
-                                   static_cast<std::size_t>(cfg_.limits.upstream_idle_connections));
-      } else if (up_.connected()) {
-        co_await up_.send("QUIT\r\n");
-      }
-      co_return false;
-    }
-    case Verb::starttls:
-      if (!co_await flush()) co_return false;
-      co_return co_await start_tls(cmd.args);
-    case Verb::auth:
-      if (!co_await flush()) co_return false;
-      co_return co_await do_auth(cmd.args);
-    case Verb::unknown:
-      refuse(replies::unknown_command());
-      co_return true;
+    case Verb::help: queue_local(replies::help()); co_return true;
+    case Verb::quit: co_return co_await do_quit();
+    case Verb::starttls: co_return co_await start_tls(cmd.args);
+    case Verb::auth: co_return co_await do_auth(cmd.args);
+    case Verb::unknown: refuse(replies::unknown_command()); co_return true;
   }
   co_return true;
+}
+
+smtp::PhaseFacts Session::facts() const {
+  smtp::PhaseFacts f;
+  f.helo_seen = helo_seen_;
+  f.in_transaction = tx_.active;
+  f.bdat_used = tx_.bdat_used;
+  f.bdat_failed = tx_.bdat_failed;
+  f.recipients_accepted = tx_.shared->rcpt_accepted > 0;
+  f.recipients_tried = tx_.rcpt_tried > 0;
+  f.tls_missing = listener_.require_tls && !client_.tls();
+  f.auth_missing = ctx_.needs_auth && !authenticated_;
+  f.chunking_offered = adv_chunking_;
+  f.tls_offered = rt_->tls.at(ctx_.listener).server && !listener_.implicit_tls;
+  f.tls_active = client_.tls();
+  f.auth_offered = auth_offered();
+  f.auth_needs_tls = listener_.role == conf::Role::outbound && !up_.caps().auth.empty();
+  f.authenticated = authenticated_;
+  return f;
+}
+
+awaitable<bool> Session::do_helo(const smtp::Command& cmd) {
+  using smtp::Verb;
+  if (cmd.args.empty()) {
+    refuse(replies::helo_syntax(cmd.verb == Verb::ehlo));
+    co_return true;
+  }
+  handle_rset(/*reply=*/false);  // RFC 5321 4.1.4: EHLO/HELO reset the transaction
+  helo_seen_ = true;
+  esmtp_ = cmd.verb == Verb::ehlo;
+  client_helo_ = clean_helo(cmd.args, rt_->hostname);
+  // Connecting at MAIL with nothing open yet: XCLIENT goes when the connection opens.
+  if (listener_.forward_client == conf::ForwardClient::xclient && (!connect_at_mail() || up_.connected())) {
+    if (!co_await flush()) co_return false;  // any RSET for the next hop goes first
+    // XCLIENT and the EHLO after it count as the EHLO stage of the next hop.
+    if (!co_await forward_client_identity()) co_return co_await next_hop_lost(UpstreamStage::ehlo);
+    // The EHLO after XCLIENT may offer other extensions (Postfix looks at the client it
+    // now sees): the client is offered what the next hop offers from here on.
+    offer(up_.caps());
+    learn_caps();
+  } else if (connect_at_mail()) {
+    // The live connection when there is one (a later EHLO), else what was learned last.
+    offer(up_.connected() ? up_.caps() : NextHopCaps::global().get(NextHopCaps::key_of(listener_)).caps);
+  }
+  if (!esmtp_) {
+    queue_local(replies::helo(rt_->hostname));
+    co_return true;
+  }
+  replies::EhloOffer offer;
+  offer.pipelining = adv_pipelining_;
+  offer.size = adv_size_;
+  offer.eightbitmime = adv_8bitmime_;
+  offer.smtputf8 = adv_smtputf8_;
+  offer.enhancedstatuscodes = adv_enhanced_;
+  offer.dsn = adv_dsn_;
+  offer.chunking = adv_chunking_;
+  offer.starttls = rt_->tls.at(ctx_.listener).server && !client_.tls() && !listener_.implicit_tls;
+  if (auth_offered()) offer.auth = up_.caps().auth;
+  queue_local(replies::ehlo(rt_->hostname, offer));
+  co_return true;
+}
+
+awaitable<bool> Session::do_quit() {
+  co_await finish(End::quit);
+  // A clean next hop (no transaction open, never authenticated as this client) waits for
+  // the next session instead of being closed.
+  const bool clean = pipeline_.empty() && !auth_attempted_ && !(tx_.decided && tx_.shared->upstream_open);
+  if (up_.connected() && clean && upstream_reusable()) {
+    UpstreamCache::local().put(rt_.get(), ctx_.listener, rt_, up_.release(), cfg_.timeouts.upstream_idle,
+                               static_cast<std::size_t>(cfg_.limits.upstream_idle_connections));
+  } else if (up_.connected()) {
+    co_await up_.send("QUIT\r\n");
+  }
+  co_return false;
 }
 
 awaitable<bool> Session::handle_mail(std::string_view args) {
@@ -802,7 +494,6 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
       default:
         queue_local(replies::bad_sender(smtp::to_string(res.error)));
     }
-    ++errors_;
     co_return true;
   }
   const smtp::Path& path = *res.path;
@@ -914,7 +605,6 @@ void Session::handle_rcpt(std::string_view args) {
       case smtp::PathError::duplicate_param: queue_local(replies::rcpt_syntax()); break;
       default: queue_local(replies::bad_recipient(smtp::to_string(res.error)));
     }
-    ++errors_;
     return;
   }
   const smtp::Path& path = *res.path;
@@ -937,7 +627,7 @@ void Session::handle_rcpt(std::string_view args) {
   phase_ = Phase::rcpt;
   ++tx_.rcpt_tried;
   if (tx_.rcpt_sent >= cfg_.limits.recipients_per_message) {
-    queue_local(replies::too_many_recipients());
+    queue_local(replies::too_many_recipients(), /*own_limit=*/true);
     return;
   }
   std::shared_ptr<TxShared> shared = tx_.shared;
@@ -962,7 +652,7 @@ void Session::handle_rcpt(std::string_view args) {
     if (rd.action == RcptAction::refused) {
       ++refused_;
       ++invalid_recipients_;
-      queue_local(rd.reply);
+      queue_local(rd.reply, /*own_limit=*/true);  // limits.invalid_recipients_per_session
       return;
     }
     if (rd.monitor) {
@@ -982,7 +672,7 @@ void Session::handle_rcpt(std::string_view args) {
       ++shared->rcpt_accepted;
       ++recipients_;
     }
-    return relay_reply(r);
+    return Answer{relay_reply(r)};
   };
 
   const std::int64_t now = rt_->clock.now();
@@ -1009,34 +699,28 @@ void Session::handle_rcpt(std::string_view args) {
     std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
     if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
     mail_cmd += "\r\n";
-    Pending p;
-    p.upstream = {std::move(mail_cmd), std::move(rcpt_cmd)};
-    p.stop_on_failure = true;
-    p.on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (got.empty()) return upstream_failure_reply();
+    auto on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (got.empty()) return Answer{upstream_failure_reply()};
       if (got[0].code / 100 != 2) {
         shared->mail_error = relay_reply(got[0]);
         shared->upstream_open = false;
-        return *shared->mail_error;
+        return Answer{*shared->mail_error};
       }
-      if (got.size() < 2) return upstream_failure_reply();
+      if (got.size() < 2) return Answer{upstream_failure_reply()};
       return rcpt_result(got[1]);
     };
     shared->upstream_open = true;  // corrected by the reply handler if MAIL fails
-    pending_.push_back(std::move(p));
+    pipeline_.relay({std::move(mail_cmd), std::move(rcpt_cmd)}, std::move(on_replies), /*stop_on_failure=*/true);
   } else {
     const SenderDecision d = decide();
     if (d.sign != tx_.decision.sign) {
-      queue_local(replies::separate_transaction());
+      queue_local(replies::separate_transaction(), /*own_limit=*/true);
       return;
     }
-    Pending p;
-    p.upstream = {std::move(rcpt_cmd)};
-    p.on_replies = [shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (shared->mail_error) return *shared->mail_error;
+    pipeline_.relay({std::move(rcpt_cmd)}, [shared, rcpt_result](std::vector<smtp::Reply>& got) {
+      if (shared->mail_error) return Answer{*shared->mail_error};
       return rcpt_result(got.at(0));
-    };
-    pending_.push_back(std::move(p));
+    });
   }
   ++tx_.rcpt_sent;
 }
@@ -1044,15 +728,11 @@ void Session::handle_rcpt(std::string_view args) {
 void Session::handle_rset(bool reply) {
   // A next-hop connection already lost took its transaction with it: no reconnect for RSET. But
   // a MAIL still waiting in this pipelined batch will reconnect and open one: RSET must follow.
-  const bool mail_queued = std::any_of(pending_.begin(), pending_.end(),
-                                       [](const Pending& p) { return !p.upstream.empty(); });
+  const bool mail_queued = pipeline_.needs_next_hop();
   if (tx_.decided && tx_.shared->upstream_open && (up_.connected() || mail_queued)) {
     // The next hop has a transaction open: abort it too. Its reply is not the client's business
     // beyond success; a failure surfaces as a lost connection in flush().
-    Pending p;
-    p.upstream = {"RSET\r\n"};
-    p.on_replies = [reply](std::vector<smtp::Reply>&) { return reply ? replies::ok() : std::string(); };
-    pending_.push_back(std::move(p));
+    pipeline_.relay({"RSET\r\n"}, [reply](std::vector<smtp::Reply>&) { return Answer{reply ? replies::ok() : std::string()}; });
   } else if (reply) {
     queue_local(replies::ok());
   }
@@ -1063,269 +743,6 @@ void Session::reset_transaction() {
   tx_ = Transaction{};
   tx_.shared = std::make_shared<TxShared>();
   phase_ = Phase::command;
-}
-
-// --- DATA and BDAT ---------------------------------------------------------------------------------
-
-std::string Session::monitor_header() const {
-  return "X-BATV-Status: " + std::string(crypto::to_string(tx_.monitor_verdict.value_or(crypto::Verdict::valid))) +
-         "\r\n";
-}
-
-std::optional<std::string> Session::data_precondition(bool bdat) {
-  if (listener_.require_tls && !client_.tls()) return replies::tls_required();
-  if (!helo_seen_) return replies::need_helo();
-  if (!tx_.active) return replies::need_mail_for_data();
-  if (!bdat && tx_.bdat_used) return replies::bdat_sequence();
-  if (bdat && tx_.bdat_failed) return replies::bdat_sequence();
-  if (tx_.shared->rcpt_accepted == 0)
-    return tx_.rcpt_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt();
-  return std::nullopt;
-}
-
-void Session::count_message(const std::string& reply, std::uint64_t size) {
-  const bool accepted = !reply.empty() && reply[0] == '2';
-  metrics().message(listener_.role, accepted);
-  if (accepted) metrics().bytes(listener_.role, size);
-  if (accepted) {
-    ++messages_;
-    commands_outside_tx_ = 0;
-    if (listener_.role == conf::Role::outbound) ++(tx_.decision.sign ? signed_ : unsigned_);
-  } else if (reply_is_error(reply)) {
-    ++errors_;
-  }
-  std::string first = reply.substr(0, reply.find('\r'));
-  log(accepted ? Level::info : Level::warning, "message")
-      .kv("sid", ctx_.id)
-      .kv("from", "<" + tx_.sender + ">")
-      .kv("upstream_from", "<" + tx_.decision.upstream_from + ">")
-      .kv("recipients", tx_.shared->rcpt_accepted)
-      .kv("size", size)
-      .kv("result", accepted ? "accepted" : "rejected")
-      .kv("reply", first);
-}
-
-awaitable<bool> Session::do_data() {
-  if (!co_await flush()) co_return false;
-  if (auto why = data_precondition(false)) {
-    refuse(std::move(*why));
-    co_return true;
-  }
-  phase_ = Phase::data;
-  const std::string& host = rt_->hostname;
-  std::optional<smtp::Reply> r;
-  if (co_await up_.send("DATA\r\n")) r = co_await up_.read_reply();
-  if (!r) {
-    metrics().upstream_error("data");
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-    end_ = End::upstream_lost;
-    co_await write_client(upstream_failure_reply());
-    co_await write_client(replies::upstream_lost_closing(host));
-    co_return false;
-  }
-  if (r->code != 354) {
-    std::string reply = r->code / 100 == 2 ? replies::upstream_garbled() : relay_reply(*r);
-    if (reply_is_error(reply)) ++errors_;
-    co_return co_await write_client(reply);
-  }
-  if (!co_await write_client(replies::start_data())) {
-    co_return false;
-  }
-  bool upstream_broke = false;
-  if (tx_.monitored) {
-    // Inbound monitor mode: the verdict goes in front of the message, as the first header line.
-    upstream_broke = !co_await up_.send(monitor_header());
-  }
-
-  // Stream the body: constant memory, bytes forwarded exactly as received.
-  resize_input(stream_buffer);
-  const auto data_deadline = Clock::now() + cfg_.timeouts.data;
-  const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  smtp::DataScanner scanner;
-  std::uint64_t size = 0;
-  bool forwarding = !upstream_broke, too_big = false, done = false;
-  while (!done) {
-    if (in_begin_ == in_end_ && !co_await fill(data_deadline)) {
-      up_.close();  // the next hop discards an unterminated message
-      switch (read_failure_) {
-        case ReadFailure::stopped:
-          end_ = End::shutdown;
-          co_await write_client(replies::shutting_down(host));
-          break;
-        case ReadFailure::timeout:
-          end_ = Clock::now() >= data_deadline ? End::data_timeout : End::idle_timeout;
-          {
-            // Named, not a ?: temporary inside co_await: g++ 12 destroys such a temporary twice.
-            const std::string reply =
-                end_ == End::data_timeout ? replies::data_timeout(host) : replies::idle_timeout(host);
-            co_await write_client(reply);
-          }
-          break;
-        case ReadFailure::closed:
-          end_ = End::client_closed;
-          break;
-      }
-      co_return false;
-    }
-    const char* p = in_.data() + in_begin_;
-    const std::size_t n = scanner.scan(p, in_end_ - in_begin_, done);
-    size += n;
-    if (size > max_size + 5) too_big = true;  // + the terminator's 5 octets at most
-    if (forwarding && (scanner.bare_newline || too_big)) {
-      forwarding = false;
-      up_.close();
-    }
-    if (forwarding && !co_await up_.send(std::string_view(p, n))) {
-      forwarding = false;
-      upstream_broke = true;
-    }
-    in_begin_ += n;
-  }
-
-  const auto t_end_of_data = Clock::now();
-  Clock::duration upstream_wait{};
-  std::string reply;
-  if (scanner.bare_newline) {
-    reply = replies::bare_newline();
-  } else if (too_big) {
-    reply = replies::size_exceeded();
-  } else if (upstream_broke) {
-    metrics().upstream_error("data");
-    reply = upstream_failure_reply();
-  } else {
-    const auto t_wait = Clock::now();
-    awaiting_verdict_ = true;
-    auto fin = co_await up_.read_reply(/*final_dot=*/true);
-    awaiting_verdict_ = false;
-    upstream_wait = Clock::now() - t_wait;
-    if (!fin) {
-      metrics().upstream_error("dot");
-      reply = upstream_failure_reply();
-      up_.close();
-    } else {
-      reply = relay_reply(*fin);
-      if (fin->code / 100 == 3) reply = replies::upstream_garbled();
-    }
-  }
-  if (!up_.connected() && upstream_detail_.empty() && up_.failure() != Upstream::Failure::none)
-    upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
-  metrics().latency(std::chrono::duration<double>(Clock::now() - t_end_of_data - upstream_wait).count());
-  count_message(reply, size);
-  reset_transaction();
-  resize_input(command_buffer);
-  co_return co_await write_client(reply);
-}
-
-std::string Session::chunk_read_failed(Clock::time_point deadline) {
-  switch (read_failure_) {
-    case ReadFailure::stopped:
-      end_ = End::shutdown;
-      return replies::shutting_down(rt_->hostname);
-    case ReadFailure::timeout:
-      // The chunk's deadline, or timeouts.idle (shorter) between two reads.
-      end_ = Clock::now() >= deadline ? End::data_timeout : End::idle_timeout;
-      return end_ == End::data_timeout ? replies::data_timeout(rt_->hostname) : replies::idle_timeout(rt_->hostname);
-    case ReadFailure::closed:
-      break;
-  }
-  end_ = End::client_closed;
-  return {};
-}
-
-awaitable<bool> Session::skip_bytes(std::uint64_t n) {
-  const auto deadline = Clock::now() + cfg_.timeouts.data;
-  while (n > 0) {
-    if (in_begin_ == in_end_ && !co_await fill(deadline)) {
-      const std::string reply = chunk_read_failed(deadline);
-      co_await write_client(reply);
-      co_return false;
-    }
-    const std::uint64_t take = std::min<std::uint64_t>(n, in_end_ - in_begin_);
-    in_begin_ += static_cast<std::size_t>(take);
-    n -= take;
-  }
-  co_return true;
-}
-
-awaitable<bool> Session::do_bdat(std::string_view args) {
-  if (!co_await flush()) co_return false;
-  const auto bdat = smtp::parse_bdat(args);
-  if (!bdat) {
-    refuse(replies::bdat_syntax());
-    co_return true;
-  }
-  std::optional<std::string> refuse;
-  if (!adv_chunking_) refuse = replies::not_implemented("BDAT");
-  else refuse = data_precondition(true);
-  // A next-hop connection opened after the client's EHLO (a reconnect) may not offer CHUNKING:
-  // its 5xx to BDAT would fail the message for good, for a trouble of ours.
-  if (!refuse && !up_.caps().chunking) refuse = replies::upstream_no_chunking();
-  const auto max_size = static_cast<std::uint64_t>(cfg_.limits.message_size);
-  // Subtracted, not added: a chunk size near 2^64 would wrap the sum (bdat_bytes <= max_size).
-  if (!refuse && bdat->size > max_size - tx_.bdat_bytes) {
-    refuse = replies::size_exceeded();
-    if (tx_.bdat_used) up_.close();  // a partly sent message must not be completed
-    tx_.bdat_failed = true;
-  }
-  if (refuse) {
-    ++errors_;
-    if (!co_await skip_bytes(bdat->size)) co_return false;
-    // The transaction ends here: abort it at the next hop too (RSET), or its MAIL stays open
-    // and the client's next MAIL reaches it as a nested MAIL.
-    if (bdat->last && tx_.active) handle_rset(/*reply=*/false);
-    co_return co_await write_client(*refuse);
-  }
-  phase_ = Phase::bdat;
-  tx_.bdat_used = true;
-  resize_input(stream_buffer);
-  tx_.bdat_bytes += bdat->size;
-
-  // Inbound monitor mode: the X-BATV-Status line travels in front of the first chunk.
-  std::string prefix;
-  if (tx_.monitored && !tx_.header_sent) {
-    prefix = monitor_header();
-    tx_.header_sent = true;
-  }
-  std::string cmd = "BDAT " + std::to_string(bdat->size + prefix.size()) + (bdat->last ? " LAST\r\n" : "\r\n");
-  bool ok = co_await up_.send(cmd + prefix);
-  const auto deadline = Clock::now() + cfg_.timeouts.data;
-  std::uint64_t left = bdat->size;
-  while (left > 0) {
-    if (in_begin_ == in_end_ && !co_await fill(deadline)) {
-      up_.close();
-      const std::string reply = chunk_read_failed(deadline);
-      co_await write_client(reply);
-      co_return false;
-    }
-    const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in_end_ - in_begin_));
-    if (ok) ok = co_await up_.send(std::string_view(in_.data() + in_begin_, take));
-    in_begin_ += take;
-    left -= take;
-  }
-  std::string reply;
-  std::optional<smtp::Reply> r;
-  if (ok) {
-    awaiting_verdict_ = bdat->last;  // the last chunk's reply is the verdict on the message (see stop)
-    r = co_await up_.read_reply(bdat->last);
-    awaiting_verdict_ = false;
-  }
-  if (!r) {
-    metrics().upstream_error("bdat");
-    reply = upstream_failure_reply();
-    up_.close();
-  } else {
-    reply = relay_reply(*r);
-    if (r->code / 100 == 3) reply = replies::upstream_garbled();
-  }
-  if (reply[0] != '2') tx_.bdat_failed = true;
-  if (bdat->last) {
-    count_message(reply, tx_.bdat_bytes);
-    reset_transaction();
-    resize_input(command_buffer);
-  } else if (reply_is_error(reply)) {
-    ++errors_;
-  }
-  co_return co_await write_client(reply);
 }
 
 // --- Names for logs -----------------------------------------------------------------------------------

@@ -12,7 +12,14 @@
 // Memory per session is bounded: one input buffer (4 KiB or limits.line_length while reading
 // commands, 64 KiB while a body streams), the reply reader's limits, and a bounded queue of
 // pipelined commands.
-// Every session ends in one place (Session::run) with one `event=session_end` log line.
+// Every session ends through Session::finish(End) (the final reply per End: replies::final_reply)
+// and logs one `event=session_end` line in Session::run.
+//
+// Where things live: session.cpp is the dispatcher (the command loop, the phase table
+// relay/smtp/phase.hpp applied, EHLO, MAIL, RCPT, RSET, QUIT, the way out); the pipeline of
+// next-hop commands is relay/pipeline.hpp; session_data.cpp streams DATA and BDAT;
+// session_auth.cpp relays AUTH; session_nexthop.cpp opens the next hop and relays its replies;
+// relay/client_identity.hpp tells the next hop who the client is (XCLIENT, PROXY).
 #pragma once
 
 #include <atomic>
@@ -27,10 +34,12 @@
 #include "conf/limits.hpp"
 #include "relay/connection.hpp"
 #include "relay/io.hpp"
+#include "relay/pipeline.hpp"
 #include "relay/policy.hpp"
 #include "relay/runtime.hpp"
 #include "relay/session_end.hpp"
 #include "relay/smtp/command.hpp"
+#include "relay/smtp/phase.hpp"
 #include "relay/upstream.hpp"
 
 namespace batv::relay {
@@ -116,14 +125,6 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   enum class LineStatus { ok, too_long, closed, timeout, stopped };
   enum class ReadFailure { closed, timeout, stopped };
 
-  // A pipelined command waiting for the next hop's replies (or a local reply kept in order).
-  struct Pending {
-    std::string local_reply;            // used when upstream is empty
-    std::vector<std::string> upstream;  // commands to send, CRLF included
-    bool stop_on_failure = false;       // without PIPELINING: skip later commands after a non-2xx
-    std::function<std::string(std::vector<smtp::Reply>&)> on_replies;
-  };
-
   // The part of a transaction that next-hop replies update. Reply handlers of pipelined
   // commands hold it by shared_ptr, so an RSET later in the same batch cannot make them update
   // the next transaction.
@@ -157,13 +158,31 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   awaitable<bool> write_client(std::string_view text);
   awaitable<bool> flush();
   awaitable<bool> process(const std::string& line);
+  smtp::PhaseFacts facts() const;  // where the session stands, for the phase table
+  awaitable<bool> do_helo(const smtp::Command& cmd);
+  awaitable<bool> do_quit();
   awaitable<bool> do_data();
   awaitable<bool> do_bdat(std::string_view args);
   awaitable<bool> skip_bytes(std::uint64_t n);
-  // A read inside a BDAT chunk failed: sets end_ and returns the 421 owed (empty: client gone).
-  std::string chunk_read_failed(Clock::time_point deadline);
+  // The one way a session ends: end_ = e, the replies owed flushed, then e's final reply
+  // (replies::final_reply, or `reply` for the variants it names). Returns false ("over"), for
+  // `co_return co_await finish(...)`.
+  awaitable<bool> finish(End e);
+  awaitable<bool> finish(End e, std::string reply);
+  // Ends without a final reply: a TLS handshake that did not complete cannot carry one, and a
+  // client read failing inside an AUTH exchange has never been answered with one.
+  awaitable<bool> finish_silently(End e);
+  // The next hop went away: metrics (stage; empty = not counted), upstream_detail_, 421 4.4.2.
+  awaitable<bool> next_hop_lost(UpstreamStage stage);
+  // How a failed client read ends the session: stop -> shutdown, EOF or reset -> client_closed,
+  // a timeout -> `at_deadline` once `deadline` has passed, else idle_timeout (timeouts.idle).
+  End read_end(ReadFailure f, Clock::time_point deadline, End at_deadline) const;
+  static ReadFailure failure_of(LineStatus st);
+  // A per-session limit reached after a command (errors, invalid recipients, junk commands).
+  std::optional<End> over_limit() const;
+  bool strict_upstream_tls() const;  // upstream_tls required/verify: TLS trouble is policy (4.7.0)
   awaitable<bool> ensure_upstream();
-  awaitable<bool> forward_client_identity();
+  awaitable<bool> forward_client_identity();  // XCLIENT when the listener says so (relay/client_identity.hpp)
   awaitable<bool> open_upstream();
   bool upstream_reusable() const;  // listener and limits allow an idle next-hop connection cache
   awaitable<bool> start_tls(std::string_view args);  // the STARTTLS command
@@ -171,13 +190,14 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   bool auth_offered() const;
   UpstreamTlsPolicy upstream_tls_policy() const;
   void log_downgrade();
-  awaitable<std::string> confirmed_client_name();
-  awaitable<std::string> lookup_client_name(const tcp::endpoint& remote);
   std::string monitor_header() const;
   void offer(const smtp::Capabilities& caps);  // what the client's EHLO reply advertises
-  void queue_local(std::string reply);
+  // A reply of the session's own, kept in order in the pipeline; counted (Answer::counts) now.
+  void queue_local(std::string reply, bool own_limit = false);
+  // A reply written at once (DATA, BDAT, AUTH: the session waited for it); counted the same way.
+  awaitable<bool> reply_now(std::string reply);
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
-  void refuse(std::string reply);  // a local error reply: queued and counted
+  void refuse(std::string reply) { queue_local(std::move(reply)); }  // a local error reply
   std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
   // False: the session is over (a client write failed while flushing before the next hop opened).
   awaitable<bool> handle_mail(std::string_view args);
@@ -189,7 +209,6 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   void handle_rcpt(std::string_view args);
   void handle_rset(bool reply);
   void reset_transaction();
-  std::optional<std::string> data_precondition(bool bdat);
   void count_message(const std::string& reply, std::uint64_t size);
   std::string relay_reply(const smtp::Reply& r) const;
   std::string upstream_failure_reply() const;
@@ -207,7 +226,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   InputBuffer in_;                 // client input, bounded
   std::size_t in_begin_ = 0, in_end_ = 0;
   std::string out_;                // client replies not yet written
-  std::vector<Pending> pending_;
+  Pipeline pipeline_;              // pipelined commands for the next hop, replies in order
 
   ReadFailure read_failure_ = ReadFailure::closed;
   Phase phase_ = Phase::connect;

@@ -68,7 +68,7 @@ bool Upstream::adopt(IdleUpstream idle) {
   reader_ = smtp::ReplyReader(static_cast<std::size_t>(limits_.reply_line_length),
                               static_cast<std::size_t>(limits_.reply_lines));
   replied_ = true;  // greeted long ago: anything unread from now on is out of turn
-  stage_ = "reuse";
+  stage_ = UpstreamStage::reply;  // open long ago: what fails from here is a reply
   return true;
 }
 
@@ -82,7 +82,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   caps_ = {};
   sock_->reset();
   replied_ = false;
-  stage_ = "connect";
+  stage_ = UpstreamStage::connect;
   const IoResult c = co_await connect_for(sock_->socket(), hop.host, hop.port, timeouts_.upstream_connect);
   if (!c) {
     fail(c.timed_out ? Failure::timeout : Failure::unreachable,
@@ -92,7 +92,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   boost::system::error_code ec;
   const auto remote = sock_->socket().remote_endpoint(ec);
   peer_ = ec ? hop.to_string() : to_string(remote);
-  stage_ = "greeting";
+  stage_ = UpstreamStage::greeting;
   std::string own;
   if (preamble.empty() && preamble_for) {
     const auto local = sock_->socket().local_endpoint(ec);
@@ -109,7 +109,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
   if (!co_await ehlo(our_name)) co_return false;
   if (tls.mode == conf::UpstreamTls::none || tls.ctx == nullptr) co_return true;
   if (!caps_.starttls) {
-    stage_ = "tls";
+    stage_ = UpstreamStage::tls;
     if (tls.mode == conf::UpstreamTls::opportunistic) co_return true;
     fail(Failure::tls, "next hop offers no STARTTLS");
     co_return false;
@@ -118,7 +118,7 @@ awaitable<bool> Upstream::open(const conf::HostPort& hop, const std::string& our
 }
 
 awaitable<bool> Upstream::ehlo(const std::string& our_name) {
-  stage_ = "ehlo";
+  stage_ = UpstreamStage::ehlo;
   if (!co_await send("EHLO " + our_name + "\r\n")) co_return false;
   auto ehlo = co_await read_reply();
   if (!ehlo) co_return false;
@@ -143,7 +143,7 @@ awaitable<bool> Upstream::ehlo(const std::string& our_name) {
 }
 
 awaitable<bool> Upstream::starttls(const TlsPolicy& tls, const std::string& our_name) {
-  stage_ = "tls";
+  stage_ = UpstreamStage::tls;
   if (!co_await send("STARTTLS\r\n")) co_return false;
   auto r = co_await read_reply();
   if (!r) co_return false;

@@ -15,6 +15,7 @@
 
 #include "conf/config.hpp"
 #include "relay/io.hpp"
+#include "relay/metrics.hpp"
 #include "relay/smtp/reply.hpp"
 
 namespace batv::relay {
@@ -79,7 +80,7 @@ class Upstream {
   [[nodiscard]] const smtp::Capabilities& caps() const { return caps_; }
   [[nodiscard]] const std::string& peer() const { return peer_; }
   // The step open() was at when it failed: connect, greeting, ehlo or tls (for metrics).
-  [[nodiscard]] std::string_view stage() const { return stage_; }
+  [[nodiscard]] UpstreamStage stage() const { return stage_; }
 
  private:
   void fail(Failure f, std::string detail);
@@ -104,7 +105,7 @@ class Upstream {
   Failure failure_ = Failure::none;
   std::string detail_;
   std::string peer_;
-  std::string_view stage_ = "connect";
+  UpstreamStage stage_ = UpstreamStage::connect;
   bool replied_ = false;     // a reply was read since connect / the TLS handshake
 };
 

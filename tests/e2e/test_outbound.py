@@ -886,6 +886,45 @@ class ClientInputTest(OutboundTestCase):
         self.assertEqual(end and end.get("reason"), "too_many_errors")
         self.assertEqual(replies[-1], (421, "4.7.0 Too many errors, closing"))
 
+    def test_next_hop_refusals_count_as_errors(self):
+        """limits.errors_per_session counts every 4xx/5xx the client gets, the next hop's refusals
+        relayed to it too: a next hop that refuses every RCPT ends the session at the limit, one
+        RCPT at a time or pipelined."""
+        up = self.upstream(replies={"RCPT": "550 5.1.1 unknown user"})
+        r = self.relay(up.port, limits={"errors_per_session": 3})
+        c = self.session(r)
+        self.assertCode(c.cmd("MAIL FROM:<%s>" % HOMER), 250)
+        replies = []
+        for i in range(6):
+            try:
+                replies.append(c.cmd("RCPT TO:<r%d@elsewhere.org>" % i))
+            except (EOFError, ConnectionError):
+                break
+            if replies[-1].code == 421:
+                break
+        self.assertEqual([x.code for x in replies], [550, 550, 550, 421], replies)
+        self.assertEqual(replies[-1], (421, "4.7.0 Too many errors, closing"))
+        self.assertTrue(c.wait_closed(5))
+        end = r.wait_log(lambda x: x.get("event") == "session_end", 5)
+        self.assertEqual((end.get("reason"), end.get("errors")), ("too_many_errors", "3"))
+        self.assertEqual(sum(1 for conn in up.connections() for x in conn.commands
+                             if x.line.upper().startswith("RCPT")), 3)
+        # Pipelined: the batch is relayed and answered, then the limit ends the session.
+        c = self.session(r)
+        self.assertCode(c.cmd("MAIL FROM:<%s>" % HOMER), 250)
+        c.send(b"".join(b"RCPT TO:<p%d@elsewhere.org>\r\n" % i for i in range(5)))
+        replies = []
+        while len(replies) < 6 and (not replies or replies[-1].code != 421):
+            replies.append(c.read_reply(timeout=10))
+        # All five when the batch arrives in one read (the usual case on loopback); the limit
+        # applies after each flush, so a batch split by TCP may stop after the third.
+        refused = len(replies) - 1
+        self.assertIn(refused, (3, 4, 5), replies)
+        self.assertEqual([x.code for x in replies], [550] * refused + [421], replies)
+        self.assertTrue(c.wait_closed(5))
+        ends = r.wait_logs(lambda x: x.get("event") == "session_end", 2, 5)
+        self.assertEqual((ends[-1].get("reason"), ends[-1].get("errors")), ("too_many_errors", str(refused)))
+
     def test_idle_client_times_out(self):
         up = self.upstream()
         r = self.relay(up.port, timeouts={"idle": 2})

@@ -123,21 +123,20 @@ TEST_CASE("metrics labels: every UpstreamStage is its own series, by value and b
     CAPTURE(name);
     Metrics m;
     m.upstream_error(s);
-    m.upstream_error(name);
+    m.upstream_error(s);
     const auto rows = family(m, "batv_upstream_errors_total{");
     REQUIRE(rows.size() == relay::upstream_stage_count + 1);
     CHECK(rows[i] == "batv_upstream_errors_total{stage=\"" + name + "\"} 2");
     CHECK(rows.back() == "batv_upstream_errors_total{stage=\"other\"} 0");
     CHECK(Metrics::name(s) == name);
   }
-  Metrics m;
-  m.upstream_error("reuse");  // text that names no stage
+  Metrics m;  // the series "other" stays in the output (always 0 since stages are enum values)
   const std::vector<std::string> want{"connect", "greeting", "ehlo", "tls", "mail", "rcpt",
                                       "data",    "dot",      "bdat", "reply", "other"};
   const auto rows = family(m, "batv_upstream_errors_total{");
   REQUIRE(rows.size() == want.size());
   for (std::size_t i = 0; i < want.size(); ++i)
-    CHECK(rows[i] == "batv_upstream_errors_total{stage=\"" + want[i] + "\"} " + (i + 1 == want.size() ? "1" : "0"));
+    CHECK(rows[i] == "batv_upstream_errors_total{stage=\"" + want[i] + "\"} 0");
 }
 
 TEST_CASE("metrics labels: every ProxyHeaderError is its own series, by value and by name, in the order /metrics always had") {

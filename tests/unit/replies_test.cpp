@@ -118,3 +118,28 @@ TEST_CASE("replies: code, enhanced code of the same class, text, CRLF") {
     CHECK(r[5] == '.');
   }
 }
+
+TEST_CASE("replies::final_reply: every SessionEnd has one, a 421/554/221 or nothing") {
+  using batv::relay::SessionEnd;
+  for (std::size_t i = 0; i < batv::relay::session_end_count; ++i) {
+    const auto e = static_cast<SessionEnd>(i);
+    const std::string r = replies::final_reply(e, "relay.example", "192.0.2.7");
+    CAPTURE(batv::relay::to_string(e));
+    if (r.empty()) continue;
+    CHECK(r.size() > 6);
+    CHECK(r.substr(r.size() - 2) == "\r\n");
+    const std::string code = r.substr(0, 4);
+    CHECK((code == "421 " || code == "554 " || code == "221 "));
+  }
+  // Nothing to write to a client that is gone, or whose TLS layer never came up.
+  CHECK(replies::final_reply(SessionEnd::client_closed, "h", "c").empty());
+  CHECK(replies::final_reply(SessionEnd::tls_failed, "h", "c").empty());
+  CHECK(replies::final_reply(SessionEnd::io_error, "h", "c").empty());
+  CHECK(replies::final_reply(SessionEnd::quit, "h", "c") == replies::bye());
+  CHECK(replies::final_reply(SessionEnd::access_denied, "h", "192.0.2.7") == replies::access_denied("192.0.2.7"));
+  CHECK(replies::final_reply(SessionEnd::too_many_errors, "h", "c") == replies::too_many_errors("h"));
+  CHECK(replies::final_reply(SessionEnd::upstream_lost, "relay.example", "c") ==
+        "421 4.4.2 relay.example Next hop connection lost, closing\r\n");
+  CHECK(replies::final_reply(SessionEnd::data_timeout, "h", "c") == replies::data_timeout("h"));
+  CHECK(replies::final_reply(SessionEnd::session_timeout, "h", "c") == replies::session_timeout("h"));
+}
