@@ -13,7 +13,9 @@ namespace {
 constexpr auto relaxed = std::memory_order_relaxed;
 
 // --- The families counted by the relay's own enums ---------------------------------------------
-// Slot i of a family is the enum value i; the last slot is "other". The names come from the
+// Slot i of a family is the enum value i; the last slot is "other" (kept so that the exposition
+// does not change: only SessionEnd::none and out-of-range values reach it, every other value of
+// these enums has a slot of its own, so for most families it simply stays 0). The names come from the
 // enum's own to_string, so they cannot drift from the log vocabulary; the *_count constants are
 // checked against the enums where the enums are defined.
 
@@ -30,20 +32,9 @@ constexpr std::size_t slot_of(E e, std::size_t count) {
   return i < count ? i : count;
 }
 
-// The slot whose label is `text` among the first `count` values of E; else "other" (count).
-template <class E>
-constexpr std::size_t slot_of(std::string_view text, std::size_t count) {
-  for (std::size_t i = 0; i < count; ++i)
-    if (to_string(static_cast<E>(i)) == text) return i;
-  return count;
-}
-
 // SessionEnd::none is no reason: it counts as "other" (and is not rendered as a series of its own).
 constexpr std::size_t end_slot(SessionEnd e) {
   return e == SessionEnd::none ? session_end_count : slot_of(e, session_end_count);
-}
-constexpr std::size_t end_slot(std::string_view text) {
-  return end_slot(static_cast<SessionEnd>(slot_of<SessionEnd>(text, session_end_count)));
 }
 
 // The exposition order is the enums' order; these pin what /metrics has always shown (dashboards
@@ -57,8 +48,8 @@ static_assert(to_string(crypto::NoSignReason::null_sender) == "null_sender" &&
 static_assert(to_string(crypto::Verdict::valid) == "valid" && static_cast<int>(crypto::Verdict::valid) == 0 &&
               crypto::verdict_count == 6);
 static_assert(slot_name<crypto::Verdict, Metrics::verdicts>(Metrics::verdicts - 1) == "other");
-static_assert(end_slot(SessionEnd::none) == session_end_count && end_slot("none") == session_end_count &&
-              end_slot("quit") == 1 && end_slot("not a reason") == session_end_count);
+static_assert(end_slot(SessionEnd::none) == session_end_count && end_slot(SessionEnd::quit) == 1 &&
+              end_slot(static_cast<SessionEnd>(session_end_count)) == session_end_count);
 static_assert(to_string(UpstreamStage::connect) == "connect" && static_cast<int>(UpstreamStage::connect) == 0 &&
               to_string(UpstreamStage::reply) == "reply" && upstream_stage_count == 10);
 static_assert(to_string(ProxyHeaderError::not_proxy) == "not_proxy" &&
@@ -187,20 +178,10 @@ void Metrics::session_ended(Role role, SessionEnd reason) {
   inc(session_end_[r][end_slot(reason)]);
 }
 
-void Metrics::session_ended(Role role, std::string_view reason) {
-  const std::size_t r = role_index(role);
-  sessions_current_[r].fetch_sub(1, relaxed);
-  inc(session_end_[r][end_slot(reason)]);
-}
-
 void Metrics::message(Role role, bool accepted) { inc(messages_[role_index(role)][accepted ? 0 : 1]); }
 
 void Metrics::recipient(Role role, RcptAction action) {
   inc(recipients_[role_index(role)][slot_of(action, rcpt_action_count)]);
-}
-
-void Metrics::recipient(Role role, std::string_view action) {
-  inc(recipients_[role_index(role)][slot_of<RcptAction>(action, rcpt_action_count)]);
 }
 
 void Metrics::signed_with(int key_id) {
@@ -209,10 +190,6 @@ void Metrics::signed_with(int key_id) {
 
 void Metrics::not_signed(crypto::NoSignReason reason) {
   inc(not_signed_[slot_of(reason, crypto::no_sign_reason_count)]);
-}
-
-void Metrics::not_signed(std::string_view reason) {
-  inc(not_signed_[slot_of<crypto::NoSignReason>(reason, crypto::no_sign_reason_count)]);
 }
 
 void Metrics::set_roles(const std::vector<Role>& configured) {
@@ -227,10 +204,6 @@ void Metrics::answer(Role role, Answer a) {
 
 void Metrics::verdict(std::string_view domain, crypto::Verdict v) {
   count_verdict(domain, slot_of(v, crypto::verdict_count));
-}
-
-void Metrics::verdict(std::string_view domain, std::string_view verdict_text) {
-  count_verdict(domain, slot_of<crypto::Verdict>(verdict_text, crypto::verdict_count));
 }
 
 void Metrics::count_verdict(std::string_view domain, std::size_t v) {
@@ -269,9 +242,6 @@ void Metrics::set_domains(std::vector<std::string> list) {
 void Metrics::upstream_error(UpstreamStage stage) { inc(upstream_errors_[slot_of(stage, upstream_stage_count)]); }
 void Metrics::proxy_header_error(ProxyHeaderError reason) {
   inc(proxy_header_errors_[slot_of(reason, proxy_header_error_count)]);
-}
-void Metrics::proxy_header_error(std::string_view reason) {
-  inc(proxy_header_errors_[slot_of<ProxyHeaderError>(reason, proxy_header_error_count)]);
 }
 void Metrics::proxy_health_check() { inc(proxy_health_checks_); }
 

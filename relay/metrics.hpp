@@ -7,9 +7,12 @@
 // recipient actions, next-hop failure stages and PROXY header errors are the relay's own enums
 // (SessionEnd, crypto::Verdict, crypto::NoSignReason, RcptAction, UpstreamStage,
 // ProxyHeaderError), counted by value in arrays sized by their *_count and labelled with their own
-// to_string: a value added to one of them is a series of its own, never "other". Each of these
-// families also ends with an "other" series, for text that names no value (the string overloads,
-// a linear scan of the names: no map, no allocation, no lock) and SessionEnd::none. The one runtime-defined label, the verification domain, is a small configured set
+// to_string: a value added to one of them is a series of its own, never "other". They are counted
+// by value only (no text overloads: nothing mirrors the enums by string). Each of these families
+// still ends with an "other" series so that /metrics shows what it always showed (dashboards and
+// alerts may name it): no enum value reaches it, so it stays 0, except SessionEnd::none (a
+// session that ended with no reason set) and a value outside the enum's range (a cast), which
+// land there rather than out of bounds. The one runtime-defined label, the verification domain, is a small configured set
 // published by set_domains() with a copy-on-write pointer swap: readers load one atomic pointer
 // and never lock; tables are never freed while the registry lives, and a domain keeps its
 // counters across reloads. Keys (set_rings) and rendering take a mutex: neither is on the hot path.
@@ -94,25 +97,20 @@ class Metrics {
 
   // --- sessions ---
   void session_started(Role role);
-  // SessionEnd::none counts as "other". The text form takes to_string(SessionEnd); text that names
-  // no value counts as "other" (so does "none").
+  // SessionEnd::none counts as "other".
   void session_ended(Role role, SessionEnd reason);
-  void session_ended(Role role, std::string_view reason);
 
   // --- transactions and recipients ---
   void message(Role role, bool accepted);
   void recipient(Role role, RcptAction action);
-  void recipient(Role role, std::string_view action);  // to_string(RcptAction); else "other"
 
   // --- signing (outbound) ---
   void signed_with(int key_id);                     // 0-9; anything else is ignored
   void not_signed(crypto::NoSignReason reason);
-  void not_signed(std::string_view reason);         // to_string(NoSignReason); else "other"
 
   // --- verification (inbound) ---
   // `domain` is matched case-insensitively against set_domains(); unknown -> domain="other".
   void verdict(std::string_view domain, crypto::Verdict verdict);
-  void verdict(std::string_view domain, std::string_view verdict);  // to_string(Verdict); else "other"
   // The verify domains (lowercase); call at start-up and on every reload.
   void set_domains(std::vector<std::string> domains);
 
@@ -121,8 +119,7 @@ class Metrics {
 
   // --- PROXY protocol from a load balancer (listener.accept_proxy_from) ---
   void proxy_header_error(ProxyHeaderError reason);
-  void proxy_header_error(std::string_view reason);  // to_string(ProxyHeaderError); else "other"
-  void proxy_health_check();                         // a v2 LOCAL or v1 UNKNOWN header answered
+  void proxy_health_check();  // a v2 LOCAL or v1 UNKNOWN header answered
 
   // --- next hop, volume, latency ---
   void upstream_error(UpstreamStage stage);

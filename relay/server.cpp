@@ -467,8 +467,25 @@ std::string Server::next_session_id(std::uint64_t& id) {
   return sid;
 }
 
+Server::Admitted& Server::Admitted::operator=(Admitted&& o) noexcept {
+  if (this != &o) {
+    give_back();
+    server_ = std::exchange(o.server_, nullptr);
+    id_ = o.id_;
+    ip_ = std::move(o.ip_);
+    member_ = std::move(o.member_);
+  }
+  return *this;
+}
+
+void Server::Admitted::give_back() noexcept {
+  if (server_ == nullptr) return;
+  std::exchange(server_, nullptr)->release(id_, ip_);
+  member_.reset();  // after the release: the last member wakes a waiting shutdown
+}
+
 bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c,
-                   TaskGroup::Member& member) {
+                   Admitted& slot) {
   const conf::Limits& limits = runtime_.get()->config.limits;
   std::lock_guard lock(registry_.mu);
   if (registry_.total >= limits.sessions) return false;
@@ -476,15 +493,17 @@ bool Server::admit(std::uint64_t id, const std::string& ip, bool per_client, con
   ++registry_.total;
   ++registry_.per_ip[ip];
   registry_.live[id] = c;
-  member = connections_.join();  // under the registry's lock: counted and a member at once
+  // Under the registry's lock: counted and a member at once. `slot` held nothing, so this
+  // assignment gives nothing back (which would take the lock again).
+  slot = Admitted(*this, id, ip, connections_.join());
   return true;
 }
 
-awaitable<void> Server::serve(std::shared_ptr<Connection> conn, std::uint64_t id, std::string ip,
-                              TaskGroup::Member member) {
+awaitable<void> Server::serve(std::shared_ptr<Connection> conn, Admitted slot) {
+  // A local, not the parameter: it is destroyed when the body ends, returning or throwing (the
+  // exception then goes on to log_exceptions), not whenever the coroutine frame goes.
+  const Admitted held = std::move(slot);
   co_await conn->run();
-  release(id, ip);
-  member.reset();  // after the release (also when run() throws: with the frame); the last one wakes a waiting shutdown
 }
 
 // A connection of a no-hop role: peers outside allow_peers (TCP) and connections over
@@ -519,13 +538,13 @@ void Server::start_local(LocalSocket sock, std::size_t listener) {
   if (make == nullptr) return refuse("role_unavailable");
   const std::string role(conf::to_string(l.role));
   auto conn = make(std::move(sock), std::move(ctx));
-  TaskGroup::Member member;
-  if (!admit(id, ip, /*per_client=*/false, conn, member)) {
+  Admitted slot;
+  if (!admit(id, ip, /*per_client=*/false, conn, slot)) {
     log(Level::warning, "session_refused").kv("role", role).kv("reason", "too_many_sessions");
     return;  // conn (and its socket) go away here, before run(): nothing was counted
   }
   auto ex = conn->executor();
-  asio::co_spawn(ex, serve(std::move(conn), id, ip, std::move(member)), log_exceptions("connection"));
+  asio::co_spawn(ex, serve(std::move(conn), std::move(slot)), log_exceptions("connection"));
 }
 
 void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, std::size_t listener,
@@ -547,8 +566,7 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
   bool allowed = false;
   for (const auto& net : l.allow_clients)
     if (net.contains(std::string_view(ctx.client_ip))) allowed = true;
-  bool counted = false;
-  TaskGroup::Member member;
+  Admitted slot;  // holds the admission from here on: a throw below (make_shared) gives it back
   // Outside the allowed networks: refused, unless the listener lets authenticated clients relay
   // (they are admitted, and MAIL needs AUTH first).
   if (!allowed && l.allow_authenticated) ctx.needs_auth = true;
@@ -563,19 +581,17 @@ void Server::start_session(tcp::socket sock, std::shared_ptr<const Runtime> rt, 
     } else {
       ++registry_.total;
       ++registry_.per_ip[ctx.client_ip];
-      member = connections_.join();
-      counted = true;
+      slot = Admitted(*this, id, ctx.client_ip, connections_.join());  // held nothing: no release under the lock
     }
   }
-  const std::string ip = ctx.client_ip;
   auto session = std::make_shared<Session>(std::move(sock), std::move(ctx));
-  if (counted) {
+  if (slot) {
     std::lock_guard lock(registry_.mu);
     registry_.live[id] = session;
   }
   auto ex = session->executor();
-  if (counted) {
-    asio::co_spawn(ex, serve(std::move(session), id, ip, std::move(member)), log_exceptions("session"));
+  if (slot) {
+    asio::co_spawn(ex, serve(std::move(session), std::move(slot)), log_exceptions("session"));
     return;
   }
   // Refused (access, limits): it writes its refusal and ends; shutdown does not wait for it.

@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/system_timer.hpp>
@@ -61,14 +62,40 @@ class Server {
   awaitable<void> accept_local_loop(std::shared_ptr<Listening> listening);
   void start_local(LocalSocket sock, std::size_t listener);
   void spawn_accept(const std::shared_ptr<Listening>& l);
+  // What admission gave one connection: its count in the registry (limits.sessions,
+  // limits.sessions_per_client, the live map; taken by the caller under registry_.mu) and its
+  // place in the connection group. Destroying it gives both back, the count first and then the
+  // place (the group's last member wakes a waiting shutdown). Whatever ends the connection, run()
+  // returning or throwing, or a failure between admission and the start of its coroutine, the
+  // count cannot leak: a leaked one would refuse clients (421, or a closed connection) until a
+  // restart. Move-only; a default-constructed one holds nothing.
+  class Admitted {
+   public:
+    Admitted() = default;
+    Admitted(Server& server, std::uint64_t id, std::string ip, TaskGroup::Member member)
+        : server_(&server), id_(id), ip_(std::move(ip)), member_(std::move(member)) {}
+    Admitted(Admitted&& o) noexcept
+        : server_(std::exchange(o.server_, nullptr)), id_(o.id_), ip_(std::move(o.ip_)), member_(std::move(o.member_)) {}
+    Admitted& operator=(Admitted&& o) noexcept;
+    Admitted(const Admitted&) = delete;
+    Admitted& operator=(const Admitted&) = delete;
+    ~Admitted() { give_back(); }
+    [[nodiscard]] explicit operator bool() const { return server_ != nullptr; }
+
+   private:
+    void give_back() noexcept;  // takes registry_.mu: never call it holding the lock
+    Server* server_ = nullptr;
+    std::uint64_t id_ = 0;
+    std::string ip_;
+    TaskGroup::Member member_;
+  };
   // Admission under limits.sessions; on success the connection is counted, registered and joins
-  // the connection group (`member`).
+  // the connection group, all held by `slot` (which must hold nothing before).
   bool admit(std::uint64_t id, const std::string& ip, bool per_client, const std::shared_ptr<Connection>& c,
-             TaskGroup::Member& member);
-  // An admitted connection's coroutine: runs it, then gives its admission back; the member
-  // leaves the group when the coroutine ends (however it ends).
-  awaitable<void> serve(std::shared_ptr<Connection> conn, std::uint64_t id, std::string ip,
-                        TaskGroup::Member member);
+             Admitted& slot);
+  // An admitted connection's coroutine: runs it; `slot` gives the admission back when it ends,
+  // however it ends.
+  awaitable<void> serve(std::shared_ptr<Connection> conn, Admitted slot);
   std::string next_session_id(std::uint64_t& id);
   awaitable<void> signal_loop();
   awaitable<void> shutdown();

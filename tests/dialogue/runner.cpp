@@ -48,7 +48,7 @@
 // local@domain today (the fixed clock, kNow), "prvs=OLD=local@domain" one signed 40 days ago
 // (expired), "prvs=BAD=local@domain" today's tag with a wrong hash.
 //
-// Header keys (defaults in brackets); the runtime is built as in tests/fuzz/fuzz_session.cpp:
+// Header keys (defaults in brackets); the runtime is built by tests/session_fixture.hpp, as for fuzz_session:
 //   role                 outbound | inbound                       [outbound]
 //   upstream_connect     connect | mail            [connect outbound, mail inbound, as the config]
 //   next_hop             listening | refused                      [listening]
@@ -77,10 +77,6 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
-#include <openssl/evp.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -107,6 +103,7 @@
 #include "relay/policy.hpp"
 #include "relay/session.hpp"
 #include "relay/session_end.hpp"
+#include "tests/session_fixture.hpp"
 
 namespace {
 
@@ -120,7 +117,7 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto kStepCap = std::chrono::seconds(5);   // one step (default): far above any relay timeout used
 constexpr auto kRunCap = std::chrono::seconds(30);   // one dialogue, cleanup included
 constexpr std::int64_t kNow = 1700000000;            // the runtime's clock (tests/unit/fixtures.hpp T1)
-constexpr const char* kHostname = "relay.test";
+constexpr const char* kHostname = test::kSessionHostname;
 constexpr const char* kDefaultEhlo = "PIPELINING, SIZE 10485760, ENHANCEDSTATUSCODES, CHUNKING";
 
 bool tracing() { return std::getenv("BATV_DIALOGUE_TRACE") != nullptr; }
@@ -320,53 +317,26 @@ relay::smtp::Capabilities caps_of(const std::vector<std::string>& caps) {
 
 [[noreturn]] void setup_failed(const std::string& why) { throw std::runtime_error("runner setup: " + why); }
 
+// One certificate for every dialogue that offers STARTTLS (making a key per dialogue is slow).
 std::shared_ptr<asio::ssl::context> server_tls() {
-  static const std::shared_ptr<asio::ssl::context> ctx = [] {
-    auto c = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-    EVP_PKEY* key = EVP_EC_gen("P-256");
-    X509* x = X509_new();
-    if (key == nullptr || x == nullptr) setup_failed("cannot make a test certificate");
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), 0);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    X509_NAME* name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(kHostname), -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    if (X509_sign(x, key, EVP_sha256()) == 0 || SSL_CTX_use_certificate(c->native_handle(), x) != 1 ||
-        SSL_CTX_use_PrivateKey(c->native_handle(), key) != 1)
-      setup_failed("cannot install the test certificate");
-    X509_free(x);
-    EVP_PKEY_free(key);
-    return c;
-  }();
+  static const std::shared_ptr<asio::ssl::context> ctx = test::make_test_server_tls();
   return ctx;
 }
 
 std::shared_ptr<const relay::Runtime> make_runtime(const Dialogue& d, std::uint16_t upstream_port) {
-  conf::Config cfg;
-  cfg.source = "dialogue";
-  cfg.key_file = "/nonexistent";
-  cfg.domains.sign = {"example.com"};
-  cfg.domains.verify = {"example.com"};
   const std::string role = get(d, "role", "outbound");
   if (role != "outbound" && role != "inbound") setup_failed("role must be outbound or inbound");
   const bool inbound = role == "inbound";
-  conf::Listener l;
-  l.role = inbound ? conf::Role::inbound : conf::Role::outbound;
-  l.listen = {"127.0.0.1", 10025, false, true};
-  l.upstream = {"127.0.0.1", upstream_port, false, true};
-  l.allow_clients = {*conf::parse_cidr("127.0.0.0/8")};
-  l.forward_client = conf::ForwardClient::none;
+  // 10 s unless a dialogue asks for expiry: no relay timer fires in a dialogue that does not.
+  conf::Config cfg = test::session_config("dialogue", inbound ? conf::Role::inbound : conf::Role::outbound,
+                                          upstream_port, {"example.com"}, std::chrono::seconds(10));
+  conf::Listener& l = cfg.listeners[0];
   const std::string uc = get(d, "upstream_connect", inbound ? "mail" : "connect");
   if (uc != "mail" && uc != "connect") setup_failed("upstream_connect must be mail or connect");
   l.upstream_connect = uc == "mail" ? conf::UpstreamConnect::mail : conf::UpstreamConnect::connect;
-  l.upstream_tls = conf::UpstreamTls::none;
   l.require_tls = yes(d, "require_tls", false);
   l.plaintext_auth_loopback = yes(d, "plaintext_auth_loopback", true);
   l.allow_authenticated = yes(d, "needs_auth", false);
-  cfg.listeners.push_back(l);
 
   const std::string mode = get(d, "inbound_mode", "enforce");
   cfg.inbound.mode = mode == "monitor" ? conf::InboundMode::monitor
@@ -381,7 +351,6 @@ std::shared_ptr<const relay::Runtime> make_runtime(const Dialogue& d, std::uint1
   const std::string vrfy = get(d, "vrfy", "cannot_verify");
   if (vrfy != "cannot_verify" && vrfy != "disabled") setup_failed("vrfy: " + vrfy);
   cfg.smtp.vrfy = vrfy == "disabled" ? conf::VrfyReply::disabled : conf::VrfyReply::cannot_verify;
-  cfg.smtp.hostname = kHostname;
 
   auto& lim = cfg.limits;
   lim.errors_per_session = number(d, "errors_per_session", lim.errors_per_session);
@@ -391,29 +360,17 @@ std::shared_ptr<const relay::Runtime> make_runtime(const Dialogue& d, std::uint1
   lim.message_size = number(d, "message_size", lim.message_size);
   lim.line_length = number(d, "line_length", lim.line_length);
   auto& t = cfg.timeouts;
-  // 10 s unless a dialogue asks for expiry: no relay timer fires in a dialogue that does not.
-  for (auto* x : {&t.idle, &t.command, &t.data, &t.session, &t.upstream_connect, &t.upstream_reply,
-                  &t.upstream_data_reply})
-    *x = std::chrono::seconds(10);
   t.idle = std::chrono::seconds(number(d, "idle_timeout", 10));
   t.command = std::chrono::seconds(number(d, "command_timeout", 10));
   t.data = std::chrono::seconds(number(d, "data_timeout", 10));
   t.session = std::chrono::seconds(number(d, "session_timeout", 10));
   t.upstream_reply = std::chrono::seconds(number(d, "upstream_reply_timeout", 10));
-  // Each dialogue is a world of its own: no next-hop connection outlives its session.
-  t.upstream_idle = std::chrono::seconds(0);
 
   std::vector<crypto::KeyMaterial> keys;
   keys.push_back({1, true, crypto::Secret(std::string_view("dialogue-signing-key"))});
-  std::string err;
-  auto ring = crypto::Keyring::build(keys, err);
-  if (!ring) setup_failed("keyring: " + err);
-  const crypto::PrvsParams params = relay::prvs_params(cfg);
-  std::vector<relay::ListenerTls> tls(1);
-  if (yes(d, "starttls", l.require_tls)) tls[0].server = server_tls();
-  relay::Runtime rt{std::move(cfg), std::move(*ring), params, kHostname, std::move(tls), {}};
-  rt.clock.source = [] { return kNow; };
-  return std::make_shared<const relay::Runtime>(std::move(rt));
+  const bool starttls = yes(d, "starttls", l.require_tls);
+  return test::session_runtime(std::move(cfg), std::move(keys), starttls ? server_tls() : nullptr,
+                               relay::WallClock{[] { return kNow; }});
 }
 
 // prvs=TAG=, prvs=OLD=, prvs=BAD= placeholders (see the format above).
@@ -653,14 +610,7 @@ class Run {
     tcp::socket accepted = co_await listen_.async_accept(asio::use_awaitable);
     client_.sock.set_option(tcp::no_delay(true));
     accepted.set_option(tcp::no_delay(true));
-    const auto remote = accepted.remote_endpoint();
-    relay::SessionContext ctx;
-    ctx.runtime = rt_;
-    ctx.id = "dialogue";
-    ctx.client = relay::to_string(remote);
-    ctx.client_ip = remote.address().to_string();
-    ctx.remote = remote;
-    ctx.local = accepted.local_endpoint();
+    relay::SessionContext ctx = test::session_context(rt_, "dialogue", accepted);
     ctx.needs_auth = yes(d_, "needs_auth", false);
     const std::string adm = get(d_, "admission", "ok");
     using A = relay::SessionContext::Admission;

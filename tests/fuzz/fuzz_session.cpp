@@ -44,10 +44,6 @@
 //    inbound never passes one of our valid or expired tags on to the next hop.
 //
 // Triage: FUZZ_SESSION_TRACE=1 build-fuzz/bin/fuzz_session INPUT prints what the client received.
-#include <openssl/evp.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
-
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -67,6 +63,7 @@
 #include "relay/policy.hpp"
 #include "relay/session.hpp"
 #include "relay/smtp/command.hpp"
+#include "tests/session_fixture.hpp"
 
 namespace {
 
@@ -77,7 +74,7 @@ using tcp = asio::ip::tcp;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 constexpr auto kRunCap = std::chrono::seconds(20);  // far above a normal run (milliseconds)
-constexpr const char* kHostname = "relay.test";
+constexpr const char* kHostname = test::kSessionHostname;
 
 [[noreturn]] void fail(const std::string& why) {
   std::fprintf(stderr, "fuzz_session: invariant violated: %s\n", why.c_str());
@@ -135,53 +132,29 @@ enum class Fault {
 // Not among the faults: an unsolicited extra reply. It desynchronises any SMTP client, the relay
 // included, which then relies on its reply timeouts (minutes), and a fuzz run cannot wait for them.
 
-std::shared_ptr<asio::ssl::context> make_server_tls() {
-  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-  EVP_PKEY* key = EVP_EC_gen("P-256");
-  X509* x = X509_new();
-  if (key == nullptr || x == nullptr) fail("cannot make a test certificate");
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_set_pubkey(x, key);
-  X509_NAME* name = X509_get_subject_name(x);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(kHostname), -1, -1, 0);
-  X509_set_issuer_name(x, name);
-  if (X509_sign(x, key, EVP_sha256()) == 0 || SSL_CTX_use_certificate(ctx->native_handle(), x) != 1 ||
-      SSL_CTX_use_PrivateKey(ctx->native_handle(), key) != 1)
-    fail("cannot install the test certificate");
-  X509_free(x);
-  EVP_PKEY_free(key);
-  return ctx;
-}
-
 // The parts of the Runtime that depend on the listener byte; cached (at most 256).
 std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, std::uint16_t upstream_port) {
   static std::map<std::uint8_t, std::shared_ptr<const relay::Runtime>> cache;
-  static const auto server_tls = make_server_tls();
+  static const auto server_tls = [] {
+    try {
+      return test::make_test_server_tls();
+    } catch (const std::exception& e) {
+      fail(e.what());
+    }
+  }();
   if (auto it = cache.find(listener_byte); it != cache.end()) return it->second;
   Setup s;
   s.listener = listener_byte;
-  conf::Config cfg;
-  cfg.source = "fuzz";
-  cfg.key_file = "/nonexistent";
+  // Nothing in a run waits for a timer; the timeouts only bound a relay bug until kRunCap catches it.
+  conf::Config cfg = test::session_config("fuzz", s.inbound() ? conf::Role::inbound : conf::Role::outbound,
+                                          upstream_port, {"example.com", "example.org"}, std::chrono::seconds(60));
+  cfg.timeouts.session = std::chrono::seconds(120);
   cfg.hash = !s.inbound() && (s.mode() & 1) ? conf::HashSetting::lowercase_local : conf::HashSetting::exact;
-  cfg.domains.sign = {"example.com", "example.org"};
-  cfg.domains.verify = {"example.com", "example.org"};
   cfg.signing.exempt_senders = {{"noreply", "example.com"}};
   cfg.signing.exempt_destinations = {{"", "partner.example"}};
-  conf::Listener l;
-  l.role = s.inbound() ? conf::Role::inbound : conf::Role::outbound;
-  l.listen = {"127.0.0.1", 10025, false, true};
-  l.upstream = {"127.0.0.1", upstream_port, false, true};
-  l.allow_clients = {*conf::parse_cidr("127.0.0.0/8")};
+  conf::Listener& l = cfg.listeners[0];
   l.forward_client = static_cast<conf::ForwardClient>(s.forward());
-  l.upstream_connect = s.inbound() ? conf::UpstreamConnect::mail : conf::UpstreamConnect::connect;
-  l.upstream_tls = conf::UpstreamTls::none;
-  l.plaintext_auth_loopback = true;
   l.allow_authenticated = !s.inbound() && s.strict();
-  cfg.listeners.push_back(l);
   if (s.inbound()) {
     const int m = s.mode();
     cfg.inbound.mode = m == 1 ? conf::InboundMode::monitor : m == 2 ? conf::InboundMode::off : conf::InboundMode::enforce;
@@ -194,7 +167,6 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
   } else if (s.mode() & 2) {
     cfg.smtp.vrfy = conf::VrfyReply::disabled;
   }
-  cfg.smtp.hostname = kHostname;
   if (s.tiny_limits()) {
     cfg.limits.line_length = 512;
     cfg.limits.reply_line_length = 512;
@@ -205,29 +177,17 @@ std::shared_ptr<const relay::Runtime> runtime_for(std::uint8_t listener_byte, st
     cfg.limits.commands_before_mail = 10;
     cfg.limits.invalid_recipients_per_session = 2;
   }
-  // Nothing in a run waits for a timer; these only bound a relay bug until kRunCap catches it.
-  for (auto* t : {&cfg.timeouts.idle, &cfg.timeouts.command, &cfg.timeouts.data, &cfg.timeouts.upstream_connect,
-                  &cfg.timeouts.upstream_reply, &cfg.timeouts.upstream_data_reply})
-    *t = std::chrono::seconds(60);
-  cfg.timeouts.session = std::chrono::seconds(120);
-  // Each input is a world of its own (its own scripted next hop): no next-hop connection may
-  // pass from one input's session to the next. Reuse is tested end to end (test_outbound).
-  cfg.timeouts.upstream_idle = std::chrono::seconds(0);
+  if (s.client_tls()) l.require_tls = s.strict() && s.inbound();
 
   std::vector<crypto::KeyMaterial> keys;
   keys.push_back({1, true, crypto::Secret(std::string_view("fuzz-session-signing-key"))});
   keys.push_back({2, false, crypto::Secret(std::string_view("fuzz-session-old-key"))});
-  std::string err;
-  auto ring = crypto::Keyring::build(keys, err);
-  if (!ring) fail("keyring: " + err);
-  const crypto::PrvsParams params = relay::prvs_params(cfg);
-  std::vector<relay::ListenerTls> tls(1);
-  if (s.client_tls()) {
-    tls[0].server = server_tls;
-    cfg.listeners[0].require_tls = s.strict() && s.inbound();
+  std::shared_ptr<const relay::Runtime> rt;
+  try {
+    rt = test::session_runtime(std::move(cfg), std::move(keys), s.client_tls() ? server_tls : nullptr);
+  } catch (const std::exception& e) {
+    fail(e.what());
   }
-  auto rt = std::make_shared<const relay::Runtime>(relay::Runtime{std::move(cfg), std::move(*ring), params, kHostname,
-                                                                   std::move(tls), {}});
   cache.emplace(listener_byte, rt);
   return rt;
 }
@@ -806,14 +766,8 @@ awaitable<void> start(Harness& h, Run& run, const std::string& stream, tcp::sock
   // No Nagle delays on loopback: each run should take milliseconds, not delayed-ACK rounds.
   client.set_option(tcp::no_delay(true));
   accepted.set_option(tcp::no_delay(true));
-  const auto remote = accepted.remote_endpoint();
-  relay::SessionContext ctx;
-  ctx.runtime = std::shared_ptr<const relay::Runtime>(run.rt, [](const relay::Runtime*) {});
-  ctx.id = "fuzz";
-  ctx.client = relay::to_string(remote);
-  ctx.client_ip = remote.address().to_string();
-  ctx.remote = remote;
-  ctx.local = accepted.local_endpoint();
+  relay::SessionContext ctx =
+      test::session_context(std::shared_ptr<const relay::Runtime>(run.rt, [](const relay::Runtime*) {}), "fuzz", accepted);
   ctx.needs_auth = run.rt->config.listeners[0].allow_authenticated;
   auto session = std::make_shared<relay::Session>(std::move(accepted), std::move(ctx));
   asio::co_spawn(h.io, accept_upstreams(h, run), rethrow);

@@ -193,7 +193,7 @@ struct ServerFixture {
 TEST_CASE("MetricsServer: /metrics, /healthz, 404, 405, HEAD") {
   ServerFixture f;
   relay::metrics().session_started(Role::outbound);
-  relay::metrics().not_signed("not_our_domain");
+  relay::metrics().not_signed(crypto::NoSignReason::not_our_domain);
 
   SUBCASE("GET /metrics is the rendered registry") {
     const Response r = request(f.port, "GET", "/metrics");

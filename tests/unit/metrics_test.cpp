@@ -32,14 +32,14 @@ using namespace batv::test;
 
 // --- registry ------------------------------------------------------------------------------------
 
-TEST_CASE("metrics: sessions by role, end reasons, unknown reason counts as other") {
+TEST_CASE("metrics: sessions by role, end reasons, SessionEnd::none counts as other") {
   Metrics m;
   m.session_started(Role::outbound);
   m.session_started(Role::outbound);
   m.session_started(Role::inbound);
-  m.session_ended(Role::outbound, "quit");
-  m.session_ended(Role::inbound, "not a reason");
-  m.session_ended(Role::inbound, "none");
+  m.session_ended(Role::outbound, relay::SessionEnd::quit);
+  m.session_ended(Role::inbound, relay::SessionEnd::none);
+  m.session_ended(Role::inbound, static_cast<relay::SessionEnd>(relay::session_end_count));  // out of range
   m.session_started(Role::inbound);
   const std::string t = m.render_prometheus(0);
   check_format(t);
@@ -53,13 +53,19 @@ TEST_CASE("metrics: sessions by role, end reasons, unknown reason counts as othe
   CHECK(has_line(t, "batv_session_end_total{role=\"outbound\",reason=\"quit\"} 1"));
   CHECK(has_line(t, "batv_session_end_total{role=\"inbound\",reason=\"other\"} 2"));
   CHECK(has_line(t, "batv_session_end_total{role=\"inbound\",reason=\"quit\"} 0"));
-  // Every reason of the fixed list is a series of its own.
-  for (const char* r : {"quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors",
-                        "too_many_commands", "too_many_invalid_recipients", "session_timeout", "tls_failed",
-                        "upstream_lost", "upstream_unavailable", "shutdown", "access_denied",
-                        "too_many_sessions", "io_error", "protocol_error", "request_too_large"}) {
+  // Every reason of the fixed list (in the enum's order after none) is a series of its own.
+  const std::vector<std::string> reasons{"quit", "client_closed", "idle_timeout", "data_timeout", "too_many_errors",
+                                         "too_many_commands", "too_many_invalid_recipients", "session_timeout",
+                                         "tls_failed", "upstream_lost", "upstream_unavailable", "shutdown",
+                                         "access_denied", "too_many_sessions", "io_error", "protocol_error",
+                                         "request_too_large"};
+  REQUIRE(reasons.size() + 1 == relay::session_end_count);
+  for (std::size_t i = 0; i < reasons.size(); ++i) {
+    const std::string& r = reasons[i];
+    const auto e = static_cast<relay::SessionEnd>(i + 1);
+    CHECK(to_string(e) == r);
     Metrics one;
-    one.session_ended(Role::outbound, r);
+    one.session_ended(Role::outbound, e);
     CHECK_MESSAGE(has_line(one.render_prometheus(0),
                            std::string("batv_session_end_total{role=\"outbound\",reason=\"") + r + "\"} 1"),
                   r);
@@ -73,19 +79,17 @@ TEST_CASE("metrics: messages, recipients, signing, upstream errors, bytes, reloa
   m.message(Role::outbound, true);
   m.message(Role::outbound, false);
   m.message(Role::inbound, true);
-  m.recipient(Role::outbound, "relayed");
-  m.recipient(Role::inbound, "accepted");
-  m.recipient(Role::inbound, "refused");
-  m.recipient(Role::inbound, "refused");
-  m.recipient(Role::inbound, "bogus");
+  m.recipient(Role::outbound, relay::RcptAction::relayed);
+  m.recipient(Role::inbound, relay::RcptAction::accepted);
+  m.recipient(Role::inbound, relay::RcptAction::refused);
+  m.recipient(Role::inbound, relay::RcptAction::refused);
   m.signed_with(3);
   m.signed_with(3);
   m.signed_with(7);
   m.signed_with(10);  // not a key id: ignored
   m.signed_with(-1);
-  m.not_signed("not_our_domain");
-  m.not_signed("null_sender");
-  m.not_signed("whatever");
+  m.not_signed(crypto::NoSignReason::not_our_domain);
+  m.not_signed(crypto::NoSignReason::null_sender);
   m.upstream_error(relay::UpstreamStage::connect);
   m.upstream_error(relay::UpstreamStage::dot);
   m.upstream_error(relay::UpstreamStage::dot);
@@ -104,14 +108,14 @@ TEST_CASE("metrics: messages, recipients, signing, upstream errors, bytes, reloa
   CHECK(has_line(t, "batv_recipients_total{role=\"outbound\",action=\"relayed\"} 1"));
   CHECK(has_line(t, "batv_recipients_total{role=\"inbound\",action=\"accepted\"} 1"));
   CHECK(has_line(t, "batv_recipients_total{role=\"inbound\",action=\"refused\"} 2"));
-  CHECK(has_line(t, "batv_recipients_total{role=\"inbound\",action=\"other\"} 1"));
+  CHECK(has_line(t, "batv_recipients_total{role=\"inbound\",action=\"other\"} 0"));  // only by enum
   CHECK(has_line(t, "batv_recipients_total{role=\"inbound\",action=\"monitored\"} 0"));
   CHECK(has_line(t, "batv_signing_total{decision=\"signed\",key=\"3\"} 2"));
   CHECK(has_line(t, "batv_signing_total{decision=\"signed\",key=\"7\"} 1"));
   CHECK_FALSE(value_of(t, "batv_signing_total{decision=\"signed\",key=\"0\"}"));  // no such key, never used
   CHECK(has_line(t, "batv_signing_total{decision=\"not_signed\",reason=\"not_our_domain\"} 1"));
   CHECK(has_line(t, "batv_signing_total{decision=\"not_signed\",reason=\"null_sender\"} 1"));
-  CHECK(has_line(t, "batv_signing_total{decision=\"not_signed\",reason=\"other\"} 1"));
+  CHECK(has_line(t, "batv_signing_total{decision=\"not_signed\",reason=\"other\"} 0"));  // only by enum
   CHECK(has_line(t, "batv_signing_total{decision=\"not_signed\",reason=\"exempt_destination\"} 0"));
   CHECK(has_line(t, "batv_upstream_errors_total{stage=\"connect\"} 1"));
   CHECK(has_line(t, "batv_upstream_errors_total{stage=\"dot\"} 2"));
@@ -130,19 +134,19 @@ TEST_CASE("metrics: messages, recipients, signing, upstream errors, bytes, reloa
 
 TEST_CASE("metrics: verification by configured domain; unknown domains count as other") {
   Metrics m;
-  m.verdict("example.com", "valid");  // before set_domains: other
+  using crypto::Verdict;
+  m.verdict("example.com", Verdict::valid);  // before set_domains: other
   m.set_domains({"example.com", "Example.ORG", "example.com", ""});
-  m.verdict("example.com", "valid");
-  m.verdict("EXAMPLE.com", "bad_signature");
-  m.verdict("example.org", "untagged");
-  m.verdict("elsewhere.net", "expired");
-  m.verdict("example.com", "strange");
+  m.verdict("example.com", Verdict::valid);
+  m.verdict("EXAMPLE.com", Verdict::bad_signature);
+  m.verdict("example.org", Verdict::untagged);
+  m.verdict("elsewhere.net", Verdict::expired);
   std::string t = m.render_prometheus(0);
   check_format(t);
   CHECK(has_line(t, "# TYPE batv_verify_total counter"));
   CHECK(has_line(t, "batv_verify_total{domain=\"example.com\",verdict=\"valid\"} 1"));
   CHECK(has_line(t, "batv_verify_total{domain=\"example.com\",verdict=\"bad_signature\"} 1"));
-  CHECK(has_line(t, "batv_verify_total{domain=\"example.com\",verdict=\"other\"} 1"));
+  CHECK(has_line(t, "batv_verify_total{domain=\"example.com\",verdict=\"other\"} 0"));  // only by enum
   CHECK(has_line(t, "batv_verify_total{domain=\"example.org\",verdict=\"untagged\"} 1"));
   CHECK(has_line(t, "batv_verify_total{domain=\"example.org\",verdict=\"valid\"} 0"));
   CHECK(has_line(t, "batv_verify_total{domain=\"other\",verdict=\"valid\"} 1"));
@@ -154,20 +158,20 @@ TEST_CASE("metrics: verification by configured domain; unknown domains count as 
 
   SUBCASE("a reload keeps the counters of the domains it keeps") {
     m.set_domains({"example.org", "example.net"});
-    m.verdict("example.net", "malformed");
+    m.verdict("example.net", Verdict::malformed);
     t = m.render_prometheus(0);
     check_format(t);
     CHECK(has_line(t, "batv_verify_total{domain=\"example.org\",verdict=\"untagged\"} 1"));
     CHECK(has_line(t, "batv_verify_total{domain=\"example.net\",verdict=\"malformed\"} 1"));
     CHECK(t.find("domain=\"example.com\"") == std::string::npos);
-    m.verdict("example.com", "valid");  // no longer configured: other
+    m.verdict("example.com", Verdict::valid);  // no longer configured: other
     CHECK(has_line(m.render_prometheus(0), "batv_verify_total{domain=\"other\",verdict=\"valid\"} 2"));
     m.set_domains({"example.com"});  // back again: counting goes on, no reset
     CHECK(has_line(m.render_prometheus(0), "batv_verify_total{domain=\"example.com\",verdict=\"valid\"} 1"));
   }
   SUBCASE("label values are escaped") {
     m.set_domains({"we\"ird\\dom\nain", "other"});  // "other" is reserved for unknown domains
-    m.verdict("we\"ird\\dom\nain", "valid");
+    m.verdict("we\"ird\\dom\nain", Verdict::valid);
     t = m.render_prometheus(0);
     check_format(t);
     CHECK(has_line(t, R"(batv_verify_total{domain="we\"ird\\dom\nain",verdict="valid"} 1)"));
@@ -309,9 +313,9 @@ TEST_CASE("metrics: concurrent updates and domain swaps lose nothing") {
       while (!go.load()) std::this_thread::yield();
       for (int k = 0; k < per_thread; ++k) {
         m.session_started(Role::outbound);
-        m.verdict("example.com", "valid");
+        m.verdict("example.com", crypto::Verdict::valid);
         m.latency(0.002);
-        m.session_ended(Role::outbound, "quit");
+        m.session_ended(Role::outbound, relay::SessionEnd::quit);
       }
     });
   std::thread swapper([&] {
@@ -340,7 +344,7 @@ TEST_CASE("metrics: reset_for_tests zeroes everything and forgets domains and ke
   m.set_domains({"example.com"});
   m.set_rings({{"default", 1, {{1, 100}}, 0}});
   m.session_started(Role::inbound);
-  m.verdict("example.com", "valid");
+  m.verdict("example.com", crypto::Verdict::valid);
   m.latency(1);
   m.reset_for_tests();
   const std::string t = m.render_prometheus(200);
@@ -362,7 +366,7 @@ TEST_CASE("metrics: the no-hop roles show once configured, with their answers") 
   CHECK(t.find("batv_requests_total{") == std::string::npos);
   m.set_roles({Role::outbound, Role::milter, Role::policy});
   m.session_started(Role::milter);
-  m.session_ended(Role::milter, "protocol_error");
+  m.session_ended(Role::milter, relay::SessionEnd::protocol_error);
   m.answer(Role::milter, Metrics::Answer::accept);
   m.answer(Role::milter, Metrics::Answer::accept);
   m.answer(Role::policy, Metrics::Answer::reject);
