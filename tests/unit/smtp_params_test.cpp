@@ -57,6 +57,8 @@ constexpr auto size_exceeded = ParamRefusal::size_exceeded;
 constexpr auto needs_smtputf8 = ParamRefusal::needs_smtputf8;
 constexpr auto next_hop_lacks = ParamRefusal::next_hop_lacks;
 
+// The outcome as text ("accepted", "invalid SIZE", "next_hop_lacks DSN"): the refusal and its
+// name, which is all a ParamProblem holds, readable when a row fails.
 std::string describe(const std::optional<ParamProblem>& p) {
   if (!p) return "accepted";
   return std::string(smtp::to_string(p->why)) + (p->name.empty() ? "" : " " + p->name);
@@ -194,7 +196,6 @@ TEST_CASE("MAIL parameters against what was offered, row by row") {
     const Path path = parse(false, row.args);
     const MailParams got = smtp::check_mail_params(path, row.offered);
     CHECK(describe(got.problem) == describe(row.want));
-    CHECK(got.problem == row.want);
     if (got.ok()) CHECK(got.smtputf8 == row.smtputf8);
   }
 }
@@ -213,13 +214,13 @@ TEST_CASE("a Path built with duplicates anyway: each is checked, in order") {
   Path p;
   p.address = "a@example.com";
   p.params = {Param{"SIZE", "1"}, Param{"SIZE", "2000"}};
-  CHECK(smtp::check_mail_params(p, bare()).problem == refused(size_exceeded));
+  CHECK(describe(smtp::check_mail_params(p, bare()).problem) == "size_exceeded");
   p.params = {Param{"SMTPUTF8", std::nullopt}, Param{"smtputf8", std::nullopt}};
   const MailParams twice = smtp::check_mail_params(p, everything());
   CHECK(twice.ok());
   CHECK(twice.smtputf8);
   p.params = {Param{"SMTPUTF8", std::nullopt}, Param{"SMTPUTF8", std::string_view("x")}};
-  CHECK(smtp::check_mail_params(p, everything()).problem == refused(invalid, "SMTPUTF8"));
+  CHECK(describe(smtp::check_mail_params(p, everything()).problem) == "invalid SMTPUTF8");
 }
 
 // --- MAIL FROM against the next hop connected now -----------------------------------------------
@@ -284,7 +285,6 @@ TEST_CASE("MAIL parameters against the next hop connected now, row by row") {
     const Path path = parse(false, row.args);
     const auto got = smtp::recheck_mail_params(path, row.now);
     CHECK(describe(got) == describe(row.want));
-    CHECK(got == row.want);
   }
 }
 
@@ -413,7 +413,6 @@ TEST_CASE("RCPT parameters, row by row") {
     const Path path = parse(true, row.args);
     const auto got = smtp::check_rcpt_params(path, row.offered, row.now ? &*row.now : nullptr, row.tx_smtputf8);
     CHECK(describe(got) == describe(row.want));
-    CHECK(got == row.want);
   }
 }
 
