@@ -554,7 +554,8 @@ void Session::handle_rcpt(std::string_view args) {
     return;
   }
   const smtp::Path& path = *res.path;
-  if (const auto bad = smtp::check_rcpt_params(path, param_offer(), up_.connected() ? &up_.caps() : nullptr, tx_.smtputf8)) {
+  const smtp::Capabilities* next_hop = up_.connected() ? &up_.caps() : nullptr;  // its DSN, now
+  if (const auto bad = smtp::check_rcpt_params(path, param_offer(), next_hop, tx_.smtputf8)) {
     refuse(replies::param_refusal(*bad));
     return;
   }

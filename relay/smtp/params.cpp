@@ -1,6 +1,7 @@
 #include "relay/smtp/params.hpp"
 
 #include <charconv>
+#include <utility>
 
 #include "conf/ascii.hpp"
 
