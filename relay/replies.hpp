@@ -12,6 +12,7 @@
 
 #include "crypto/prvs.hpp"
 #include "relay/session_end.hpp"
+#include "relay/smtp/params.hpp"
 #include "relay/smtp/phase.hpp"
 #include "relay/smtp/reply.hpp"
 
@@ -222,6 +223,19 @@ inline std::string upstream_no_chunking() {
 inline std::string upstream_lacks(std::string_view extension) {
   return line(451, "4.3.3 Next hop does not offer " + std::string(extension) + " now, try again later");
 }
+
+// The reply for each refusal of a MAIL/RCPT parameter (relay/smtp/params.hpp).
+inline std::string param_refusal(const smtp::ParamProblem& p) {
+  switch (p.why) {
+    case smtp::ParamRefusal::unsupported: return param_unsupported(p.name);
+    case smtp::ParamRefusal::invalid: return param_invalid(p.name);
+    case smtp::ParamRefusal::size_exceeded: return size_exceeded();
+    case smtp::ParamRefusal::needs_smtputf8: return needs_smtputf8();
+    case smtp::ParamRefusal::next_hop_lacks: return upstream_lacks(p.name);
+  }
+  return param_unsupported(p.name);
+}
+
 // A next hop opened at MAIL (upstream_connect = "mail") whose TLS policy could not be met: that
 // MAIL fails, the session goes on (at connect the same trouble is a 421, upstream_tls_unavailable).
 inline std::string upstream_tls_unavailable_mail() {

@@ -308,10 +308,14 @@ awaitable<bool> Session::reply_now(std::string reply) {
   co_return co_await write_client(reply);
 }
 
-std::optional<std::string> Session::check_param(const std::string& kw, const smtp::Param& p, bool advertised) const {
-  if (!advertised) return replies::param_unsupported(kw);
-  if (!smtp::valid_param_value(kw, p.value)) return replies::param_invalid(kw);
-  return std::nullopt;
+smtp::ParamOffer Session::param_offer() const {
+  smtp::ParamOffer o;
+  o.size = adv_size_;
+  o.eightbitmime = adv_8bitmime_;
+  o.smtputf8 = adv_smtputf8_;
+  o.dsn = adv_dsn_;
+  o.auth = auth_offered();
+  return o;
 }
 
 awaitable<bool> Session::start_tls(std::string_view args) {
@@ -497,44 +501,9 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     co_return true;
   }
   const smtp::Path& path = *res.path;
-  bool smtputf8 = false;
-  for (const smtp::Param& p : path.params) {
-    const std::string kw = text::upper(p.keyword);
-    bool advertised = false;
-    if (kw == "SIZE") {
-      advertised = true;  // we always advertise SIZE (RFC 1870)
-    } else if (kw == "BODY") {
-      // 7BIT always; 8BITMIME when advertised (RFC 6152); BINARYMIME never (not offered).
-      const std::string v = p.value ? text::upper(*p.value) : std::string();
-      advertised = v == "7BIT" || (v == "8BITMIME" && adv_8bitmime_);
-    } else if (kw == "SMTPUTF8") {
-      advertised = adv_smtputf8_;
-    } else if (kw == "RET" || kw == "ENVID") {
-      advertised = adv_dsn_;
-    } else if (kw == "AUTH") {
-      // RFC 4954 5: AUTH=<> or AUTH=xtext, passed on when the next hop does AUTH.
-      if (!auth_offered()) {
-        refuse(replies::param_unsupported(kw));
-        co_return true;
-      }
-      if (!p.value || (*p.value != "<>" && !smtp::decode_xtext(*p.value))) {
-        refuse(replies::param_invalid(kw));
-        co_return true;
-      }
-      continue;
-    }
-    if (auto bad = check_param(kw, p, advertised)) {
-      refuse(std::move(*bad));
-      co_return true;
-    }
-    if (kw == "SIZE" && std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > adv_size_) {
-      refuse(replies::size_exceeded());
-      co_return true;
-    }
-    if (kw == "SMTPUTF8") smtputf8 = true;
-  }
-  if (path.non_ascii && !smtputf8) {
-    refuse(replies::needs_smtputf8());
+  const smtp::MailParams params = smtp::check_mail_params(path, param_offer());
+  if (params.problem) {
+    refuse(replies::param_refusal(*params.problem));
     co_return true;
   }
   if (connect_at_mail() && !up_.connected()) {
@@ -553,23 +522,9 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
     // MAIL); the next hop reached now may offer less. A parameter it would not take fails this
     // MAIL (RFC 3463 X.3.3) instead of the message later; the client's next EHLO (learn_caps)
     // no longer offers it.
-    const smtp::Capabilities& now = up_.caps();
-    for (const smtp::Param& p : path.params) {
-      const std::string kw = text::upper(p.keyword);
-      const std::string v = p.value ? text::upper(*p.value) : std::string();
-      std::string_view missing;
-      if (kw == "BODY" && v == "8BITMIME" && !now.eightbitmime) missing = "8BITMIME";
-      else if (kw == "SMTPUTF8" && !now.smtputf8) missing = "SMTPUTF8";
-      else if ((kw == "RET" || kw == "ENVID") && !now.dsn) missing = "DSN";
-      if (!missing.empty()) {
-        refuse(replies::upstream_lacks(missing));
-        co_return true;
-      }
-      if (kw == "SIZE" && now.size && *now.size > 0 &&
-          std::strtoull(std::string(*p.value).c_str(), nullptr, 10) > *now.size) {
-        refuse(replies::size_exceeded());
-        co_return true;
-      }
+    if (const auto lacks = smtp::recheck_mail_params(path, up_.caps())) {
+      refuse(replies::param_refusal(*lacks));
+      co_return true;
     }
   }
   reset_transaction();
@@ -577,17 +532,8 @@ awaitable<bool> Session::handle_mail(std::string_view args) {
   tx_.sender = path.address;
   // Parameters go upstream exactly as sent, except SIZE to a next hop that did not offer it: we
   // advertise SIZE ourselves (our limit) and have checked it already.
-  if (up_.caps().size_advertised) {
-    tx_.mail_params = std::string(path.params_text);
-  } else {
-    for (const smtp::Param& p : path.params) {
-      if (text::iequals(p.keyword, "SIZE")) continue;
-      if (!tx_.mail_params.empty()) tx_.mail_params += ' ';
-      tx_.mail_params += p.keyword;
-      if (p.value) tx_.mail_params.append("=").append(*p.value);
-    }
-  }
-  tx_.smtputf8 = smtputf8;
+  tx_.mail_params = smtp::forward_mail_params(path, up_.caps());
+  tx_.smtputf8 = params.smtputf8;
   tx_.bounce = listener_.role == conf::Role::inbound && is_bounce(cfg_, tx_.sender);
   phase_ = Phase::mail;
   queue_local(replies::sender_ok());
@@ -608,20 +554,9 @@ void Session::handle_rcpt(std::string_view args) {
     return;
   }
   const smtp::Path& path = *res.path;
-  for (const smtp::Param& p : path.params) {
-    const std::string kw = text::upper(p.keyword);
-    if (auto bad = check_param(kw, p, (kw == "NOTIFY" || kw == "ORCPT") && adv_dsn_)) {
-      refuse(std::move(*bad));
-      return;
-    }
-    // Offered from an earlier EHLO of the next hop (connecting at MAIL), gone from this one.
-    if (up_.connected() && !up_.caps().dsn) {
-      refuse(replies::upstream_lacks("DSN"));
-      return;
-    }
-  }
-  if (path.non_ascii && !tx_.smtputf8) {
-    refuse(replies::needs_smtputf8());
+  const smtp::Capabilities* next_hop = up_.connected() ? &up_.caps() : nullptr;  // its DSN, now
+  if (const auto bad = smtp::check_rcpt_params(path, param_offer(), next_hop, tx_.smtputf8)) {
+    refuse(replies::param_refusal(*bad));
     return;
   }
   phase_ = Phase::rcpt;

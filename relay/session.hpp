@@ -39,6 +39,7 @@
 #include "relay/runtime.hpp"
 #include "relay/session_end.hpp"
 #include "relay/smtp/command.hpp"
+#include "relay/smtp/params.hpp"
 #include "relay/smtp/phase.hpp"
 #include "relay/upstream.hpp"
 
@@ -198,7 +199,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   awaitable<bool> reply_now(std::string reply);
   void resize_input(std::size_t n);  // keeps buffered bytes; never below limits.line_length
   void refuse(std::string reply) { queue_local(std::move(reply)); }  // a local error reply
-  std::optional<std::string> check_param(const std::string& kw, const smtp::Param& p, bool advertised) const;
+  smtp::ParamOffer param_offer() const;  // what the client was offered, for MAIL/RCPT parameters
   // False: the session is over (a client write failed while flushing before the next hop opened).
   awaitable<bool> handle_mail(std::string_view args);
   // upstream_connect = "mail": the connection is opened when a MAIL is accepted, not at connect.
