@@ -161,8 +161,10 @@ awaitable<bool> Session::finish(End e, std::string reply) {
   end_ = e;
   // The replies owed go out first. A flush that loses the next hop ends the session itself
   // (upstream_lost, with its own final reply): one final reply, never two.
-  if (!co_await flush()) co_return false;
-  co_await write_client(reply);
+  // (Kept as a named bool: `if (!co_await flush()) co_return false;` here, in a coroutine with a
+  // by-value string parameter, is miscompiled by g++ 12: the frame is read uninitialised.)
+  const bool flushed = co_await flush();
+  if (flushed) co_await write_client(reply);
   co_return false;
 }
 
