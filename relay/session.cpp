@@ -9,6 +9,7 @@
 #include "relay/metrics.hpp"
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
+#include "relay/smtp/line_reader.hpp"
 
 namespace batv::relay {
 
@@ -204,9 +205,9 @@ std::optional<Session::End> Session::over_limit() const {
 
 // --- Client input ------------------------------------------------------------------------------------
 
-bool Session::has_complete_line() const {
-  return std::memchr(in_.data() + in_begin_, '\n', in_end_ - in_begin_) != nullptr;
-}
+std::string_view Session::unread_input() const { return {in_.data() + in_begin_, in_end_ - in_begin_}; }
+
+bool Session::has_complete_line() const { return smtp::LineReader::has_line(unread_input()); }
 
 awaitable<bool> Session::fill(Clock::time_point deadline) {
   if (stop_requested_) {
@@ -232,25 +233,19 @@ awaitable<bool> Session::fill(Clock::time_point deadline) {
   co_return true;
 }
 
+// Framing (LF, the CR before it, overlong lines skipped to their LF) is smtp::LineReader's; this
+// only reads more when it needs more. An overlong line is answered once, after its LF.
 awaitable<Session::LineStatus> Session::read_line(std::string& line) {
-  const auto max_line = static_cast<std::size_t>(cfg_.limits.line_length);
-  bool skipping = false;
+  smtp::LineReader reader(static_cast<std::size_t>(cfg_.limits.line_length));
   for (;;) {
-    const char* b = in_.data() + in_begin_;
-    const char* e = in_.data() + in_end_;
-    const char* found = static_cast<const char*>(std::memchr(b, '\n', static_cast<std::size_t>(e - b)));
-    const char* nl = found ? found : e;
-    if (nl != e) {
-      const std::size_t len = static_cast<std::size_t>(nl - b);
-      in_begin_ += len + 1;
-      if (skipping || len + 1 > max_line) co_return LineStatus::too_long;  // resynchronised at LF
-      line.assign(b, len);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      co_return LineStatus::ok;
-    }
-    if (skipping || in_end_ - in_begin_ >= max_line) {
-      skipping = true;  // overlong: drop what we have and keep reading to the next LF
-      in_begin_ = in_end_;
+    const smtp::LineRead r = reader.next(unread_input());
+    in_begin_ += r.consumed;
+    switch (r.status) {
+      case smtp::LineRead::Status::line:
+        line.assign(r.line);
+        co_return LineStatus::ok;
+      case smtp::LineRead::Status::too_long: co_return LineStatus::too_long;
+      case smtp::LineRead::Status::need_more: break;
     }
     if (!co_await fill(command_deadline_)) {
       switch (read_failure_) {

@@ -214,6 +214,7 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   std::string relay_reply(const smtp::Reply& r) const;
   std::string upstream_failure_reply() const;
   bool has_complete_line() const;
+  std::string_view unread_input() const;  // in_[in_begin_, in_end_): read, not yet consumed
   std::string_view phase_name() const;
   std::string_view end_name() const;
 
