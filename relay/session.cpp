@@ -9,7 +9,6 @@
 #include "relay/metrics.hpp"
 #include "relay/nexthop_caps.hpp"
 #include "relay/replies.hpp"
-#include "relay/smtp/line_reader.hpp"
 
 namespace batv::relay {
 
@@ -203,82 +202,6 @@ std::optional<Session::End> Session::over_limit() const {
   return std::nullopt;
 }
 
-// --- Client input ------------------------------------------------------------------------------------
-
-std::string_view Session::unread_input() const { return {in_.data() + in_begin_, in_end_ - in_begin_}; }
-
-bool Session::has_complete_line() const { return smtp::LineReader::has_line(unread_input()); }
-
-awaitable<bool> Session::fill(Clock::time_point deadline) {
-  if (stop_requested_) {
-    read_failure_ = ReadFailure::stopped;
-    co_return false;
-  }
-  if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
-  if (in_end_ == in_.size() && in_begin_ > 0) {
-    std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
-    in_end_ -= in_begin_;
-    in_begin_ = 0;
-  }
-  const auto idle_deadline = Clock::now() + cfg_.timeouts.idle;
-  const IoResult r = co_await read_some_for(client_, asio::buffer(in_.data() + in_end_, in_.size() - in_end_),
-                                            std::min(deadline, idle_deadline) - Clock::now());
-  if (!r) {
-    if (stop_requested_) read_failure_ = ReadFailure::stopped;
-    else if (r.timed_out) read_failure_ = ReadFailure::timeout;
-    else read_failure_ = ReadFailure::closed;
-    co_return false;
-  }
-  in_end_ += r.n;
-  co_return true;
-}
-
-// Framing (LF, the CR before it, overlong lines skipped to their LF) is smtp::LineReader's; this
-// only reads more when it needs more. An overlong line is answered once, after its LF.
-awaitable<Session::LineStatus> Session::read_line(std::string& line) {
-  smtp::LineReader reader(static_cast<std::size_t>(cfg_.limits.line_length));
-  for (;;) {
-    const smtp::LineRead r = reader.next(unread_input());
-    in_begin_ += r.consumed;
-    switch (r.status) {
-      case smtp::LineRead::Status::line:
-        line.assign(r.line);
-        co_return LineStatus::ok;
-      case smtp::LineRead::Status::too_long: co_return LineStatus::too_long;
-      case smtp::LineRead::Status::need_more: break;
-    }
-    if (!co_await fill(command_deadline_)) {
-      switch (read_failure_) {
-        case ReadFailure::stopped: co_return LineStatus::stopped;
-        case ReadFailure::timeout: co_return LineStatus::timeout;
-        case ReadFailure::closed: co_return LineStatus::closed;
-      }
-    }
-  }
-}
-
-awaitable<bool> Session::write_client(std::string_view text) {
-  if (text.empty()) co_return true;
-  const IoResult r = co_await write_all_for(client_, asio::buffer(text.data(), text.size()), cfg_.timeouts.idle);
-  if (!r) {
-    // A client that stops reading (its window stays shut for timeouts.idle) is not one that left.
-    if (end_ == End::none) end_ = r.timed_out ? End::idle_timeout : End::client_closed;
-    co_return false;
-  }
-  co_return true;
-}
-
-void Session::resize_input(std::size_t n) {
-  if (in_begin_ > 0) {
-    std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
-    in_end_ -= in_begin_;
-    in_begin_ = 0;
-  }
-  n = std::max({n, in_end_, static_cast<std::size_t>(cfg_.limits.line_length) + 2});
-  if (n == in_.size()) return;
-  in_.reallocate(n, in_end_);
-}
-
 void Session::offer(const smtp::Capabilities& caps) {
   adv_pipelining_ = caps.pipelining;
   adv_8bitmime_ = caps.eightbitmime;
@@ -301,16 +224,6 @@ void Session::queue_local(std::string reply, bool own_limit) {
 awaitable<bool> Session::reply_now(std::string reply) {
   if (Answer::counted(reply)) ++errors_;
   co_return co_await write_client(reply);
-}
-
-smtp::ParamOffer Session::param_offer() const {
-  smtp::ParamOffer o;
-  o.size = adv_size_;
-  o.eightbitmime = adv_8bitmime_;
-  o.smtputf8 = adv_smtputf8_;
-  o.dsn = adv_dsn_;
-  o.auth = auth_offered();
-  return o;
 }
 
 awaitable<bool> Session::start_tls(std::string_view args) {
@@ -362,7 +275,7 @@ awaitable<bool> Session::flush() {
   co_return true;
 }
 
-// --- Commands ------------------------------------------------------------------------------------------
+// --- Commands (MAIL, RCPT and RSET: session_transaction.cpp) ------------------------------------------------------------------------------------------
 
 awaitable<bool> Session::process(const std::string& line) {
   if (line.find('\0') != std::string::npos) {
@@ -478,201 +391,6 @@ awaitable<bool> Session::do_quit() {
     co_await up_.send("QUIT\r\n");
   }
   co_return false;
-}
-
-awaitable<bool> Session::handle_mail(std::string_view args) {
-  const smtp::PathResult res = smtp::parse_mail_from(args);
-  if (!res.path) {
-    switch (res.error) {
-      case smtp::PathError::syntax:
-      case smtp::PathError::missing_brackets:
-      case smtp::PathError::bad_param:
-      case smtp::PathError::duplicate_param:
-        queue_local(replies::mail_syntax());
-        break;
-      default:
-        queue_local(replies::bad_sender(smtp::to_string(res.error)));
-    }
-    co_return true;
-  }
-  const smtp::Path& path = *res.path;
-  const smtp::MailParams params = smtp::check_mail_params(path, param_offer());
-  if (params.problem) {
-    refuse(replies::param_refusal(*params.problem));
-    co_return true;
-  }
-  if (connect_at_mail() && !up_.connected()) {
-    // Postfix smtpd_proxy: the next hop is opened for a MAIL that the relay itself accepts.
-    // Replies owed so far go out first (their order must hold); a next hop that cannot be
-    // reached fails this MAIL only (451): the client may try again or QUIT, each failed MAIL
-    // counts as an error, so limits.errors_per_session bounds the attempts.
-    if (!co_await flush()) co_return false;
-    if (!co_await ensure_upstream()) {
-      refuse(mail_open_failed_reply());
-      co_return true;
-    }
-  }
-  if (up_.connected()) {
-    // What the client was offered came from an earlier EHLO of the next hop (connecting at
-    // MAIL); the next hop reached now may offer less. A parameter it would not take fails this
-    // MAIL (RFC 3463 X.3.3) instead of the message later; the client's next EHLO (learn_caps)
-    // no longer offers it.
-    if (const auto lacks = smtp::recheck_mail_params(path, up_.caps())) {
-      refuse(replies::param_refusal(*lacks));
-      co_return true;
-    }
-  }
-  reset_transaction();
-  tx_.active = true;
-  tx_.sender = path.address;
-  // Parameters go upstream exactly as sent, except SIZE to a next hop that did not offer it: we
-  // advertise SIZE ourselves (our limit) and have checked it already.
-  tx_.mail_params = smtp::forward_mail_params(path, up_.caps());
-  tx_.smtputf8 = params.smtputf8;
-  tx_.bounce = listener_.role == conf::Role::inbound && is_bounce(cfg_, tx_.sender);
-  phase_ = Phase::mail;
-  queue_local(replies::sender_ok());
-  co_return true;
-}
-
-void Session::handle_rcpt(std::string_view args) {
-  const smtp::PathResult res = smtp::parse_rcpt_to(args);
-  if (!res.path) {
-    switch (res.error) {
-      case smtp::PathError::null_not_allowed: queue_local(replies::null_recipient()); break;
-      case smtp::PathError::syntax:
-      case smtp::PathError::missing_brackets:
-      case smtp::PathError::bad_param:
-      case smtp::PathError::duplicate_param: queue_local(replies::rcpt_syntax()); break;
-      default: queue_local(replies::bad_recipient(smtp::to_string(res.error)));
-    }
-    return;
-  }
-  const smtp::Path& path = *res.path;
-  const smtp::Capabilities* next_hop = up_.connected() ? &up_.caps() : nullptr;  // its DSN, now
-  if (const auto bad = smtp::check_rcpt_params(path, param_offer(), next_hop, tx_.smtputf8)) {
-    refuse(replies::param_refusal(*bad));
-    return;
-  }
-  phase_ = Phase::rcpt;
-  ++tx_.rcpt_tried;
-  if (tx_.rcpt_sent >= cfg_.limits.recipients_per_message) {
-    queue_local(replies::too_many_recipients(), /*own_limit=*/true);
-    return;
-  }
-  std::shared_ptr<TxShared> shared = tx_.shared;
-  if (shared->mail_error) {  // known before this batch: the next hop refused MAIL
-    queue_local(*shared->mail_error);
-    return;
-  }
-  std::string forward_path = path.address;
-  if (listener_.role == conf::Role::inbound) {
-    const RcptDecision rd = decide_recipient(cfg_, rt_->keys, rt_->prvs, tx_.bounce, client_exempt_,
-                                             path.address, rt_->clock.now());
-    auto line = log(rd.action == RcptAction::refused ? Level::warning : Level::info, "rcpt");
-    line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("to", "<" + path.address + ">");
-    line.kv("upstream_to", rd.action == RcptAction::refused ? std::string("-") : "<" + rd.upstream + ">");
-    const auto at = path.address.rfind('@');
-    line.kv("domain", at == std::string::npos ? std::string("-") : text::lower(path.address.substr(at + 1)));
-    if (rd.ours) line.kv("verdict", crypto::to_string(rd.verdict));
-    line.kv("bounce", tx_.bounce).kv("action", to_string(rd.action));
-    if (rd.ours && at != std::string::npos)
-      metrics().verdict(text::lower(path.address.substr(at + 1)), rd.verdict);
-    metrics().recipient(listener_.role, rd.action);
-    if (rd.action == RcptAction::refused) {
-      ++refused_;
-      ++invalid_recipients_;
-      queue_local(rd.reply, /*own_limit=*/true);  // limits.invalid_recipients_per_session
-      return;
-    }
-    if (rd.monitor) {
-      tx_.monitor_verdict = tx_.monitored ? worse(*tx_.monitor_verdict, rd.verdict) : rd.verdict;
-      tx_.monitored = true;
-    }
-    forward_path = rd.upstream;
-  }
-  std::string rcpt_cmd = "RCPT TO:<" + forward_path + ">";
-  if (!path.params_text.empty()) rcpt_cmd.append(" ").append(path.params_text);
-  rcpt_cmd += "\r\n";
-
-  auto rcpt_result = [this, shared](const smtp::Reply& r) {
-    if (listener_.role == conf::Role::outbound)
-      metrics().recipient(conf::Role::outbound, r.code / 100 == 2 ? RcptAction::relayed : RcptAction::refused);
-    if (r.code / 100 == 2) {
-      ++shared->rcpt_accepted;
-      ++recipients_;
-    }
-    return Answer{relay_reply(r)};
-  };
-
-  const std::int64_t now = rt_->clock.now();
-  // Only the outbound role signs; an inbound listener passes senders through untouched.
-  const bool outbound = listener_.role == conf::Role::outbound;
-  auto decide = [&] {
-    if (outbound) return decide_sender(cfg_, rt_->keys, rt_->prvs, tx_.sender, path.address, now);
-    SenderDecision d;
-    d.upstream_from = tx_.sender;
-    return d;
-  };
-  if (!tx_.decided) {
-    tx_.decision = decide();
-    tx_.decided = true;
-    if (outbound) {
-      auto line = log(Level::info, "mail");
-      line.kv("sid", ctx_.id).kv("from", "<" + tx_.sender + ">").kv("upstream_from", "<" + tx_.decision.upstream_from + ">");
-      if (tx_.decision.sign) line.kv("signing", "signed").kv("key", tx_.decision.key_id);
-      else line.kv("signing", "not_signed").kv("reason", crypto::to_string(tx_.decision.reason));
-      if (tx_.decision.sign) metrics().signed_with(tx_.decision.key_id);
-      else metrics().not_signed(tx_.decision.reason);
-    }
-
-    std::string mail_cmd = "MAIL FROM:<" + tx_.decision.upstream_from + ">";
-    if (!tx_.mail_params.empty()) mail_cmd.append(" ").append(tx_.mail_params);
-    mail_cmd += "\r\n";
-    auto on_replies = [this, shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (got.empty()) return Answer{upstream_failure_reply()};
-      if (got[0].code / 100 != 2) {
-        shared->mail_error = relay_reply(got[0]);
-        shared->upstream_open = false;
-        return Answer{*shared->mail_error};
-      }
-      if (got.size() < 2) return Answer{upstream_failure_reply()};
-      return rcpt_result(got[1]);
-    };
-    shared->upstream_open = true;  // corrected by the reply handler if MAIL fails
-    pipeline_.relay({std::move(mail_cmd), std::move(rcpt_cmd)}, std::move(on_replies), /*stop_on_failure=*/true);
-  } else {
-    const SenderDecision d = decide();
-    if (d.sign != tx_.decision.sign) {
-      queue_local(replies::separate_transaction(), /*own_limit=*/true);
-      return;
-    }
-    pipeline_.relay({std::move(rcpt_cmd)}, [shared, rcpt_result](std::vector<smtp::Reply>& got) {
-      if (shared->mail_error) return Answer{*shared->mail_error};
-      return rcpt_result(got.at(0));
-    });
-  }
-  ++tx_.rcpt_sent;
-}
-
-void Session::handle_rset(bool reply) {
-  // A next-hop connection already lost took its transaction with it: no reconnect for RSET. But
-  // a MAIL still waiting in this pipelined batch will reconnect and open one: RSET must follow.
-  const bool mail_queued = pipeline_.needs_next_hop();
-  if (tx_.decided && tx_.shared->upstream_open && (up_.connected() || mail_queued)) {
-    // The next hop has a transaction open: abort it too. Its reply is not the client's business
-    // beyond success; a failure surfaces as a lost connection in flush().
-    pipeline_.relay({"RSET\r\n"}, [reply](std::vector<smtp::Reply>&) { return Answer{reply ? replies::ok() : std::string()}; });
-  } else if (reply) {
-    queue_local(replies::ok());
-  }
-  reset_transaction();
-}
-
-void Session::reset_transaction() {
-  tx_ = Transaction{};
-  tx_.shared = std::make_shared<TxShared>();
-  phase_ = Phase::command;
 }
 
 // --- Names for logs -----------------------------------------------------------------------------------

@@ -213,6 +213,9 @@ class Session final : public Connection, public std::enable_shared_from_this<Ses
   void count_message(const std::string& reply, std::uint64_t size);
   std::string relay_reply(const smtp::Reply& r) const;
   std::string upstream_failure_reply() const;
+  // The client's reply to the end of a message's content (final dot, BDAT chunk): the next hop's
+  // reply relayed, or, without one, the failure reply (counted at `stage`; the connection closed).
+  std::string verdict_reply(const std::optional<smtp::Reply>& r, UpstreamStage stage);
   bool has_complete_line() const;
   std::string_view unread_input() const;  // in_[in_begin_, in_end_): read, not yet consumed
   std::string_view phase_name() const;

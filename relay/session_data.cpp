@@ -102,14 +102,7 @@ awaitable<bool> Session::do_data() {
     auto fin = co_await up_.read_reply(/*final_dot=*/true);
     awaiting_verdict_ = false;
     upstream_wait = Clock::now() - t_wait;
-    if (!fin) {
-      metrics().upstream_error(UpstreamStage::dot);
-      reply = upstream_failure_reply();
-      up_.close();
-    } else {
-      reply = relay_reply(*fin);
-      if (fin->code / 100 == 3) reply = replies::upstream_garbled();
-    }
+    reply = verdict_reply(fin, UpstreamStage::dot);
   }
   if (!up_.connected() && upstream_detail_.empty() && up_.failure() != Upstream::Failure::none)
     upstream_detail_ = std::string(to_string(up_.failure())) + ": " + up_.detail();
@@ -118,6 +111,17 @@ awaitable<bool> Session::do_data() {
   reset_transaction();
   resize_input(conf::fixed::command_buffer_bytes);
   co_return co_await reply_now(std::move(reply));
+}
+
+std::string Session::verdict_reply(const std::optional<smtp::Reply>& r, UpstreamStage stage) {
+  if (!r) {  // no reply (or no send): the next hop is gone, and the message is not acknowledged
+    metrics().upstream_error(stage);
+    std::string reply = upstream_failure_reply();  // by the failure seen, before the close
+    up_.close();
+    return reply;
+  }
+  if (r->code / 100 == 3) return replies::upstream_garbled();  // 3xx after the content: nonsense
+  return relay_reply(*r);
 }
 
 awaitable<bool> Session::skip_bytes(std::uint64_t n) {
@@ -189,14 +193,7 @@ awaitable<bool> Session::do_bdat(std::string_view args) {
     r = co_await up_.read_reply(bdat->last);
     awaiting_verdict_ = false;
   }
-  if (!r) {
-    metrics().upstream_error(UpstreamStage::bdat);
-    reply = upstream_failure_reply();
-    up_.close();
-  } else {
-    reply = relay_reply(*r);
-    if (r->code / 100 == 3) reply = replies::upstream_garbled();
-  }
+  reply = verdict_reply(r, UpstreamStage::bdat);
   if (reply[0] != '2') tx_.bdat_failed = true;
   if (bdat->last) {
     count_message(reply, tx_.bdat_bytes);
